@@ -1,0 +1,76 @@
+"""InfiniPotConfig: the compression settings of a stream, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .plan import check_keep, keep_target, block_tokens
+
+METHODS = ("infinipot_v", "uniform", "sliding_window", "full")
+POSITION_POLICIES = ("absolute", "compact", "auto")
+
+
+@dataclass(frozen=True)
+class InfiniPotConfig:
+    """Settings of ALGORITHM.md sections 3-6.
+
+    Args:
+        capacity: hard cap on cached tokens per layer (pinned + visual); None only for
+            method "full" (no cap).
+        block_frames: frames (temporal slots) prefilled per block.
+        reserve: tokens kept free for a question and its answer.
+        method: one of METHODS.
+        tar_ratio: share of K chosen by TaR (1 = TaR only, 0 = VaN only).
+        recent_ratio: share of the cached frames used as TaR's recent reference.
+        van_pooling: layer-adaptive average pooling of the VaN map.
+        position_policy: "absolute", "compact", or "auto" (the model's default).
+    """
+
+    capacity: int | None = 6144
+    block_frames: int = 8
+    reserve: int = 512
+    method: str = "infinipot_v"
+    tar_ratio: float = 0.5
+    recent_ratio: float = 0.25
+    van_pooling: bool = False
+    position_policy: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.position_policy not in POSITION_POLICIES:
+            raise ValueError(
+                f"unknown position policy {self.position_policy!r}; "
+                f"choose one of {', '.join(POSITION_POLICIES)}"
+            )
+        _require(isinstance(self.block_frames, int) and self.block_frames >= 1,
+                 f"block_frames must be a positive integer, got {self.block_frames!r}")
+        _require(isinstance(self.reserve, int) and self.reserve >= 0,
+                 f"reserve must be a non-negative integer, got {self.reserve!r}")
+        _require(0.0 <= self.tar_ratio <= 1.0, f"tar_ratio must lie in [0, 1], got {self.tar_ratio}")
+        _require(0.0 < self.recent_ratio <= 1.0,
+                 f"recent_ratio must lie in (0, 1], got {self.recent_ratio}")
+        if self.capacity is None:
+            _require(self.method == "full",
+                     f"method {self.method!r} needs a capacity (a KV budget in tokens)")
+        else:
+            _require(isinstance(self.capacity, int) and self.capacity > self.reserve,
+                     f"capacity must be an integer above the reserve ({self.reserve} tokens), "
+                     f"got {self.capacity!r}")
+
+    @property
+    def bounded(self) -> bool:
+        """False for the uncompressed reference point (method full)."""
+        return self.method != "full"
+
+    def check_fits(self, tokens_per_frame: int, n_pinned: int = 0) -> None:
+        """Raise ValueError if the capacity cannot hold one block and one kept frame."""
+        if not self.bounded:
+            return
+        incoming = block_tokens(self.block_frames, tokens_per_frame)
+        check_keep(keep_target(self.capacity, self.reserve, n_pinned, incoming), tokens_per_frame)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
