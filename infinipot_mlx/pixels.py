@@ -1,0 +1,44 @@
+"""One preprocessing path from RGB frames to vision-tower inputs, shared by both backends.
+
+Feeding both backends the same pixel values is what makes parity exact (FIXTURES.md:
+the frameworks' own resizers differ). Frames are already resized by video.py.
+
+Notation: n = frames, H x W pixels, C = 3 channels, p = patch size, tp = temporal patch
+size, m = spatial merge size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def normalize(frames: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 (n, H, W, C) -> float32 (n, C, H, W), rescaled to [0, 1] then standardized."""
+    x = frames.astype(np.float32) / np.float32(255.0)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def qwen_patchify(
+    frames: np.ndarray, mean, std, patch: int = 14, temporal_patch: int = 2, merge: int = 2
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Qwen2-VL's video patch layout (transformers' Qwen2VLVideoProcessor.patchify).
+
+    Args:
+        frames: (n, H, W, C) uint8 with n a multiple of tp and H, W multiples of p * m.
+    Returns:
+        pixel_values: (n/tp * H/p * W/p, C * tp * p * p) float32.
+        grid_thw: (n/tp, H/p, W/p).
+    """
+    n, height, width, _ = frames.shape
+    if n % temporal_patch or height % (patch * merge) or width % (patch * merge):
+        raise ValueError(
+            f"frames of shape {frames.shape} do not tile into {temporal_patch}-frame slots "
+            f"of {patch * merge}-pixel merged patches"
+        )
+    x = normalize(frames, mean, std)  # (n, C, H, W)
+    gt, gh, gw = n // temporal_patch, height // patch, width // patch
+    c = x.shape[1]
+    x = x.reshape(gt, temporal_patch, c, gh // merge, merge, patch, gw // merge, merge, patch)
+    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (gt, gh/m, gw/m, m, m, C, tp, p, p)
+    return np.ascontiguousarray(x.reshape(gt * gh * gw, c * temporal_patch * patch * patch)), (gt, gh, gw)

@@ -1,0 +1,84 @@
+"""RoPE positions for streamed tokens (ALGORITHM.md section 6), in pure numpy.
+
+Both backends call these functions and pass the result to the model explicitly, so neither
+relies on mlx-vlm's or transformers' own position code (they differ; see the tests).
+
+Positions are computed block by block from the running logical position `next_position`
+(one past the largest position so far), never from a whole-sequence table.
+
+Notation: S = temporal slots in a block, R x C = merged grid rows x cols, T = R * C.
+M-RoPE positions are (3, L) int64 arrays (t, h, w axes); 1-D RoPE positions are (L,).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def text_positions(next_position: int, n: int, axes: int = 3) -> np.ndarray:
+    """Positions of n text tokens starting at next_position.
+
+    Returns:
+        (axes, n) int64 for M-RoPE (all axes equal), or (n,) when axes == 1.
+    """
+    pos = np.arange(next_position, next_position + n, dtype=np.int64)
+    return pos if axes == 1 else np.broadcast_to(pos, (axes, n)).copy()
+
+
+def mrope_video_positions(
+    video_start: int,
+    first_slot: int,
+    n_slots: int,
+    grid_hw: tuple[int, int],
+    second_per_grid: float,
+    tokens_per_second: float,
+) -> np.ndarray:
+    """M-RoPE positions of S temporal slots of a video, as Qwen2.5-VL's original code.
+
+    t = video_start + floor(slot * second_per_grid * tokens_per_second) (absolute time,
+    product in floating point before the floor), h = video_start + row,
+    w = video_start + col; slot counts from the start of the video segment.
+
+    Args:
+        video_start: position the first video token's axes are offset by (the
+            next_position when the video segment opened).
+        first_slot: index of this block's first slot within the video segment.
+        n_slots: S, slots in this block.
+        grid_hw: (R, C) merged grid of one slot.
+        second_per_grid: temporal_patch_size / sampling fps.
+        tokens_per_second: the vision config's tokens_per_second.
+    Returns:
+        (3, S * R * C) int64, slot-major then row-major (the vision tower's order).
+    """
+    rows, cols = grid_hw
+    slots = np.arange(first_slot, first_slot + n_slots, dtype=np.float64)
+    t = np.floor(slots * second_per_grid * tokens_per_second).astype(np.int64)  # (S,)
+    t = np.repeat(t, rows * cols)  # (S*R*C,)
+    h = np.tile(np.repeat(np.arange(rows, dtype=np.int64), cols), n_slots)
+    w = np.tile(np.arange(cols, dtype=np.int64), rows * n_slots)
+    return np.stack([t, h, w]) + video_start  # (3, S*R*C)
+
+
+def mrope_stock_mlx_vlm(video_start: int, n_slots: int, grid_hw: tuple[int, int]) -> np.ndarray:
+    """What stock mlx-vlm's get_rope_index gives a video (t = slot, no time scaling).
+
+    Kept only so tests can show where it differs from the original implementation.
+    """
+    return mrope_video_positions(video_start, 0, n_slots, grid_hw, 1.0, 1.0)
+
+
+def next_after(positions: np.ndarray) -> int:
+    """The next text position after a span: max over every axis and token, plus one."""
+    return int(positions.max()) + 1
+
+
+def absolute_limit_reached(next_position: int, incoming_span: int, max_positions: int | None) -> bool:
+    """True when `incoming_span` more positions would pass the model's trained range."""
+    return max_positions is not None and next_position + incoming_span > max_positions
+
+
+def video_time_span(n_slots: int, second_per_grid: float, tokens_per_second: float) -> int:
+    """Positions the t axis advances over n_slots slots (for range checks)."""
+    return int(math.floor(n_slots * second_per_grid * tokens_per_second)) + 1

@@ -1,0 +1,107 @@
+"""Backend-agnostic facts about each supported model: template pieces, grid, positions.
+
+A ModelSpec is read from a checkpoint folder's config.json and preprocessor_config.json
+(the published hub layout) and is shared by the MLX and the PyTorch adapters, so both
+backends build the same token sequence with the same positions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+
+@dataclass(frozen=True)
+class ChatPieces:
+    """Text pieces of a ChatML conversation, streamed one at a time (pinned tokens)."""
+
+    system: str = "<|im_start|>system\n{system}<|im_end|>\n"
+    user_open: str = "<|im_start|>user\n"
+    video_open: str = "<|vision_start|>"
+    video_close: str = "<|vision_end|>"
+    question_close: str = "<|im_end|>\n<|im_start|>assistant\n"
+    answer_close: str = "<|im_end|>\n"
+    eos: str = "<|im_end|>"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a session needs to know about a checkpoint, independent of the backend."""
+
+    model_type: str
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    frames_per_slot: int  # sampled frames merged into one temporal slot
+    pixels_per_token: int  # side in pixels of one merged visual token (patch * merge)
+    position_axes: int  # 3 for M-RoPE, 1 for 1-D RoPE
+    tokens_per_second: float
+    max_positions: int | None
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    min_pixels: int
+    max_pixels: int
+    default_policy: str  # position policy used when the config says "auto"
+    pieces: ChatPieces = ChatPieces()
+
+    def slot_grid(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
+        """Merged grid (rows, cols) of one temporal slot for frames of size (H, W)."""
+        height, width = frame_hw
+        return height // self.pixels_per_token, width // self.pixels_per_token
+
+    def tokens_per_slot(self, frame_hw: tuple[int, int]) -> int:
+        """T: visual tokens one temporal slot adds to the cache."""
+        rows, cols = self.slot_grid(frame_hw)
+        return rows * cols
+
+    def kv_bytes_per_token(self, bytes_per_element: float) -> float:
+        """layers x 2 (K, V) x H_kv x D x bytes (ALGORITHM.md section 8)."""
+        return self.num_layers * 2 * self.kv_heads * self.head_dim * bytes_per_element
+
+
+def read_json(path: Path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_spec(model_dir: str | Path) -> ModelSpec:
+    """Read the ModelSpec of a checkpoint folder; ValueError for unsupported models."""
+    model_dir = Path(model_dir)
+    config = read_json(model_dir / "config.json")
+    model_type = config.get("model_type")
+    if model_type not in SPEC_READERS:
+        raise ValueError(
+            f"{model_dir} holds a {model_type!r} model; supported: {', '.join(SPEC_READERS)}"
+        )
+    pre_path = model_dir / "preprocessor_config.json"
+    pre = read_json(pre_path) if pre_path.exists() else {}
+    return SPEC_READERS[model_type](config, pre)
+
+
+def qwen2_5_vl_spec(config: dict, pre: dict) -> ModelSpec:
+    text = config.get("text_config", config)  # hub layout: text parameters at the top level
+    text = config if "hidden_size" in config else text
+    vision = config["vision_config"]
+    heads = text["num_attention_heads"]
+    return ModelSpec(
+        model_type="qwen2_5_vl",
+        num_layers=text["num_hidden_layers"],
+        kv_heads=text["num_key_value_heads"],
+        head_dim=text.get("head_dim") or text["hidden_size"] // heads,
+        frames_per_slot=vision.get("temporal_patch_size", 2),
+        pixels_per_token=vision.get("patch_size", 14) * vision.get("spatial_merge_size", 2),
+        position_axes=3,
+        tokens_per_second=float(vision.get("tokens_per_second", 2)),
+        max_positions=text.get("max_position_embeddings"),
+        image_mean=tuple(pre.get("image_mean", (0.48145466, 0.4578275, 0.40821073))),
+        image_std=tuple(pre.get("image_std", (0.26862954, 0.26130258, 0.27577711))),
+        min_pixels=int(pre.get("min_pixels", 56 * 56)),
+        max_pixels=int(pre.get("max_pixels", 28 * 28 * 1280)),
+        default_policy="absolute",
+    )
+
+
+SPEC_READERS = {"qwen2_5_vl": qwen2_5_vl_spec}
