@@ -1,3 +1,45 @@
 """Shared fixtures. Importing infinipot_mlx first loads the optimized BLAS before mlx."""
 
 import infinipot_mlx  # noqa: F401  (must precede any mlx import)
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiny_builder():
+    """conversions/make_tiny_checkpoint.py's build_tiny_checkpoint (conversions/ is no package)."""
+    path = ROOT / "conversions" / "make_tiny_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("make_tiny_checkpoint", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
+def build_tiny():
+    """build_tiny(model_type, out_dir, dtype="float32", seed=0) -> Path (torch + transformers)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    return _tiny_builder()
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(build_tiny, tmp_path_factory) -> Path:
+    """Tiny random Qwen2.5-VL in the Qwen/Qwen2.5-VL-7B-Instruct layout, float32, seed 0."""
+    return build_tiny("qwen2_5_vl", tmp_path_factory.mktemp("tiny_qwen"), "float32", 0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_bf16_dir(build_tiny, tmp_path_factory) -> Path:
+    """The same tiny Qwen2.5-VL (seed 0) saved in bfloat16."""
+    return build_tiny("qwen2_5_vl", tmp_path_factory.mktemp("tiny_qwen_bf16"), "bfloat16", 0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(build_tiny, tmp_path_factory) -> Path:
+    """Tiny random LLaVA-OneVision in the llava-hf layout, float32, seed 0."""
+    return build_tiny("llava_onevision", tmp_path_factory.mktemp("tiny_llava"), "float32", 0)
