@@ -1,0 +1,21 @@
+"""Model adapters (MLX): one file per model_type, found by `adapter_for`.
+
+An adapter turns frames and text into embeddings and runs the language model over them
+with explicit positions and a cache. It knows nothing of compression.
+"""
+
+from __future__ import annotations
+
+ADAPTERS = {
+    "qwen2_5_vl": ("infinipot_mlx.adapters.qwen2_5_vl", "Qwen2_5_VLAdapter"),
+}
+
+
+def adapter_class(model_type: str):
+    """The MLX adapter class for a model_type (ValueError if unsupported)."""
+    import importlib
+
+    if model_type not in ADAPTERS:
+        raise ValueError(f"no MLX adapter for model type {model_type!r}; supported: {', '.join(ADAPTERS)}")
+    module, name = ADAPTERS[model_type]
+    return getattr(importlib.import_module(module), name)

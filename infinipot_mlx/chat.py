@@ -1,0 +1,225 @@
+"""python -m infinipot_mlx.chat VIDEO: stream a video under a KV cap, then ask questions.
+
+The CLI parses, prints and reports errors; the work is in session.py / stream.py.
+Bad input of any kind ends with one line on stderr and exit code 2, never a traceback.
+Ctrl-C while streaming stops the video there and keeps what was seen; Ctrl-C during an
+answer stops that answer; Ctrl-C at the prompt ends the session (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import _blas  # noqa: F401  (optimized BLAS before mlx)
+from .config import METHODS
+
+EXIT_BAD_INPUT = 2
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m infinipot_mlx.chat",
+        description="Stream a video into a memory-capped KV cache (InfiniPot-V), then ask questions.",
+    )
+    p.add_argument("video", nargs="?", help="video file, camera index (0) or stream URL")
+    p.add_argument("--demo", action="store_true",
+                   help="stream a synthetic video through the bundled trained organism (offline)")
+    p.add_argument("--model", default=None,
+                   help="local checkpoint folder or hub repo (default: mlx-community/Qwen2.5-VL-7B-Instruct-4bit)")
+    p.add_argument("--backend", choices=("mlx", "reference"), default="mlx",
+                   help="mlx (default) or the PyTorch reference")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="reference backend device")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="reference backend dtype (default: the checkpoint's)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--kv-budget", type=int, default=None, metavar="TOKENS",
+                        help="KV cache capacity in tokens per layer (default 6144)")
+    budget.add_argument("--memory", default=None, metavar="GB|PCT",
+                        help="memory budget, e.g. 6GB or 60%% of unified memory; sets the capacity")
+    p.add_argument("--block-frames", type=int, default=8, metavar="N",
+                   help="temporal slots per block (Qwen2.5-VL: 2 sampled frames each)")
+    p.add_argument("--fps", type=float, default=2.0, help="sampling rate in frames per second")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many sampled frames")
+    p.add_argument("--max-pixels", type=int, default=None, help="pixel budget per frame (multiples of 28)")
+    p.add_argument("--method", choices=METHODS, default="infinipot_v", help="compression method")
+    p.add_argument("--question", "-q", action="append", default=None,
+                   help="ask this (repeatable); answers each in turn and exits")
+    p.add_argument("--max-tokens", type=int, default=256, help="answer length cap")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    return p
+
+
+def check_args(args) -> None:
+    """Reject impossible flag values before anything heavy is loaded."""
+    if not args.demo and args.video is None:
+        raise UserError("give a video (file, camera index or URL), or --demo for the offline demo")
+    for name in ("fps",):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name} must be positive")
+    for name in ("block_frames", "max_tokens", "kv_budget", "max_frames", "max_pixels"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise UserError("--temperature must be >= 0 and --top-p in (0, 1]")
+    for q in args.question or []:
+        if not q.strip():
+            raise UserError("--question is empty; write a question about the video")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        check_args(args)
+        return run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C); the session ended", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (UserError, ValueError, OSError) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+
+# ----- running a session ---------------------------------------------------------------
+def open_session(args):
+    """(session, model description) for the chosen backend and budget."""
+    from .config import InfiniPotConfig
+
+    path = args.model or _default_model()
+    capacity = None if args.method == "full" else (args.kv_budget or 6144)
+    config = InfiniPotConfig(capacity=capacity, block_frames=args.block_frames, method=args.method)
+    if args.backend == "reference":
+        from .reference.session import load as load_reference
+
+        return load_reference(path, config, fps=args.fps, device=args.device, dtype=args.dtype)
+    from .session import load
+
+    return load(path, config, fps=args.fps)
+
+
+def _default_model() -> str:
+    from .session import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+def open_video(args, spec):
+    from .video import VideoSource
+
+    return VideoSource(
+        args.video, fps=args.fps, max_frames=args.max_frames,
+        min_pixels=spec.min_pixels, max_pixels=args.max_pixels or spec.max_pixels,
+        factor=spec.pixels_per_token,
+    )
+
+
+def stream_video(session, source) -> None:
+    """Feed every sampled frame to the session with a progress bar; Ctrl-C stops early."""
+    from tqdm import tqdm
+
+    block = session.config.block_frames * session.spec.frames_per_slot
+    bar = tqdm(total=source.expected_frames, unit="frame", desc="streaming", dynamic_ncols=True)
+    try:
+        for frames, _timestamps in source.blocks(block):
+            session.add_frames(frames)
+            bar.update(len(frames))
+            bar.set_postfix_str(_progress_text(session), refresh=False)
+        session.flush()
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"stopped at frame {session.counters.frames_seen} (Ctrl-C); "
+              "questions will be about what was streamed", file=sys.stderr)
+        return
+    bar.set_postfix_str(_progress_text(session))
+    bar.close()
+
+
+def _progress_text(session) -> str:
+    st = session.stats()
+    cap = st["capacity"] or "inf"
+    return f"cached {st['tokens_cached']}/{cap} tok | mem {st['active_memory_bytes'] / 2**20:.0f} MB"
+
+
+def answer(session, question: str, args) -> str:
+    """Print the answer as it streams; Ctrl-C stops this answer only."""
+    pieces = []
+    try:
+        for piece in session.ask(question, max_tokens=args.max_tokens,
+                                 temperature=args.temperature, top_p=args.top_p):
+            pieces.append(piece)
+            print(piece, end="", flush=True)
+    except KeyboardInterrupt:
+        print(" [answer stopped]", end="")
+    print()
+    return "".join(pieces)
+
+
+def format_stats(session) -> str:
+    st = session.stats()
+    sec = st["seconds"]
+    return (
+        f"frames {st['frames_seen']} | cached {st['tokens_cached']} tok "
+        f"({st['tokens_pinned']} pinned, {st['tokens_visual']} visual) / capacity {st['capacity']} | "
+        f"compressions {st['compressions']} | KV {st['kv_bytes'] / 2**20:.1f} MB | "
+        f"active {st['active_memory_bytes'] / 2**20:.0f} MB, peak {st['peak_memory_bytes'] / 2**20:.0f} MB | "
+        f"vision {sec['vision']:.1f}s prefill {sec['prefill']:.1f}s compress {sec['compress']:.2f}s "
+        f"decode {sec['decode']:.1f}s"
+    )
+
+
+def interactive(session, args) -> None:
+    """Multi-turn prompt with /stats, /reset and /quit."""
+    print("Ask about the video. Commands: /stats, /reset (forget the video), /quit.")
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            return
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/stats":
+            print(format_stats(session))
+        elif line == "/reset":
+            session.reset()
+            print("session reset: the video and the conversation are forgotten")
+        elif not line:
+            print("(empty question: type a question, or /quit)")
+        else:
+            answer(session, line, args)
+
+
+def run(args) -> int:
+    import mlx.core as mx
+
+    mx.random.seed(args.seed)
+    session = open_session(args)
+    if args.demo:
+        from .demo import run_demo
+
+        return run_demo(session, args)
+    source = open_video(args, session.spec)
+    stream_video(session, source)
+    if args.question:
+        for q in args.question:
+            print(f"Q: {q}")
+            print("A: ", end="")
+            answer(session, q, args)
+    else:
+        interactive(session, args)
+    return 0
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""StreamSession on MLX: the streaming loop of stream.py with MLX arrays and mlx-vlm models.
+
+    session = infinipot_mlx.load("path/to/Qwen2.5-VL", InfiniPotConfig(capacity=6144))
+    session.add_frames(frames)            # (n, H, W, 3) uint8, any number of times
+    for piece in session.ask("What happened?"):
+        print(piece, end="")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from .adapters import adapter_class
+from .cache import StreamCache
+from .config import InfiniPotConfig
+from .select import select_tokens
+from .specs import load_spec
+from .stream import StreamSessionBase
+
+DEFAULT_MODEL = "mlx-community/Qwen2.5-VL-7B-Instruct-4bit"
+
+
+class ModelPathError(ValueError):
+    """The model path does not exist locally and cannot be fetched."""
+
+
+class MLXBackend:
+    """The array-library hooks the shared streaming loop needs, for MLX."""
+
+    select_tokens = staticmethod(select_tokens)
+
+    def new_cache(self, num_layers: int) -> StreamCache:
+        return StreamCache(num_layers)
+
+    def sync(self, output, cache: StreamCache | None = None) -> None:
+        """Materialize lazy arrays so timings and memory are real."""
+        arrays = [] if output is None else [output]
+        if cache is not None and not isinstance(cache, mx.array):
+            arrays += [a for layer in cache.layers for a in (layer.keys, layer.values) if a is not None]
+        elif cache is not None:
+            arrays.append(cache)
+        mx.eval(*arrays)
+
+    def to_numpy(self, x) -> np.ndarray:
+        return np.array(x)
+
+    def make_sampler(self, temperature: float, top_p: float):
+        """logits (V,) -> token id; greedy at temperature 0 (mlx-lm's sampler otherwise)."""
+        if temperature <= 0:
+            return lambda logits: int(mx.argmax(logits).item())
+        from mlx_lm.sample_utils import make_sampler
+
+        sample = make_sampler(temp=temperature, top_p=top_p if top_p < 1.0 else 0.0)
+        return lambda logits: int(sample(mx.log_softmax(logits.astype(mx.float32))[None])[0].item())
+
+    def eos_ids(self, tokenizer, eos_text: str) -> list[int]:
+        ids = {tokenizer.convert_tokens_to_ids(eos_text)}
+        if tokenizer.eos_token_id is not None:
+            ids.add(tokenizer.eos_token_id)
+        return sorted(i for i in ids if i is not None)
+
+    def memory(self) -> tuple[int, int]:
+        """(active, peak) bytes held by MLX."""
+        return mx.get_active_memory(), mx.get_peak_memory()
+
+    def reset_peak_memory(self) -> None:
+        mx.reset_peak_memory()
+
+
+class StreamSession(StreamSessionBase):
+    """InfiniPot-V streaming session on an mlx-vlm model (see stream.StreamSessionBase)."""
+
+    def __init__(self, model, tokenizer, spec, config: InfiniPotConfig, **kwargs):
+        adapter = adapter_class(spec.model_type)(model, tokenizer, spec)
+        super().__init__(adapter, MLXBackend(), config, **kwargs)
+
+
+def resolve_model_path(path_or_repo: str) -> Path:
+    """A local checkpoint folder, or the hub snapshot of a repo id (ModelPathError offline)."""
+    path = Path(path_or_repo).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelPathError(f"{path} has no config.json; pass --model a folder with an MLX or HF checkpoint")
+        return path
+    if path_or_repo.startswith((".", "/", "~")) or path_or_repo.count("/") != 1:
+        raise ModelPathError(f"model folder {path_or_repo} does not exist; pass --model an existing folder")
+    try:
+        from mlx_vlm.utils import get_model_path
+
+        return Path(get_model_path(path_or_repo))
+    except Exception as err:  # hub errors vary by version; all mean "not available here"
+        raise ModelPathError(
+            f"cannot fetch {path_or_repo} ({type(err).__name__}); offline, pass --model a local "
+            "checkpoint folder (python conversions/convert.py makes one), or run --demo"
+        ) from None
+
+
+def load_model(path_or_repo: str):
+    """(model, tokenizer, spec, path) through mlx_vlm.load."""
+    from mlx_vlm import load as vlm_load
+
+    path = resolve_model_path(path_or_repo)
+    spec = load_spec(path)
+    model, processor = vlm_load(str(path))
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return model, tokenizer, spec, path
+
+
+def load(path_or_repo: str = DEFAULT_MODEL, config: InfiniPotConfig | None = None, **kwargs) -> StreamSession:
+    """Load a checkpoint and open a StreamSession on it.
+
+    Args:
+        path_or_repo: local folder or hub repo id of a Qwen2.5-VL (or LLaVA-OneVision) model.
+        config: compression settings (default InfiniPotConfig()).
+        **kwargs: fps, system_prompt, record_kept (see StreamSessionBase).
+    """
+    model, tokenizer, spec, _ = load_model(path_or_repo)
+    return StreamSession(model, tokenizer, spec, config or InfiniPotConfig(), **kwargs)
