@@ -43,3 +43,25 @@ def tiny_qwen_bf16_dir(build_tiny, tmp_path_factory) -> Path:
 def tiny_llava_dir(build_tiny, tmp_path_factory) -> Path:
     """Tiny random LLaVA-OneVision in the llava-hf layout, float32, seed 0."""
     return build_tiny("llava_onevision", tmp_path_factory.mktemp("tiny_llava"), "float32", 0)
+
+
+@pytest.fixture(scope="session")
+def video_dir(tmp_path_factory) -> Path:
+    """A session folder for generated test videos."""
+    return tmp_path_factory.mktemp("videos")
+
+
+@pytest.fixture(scope="session")
+def moving_shapes_mp4(video_dir) -> Path:
+    """30 frames of moving shapes, 112x168 (multiples of 28), 10 fps, mp4v: 3.0 s."""
+    from videos import moving_shapes_video
+
+    return moving_shapes_video(video_dir / "moving_shapes.mp4", n=30, fps=10.0)
+
+
+@pytest.fixture(scope="session")
+def static_events_mp4(video_dir) -> Path:
+    """40 frames of a static 112x112 scene with short events at frames 10 and 25, 4 fps: 10 s."""
+    from videos import static_events_video
+
+    return static_events_video(video_dir / "static_events.mp4", n=40, fps=4.0)

@@ -1,0 +1,288 @@
+"""Frame sources for streaming: a video file, a camera index or a stream URL, through OpenCV.
+
+VideoSource samples frames at a target fps by timestamp while it reads (it never decodes the
+whole video into memory), caps the count, and resizes every frame once, here, so that the MLX
+and the PyTorch backends see identical pixels. Frames come out RGB uint8.
+
+Notation: F = frames in a block, H x W = resized frame size (multiples of `factor`), 3 = RGB.
+Resizing follows Qwen2-VL's smart_resize (multiples of 28 within [min_pixels, max_pixels],
+aspect ratio kept); `size=(H, W)` forces a fixed size instead (LLaVA-OV: the vision image_size).
+Timestamps are seconds from the start of the source: frame index / source fps for files and
+streams that report an fps, the capture clock otherwise (cameras: wall clock since opening).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["VideoError", "VideoSource", "FrameBlock", "smart_resize", "resize_frame", "pad_block"]
+
+# Qwen2-VL's video processor defaults (transformers Qwen2VLVideoProcessor.size).
+VIDEO_MIN_PIXELS = 128 * 28 * 28
+VIDEO_MAX_PIXELS = 768 * 28 * 28
+
+
+class VideoError(ValueError):
+    """A source that cannot be opened or read as a video; the message says what to do."""
+
+
+@dataclass
+class FrameBlock:
+    """A block of consecutive sampled frames.
+
+    frames: (F, H, W, 3) uint8 RGB.  timestamps: (F,) float64 seconds.
+    n_real: frames that came from the source; the rest (padding) repeat the last real frame.
+    start: sample index of the first frame (0 for the first frame of the source).
+    """
+
+    frames: np.ndarray
+    timestamps: np.ndarray
+    n_real: int
+    start: int
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = VIDEO_MIN_PIXELS,
+                 max_pixels: int = VIDEO_MAX_PIXELS) -> tuple[int, int]:
+    """Qwen2-VL's smart_resize: (H, W) multiples of `factor`, H*W in [min_pixels, max_pixels].
+
+    Same arithmetic as transformers' qwen2_vl smart_resize (round half to even included).
+    """
+    if min(height, width) <= 0:
+        raise VideoError(f"frame size {height}x{width} is empty; the source gives no picture.")
+    if max(height, width) / min(height, width) > 200:
+        raise VideoError(f"frame size {height}x{width} is too elongated (aspect ratio over 200).")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def resize_frame(bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """OpenCV BGR (h, w, 3) -> RGB (H, W, 3) uint8: area filter to shrink, bicubic to grow."""
+    height, width = size
+    if bgr.shape[:2] != (height, width):
+        shrink = height * width < bgr.shape[0] * bgr.shape[1]
+        bgr = cv2.resize(bgr, (width, height),
+                         interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def pad_block(frames: np.ndarray, timestamps: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+    """Repeat the last frame (and timestamp) until F is a multiple of `multiple` (Qwen: 2).
+
+    (F, H, W, 3), (F,) -> (F', H, W, 3), (F',) with F' = ceil(F / multiple) * multiple.
+    """
+    missing = -len(frames) % multiple
+    if missing == 0:
+        return frames, timestamps
+    frames = np.concatenate([frames, np.repeat(frames[-1:], missing, axis=0)])
+    timestamps = np.concatenate([timestamps, np.repeat(timestamps[-1:], missing)])
+    return frames, timestamps
+
+
+def _parse_source(source: str | int | Path) -> tuple[str | int, str]:
+    """-> (what cv2.VideoCapture takes, kind) with kind in {"camera", "stream", "file"}."""
+    if isinstance(source, bool):
+        raise VideoError(f"video source {source!r} is not a path, a URL or a camera index.")
+    if isinstance(source, int) or (isinstance(source, str) and source.strip().isdigit()):
+        return int(source), "camera"
+    text = str(source)
+    if "://" in text:
+        return text, "stream"
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise VideoError(f"video file not found: {text}; check the path.")
+    if not path.is_file():
+        raise VideoError(f"{text} is not a file; pass a video file, a camera index or a URL.")
+    return str(path), "file"
+
+
+def _open_capture(target: str | int, kind: str) -> cv2.VideoCapture:
+    cap = cv2.VideoCapture(target)
+    if cap.isOpened():
+        return cap
+    cap.release()
+    if kind == "camera":
+        raise VideoError(f"could not open camera {target}; check that it is connected and not in use.")
+    if kind == "stream":
+        raise VideoError(f"could not open the stream {target}; check the URL and the network.")
+    raise VideoError(f"could not open {target} as a video (not a video, corrupt, or an unsupported "
+                     f"codec); re-encode it, e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`.")
+
+
+def _positive(value: float) -> float | None:
+    return value if value > 0 and math.isfinite(value) else None
+
+
+class VideoSource:
+    """Sampled, resized RGB frames from a video file, a camera index or a stream URL.
+
+    Args:
+        source: a file path, a camera index (int or digit string) or a URL ("rtsp://...").
+        fps: target sampling rate in frames per second; None keeps every frame.
+        max_frames: stop after this many sampled frames (None: until the source ends).
+        min_pixels, max_pixels, factor: smart_resize limits (Qwen2.5-VL video processor).
+        size: fixed (H, W) for every frame instead of smart_resize (e.g. LLaVA-OV 384x384).
+    Raises:
+        VideoError: missing, unreadable or empty source (raised here, at construction).
+    """
+
+    def __init__(self, source: str | int | Path, fps: float | None = 2.0, max_frames: int | None = None,
+                 min_pixels: int = VIDEO_MIN_PIXELS, max_pixels: int = VIDEO_MAX_PIXELS,
+                 factor: int = 28, size: tuple[int, int] | None = None):
+        if fps is not None and not fps > 0:
+            raise ValueError(f"fps must be positive (or None for every frame), got {fps}.")
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"max_frames must be at least 1 (or None), got {max_frames}.")
+        self.source = source
+        self.fps = fps
+        self.max_frames = max_frames
+        self._target, self.kind = _parse_source(source)
+        self._limits = (factor, min_pixels, max_pixels)
+        self._fixed_size = tuple(size) if size is not None else None
+        self._cap, self._first = self._open()
+        self.source_size: tuple[int, int] = self._first.shape[:2]  # (h, w) as decoded
+        self.frame_size: tuple[int, int] = self._output_size(*self.source_size)  # (H, W)
+
+    # -- container facts ------------------------------------------------------------------
+    @property
+    def source_fps(self) -> float | None:
+        """Frames per second the container reports (None when unknown, e.g. some streams)."""
+        return self._source_fps
+
+    @property
+    def frame_count(self) -> int | None:
+        """Frames the container reports (None for cameras, streams and unknown counts)."""
+        return self._frame_count
+
+    @property
+    def duration(self) -> float | None:
+        """frame_count / source_fps in seconds, when the container reports both."""
+        count, fps = self.frame_count, self.source_fps
+        return count / fps if count is not None and fps is not None else None
+
+    # -- reading ----------------------------------------------------------------------------
+    def _open(self) -> tuple[cv2.VideoCapture, np.ndarray]:
+        """Open the capture and decode frame 0 (so an empty or corrupt file fails here)."""
+        cap = _open_capture(self._target, self.kind)
+        ok, first = cap.read()
+        if not ok or first is None or first.size == 0:
+            cap.release()
+            raise VideoError(f"no frame could be decoded from {self._target} (empty or corrupt "
+                             f"video); check the file or re-encode it with ffmpeg.")
+        self._clock0 = time.monotonic()
+        self._source_fps = _positive(cap.get(cv2.CAP_PROP_FPS))
+        count = _positive(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if self.kind != "camera" else None
+        self._frame_count = int(count) if count is not None else None
+        return cap, first
+
+    def _output_size(self, height: int, width: int) -> tuple[int, int]:
+        if self._fixed_size is not None:
+            return self._fixed_size
+        factor, min_pixels, max_pixels = self._limits
+        return smart_resize(height, width, factor, min_pixels, max_pixels)
+
+    def _timestamp(self, index: int) -> float:
+        """Seconds of decoded frame `index` (see the module docstring)."""
+        fps = self._source_fps
+        if self.kind != "camera" and fps is not None:
+            return index / fps
+        msec = _positive(self._cap.get(cv2.CAP_PROP_POS_MSEC)) if self.kind != "camera" else None
+        return msec / 1000.0 if msec is not None else time.monotonic() - self._clock0
+
+    def _decoded(self) -> Iterator[tuple[int, float, cv2.VideoCapture]]:
+        """(index, timestamp, capture) for each decoded frame; frame 0 is already retrieved."""
+        if self._cap is None:  # a second pass over a file: open it again
+            if self.kind != "file":
+                raise VideoError(f"{self.kind} {self._target} was already read; open a new VideoSource.")
+            self._cap, self._first = self._open()
+        yield 0, 0.0, self._cap
+        index = 1
+        while self._cap.grab():  # decode only; pixels are retrieved for sampled frames
+            yield index, self._timestamp(index), self._cap
+            index += 1
+
+    def frames(self) -> Iterator[tuple[float, np.ndarray]]:
+        """Yield (timestamp, frame (H, W, 3) uint8 RGB) at the target fps, up to max_frames."""
+        taken, due = 0, 0.0
+        try:
+            for index, ts, cap in self._decoded():
+                if self.max_frames is not None and taken >= self.max_frames:
+                    break
+                if ts + 1e-6 < due:  # slot k/fps takes the first frame at or after it
+                    continue
+                bgr = self._first if index == 0 else cap.retrieve()[1]
+                if bgr is None:
+                    break
+                taken += 1
+                if self.fps is not None:  # next slot after ts (a slow live reader skips slots)
+                    due = (math.floor(ts * self.fps + 1e-6) + 1) / self.fps
+                yield ts, resize_frame(bgr, self.frame_size)
+        finally:
+            self.close()
+
+    def __iter__(self) -> Iterator[tuple[float, np.ndarray]]:
+        return self.frames()
+
+    def blocks(self, n: int, pad_multiple: int = 1) -> Iterator[FrameBlock]:
+        """Yield FrameBlocks of n frames ((n, H, W, 3) uint8); the last may hold fewer.
+
+        pad_multiple: pad the last block by repeating its last frame up to a multiple of this
+        (2 for Qwen's temporal patches); FrameBlock.n_real counts the frames before padding.
+        """
+        if n < 1 or pad_multiple < 1:
+            raise ValueError(f"block size n={n} and pad_multiple={pad_multiple} must be >= 1.")
+        buffer: list[tuple[float, np.ndarray]] = []
+        start = 0
+        for item in self.frames():
+            buffer.append(item)
+            if len(buffer) == n:
+                yield self._block(buffer, start, pad_multiple)
+                start, buffer = start + n, []
+        if buffer:
+            yield self._block(buffer, start, pad_multiple)
+
+    @staticmethod
+    def _block(items: list[tuple[float, np.ndarray]], start: int, pad_multiple: int) -> FrameBlock:
+        frames = np.stack([f for _, f in items])  # (F, H, W, 3)
+        timestamps = np.array([t for t, _ in items], dtype=np.float64)  # (F,)
+        frames, timestamps = pad_block(frames, timestamps, pad_multiple)
+        return FrameBlock(frames, timestamps, n_real=len(items), start=start)
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        """All sampled frames at once: ((F, H, W, 3) uint8, (F,) seconds). Mind max_frames."""
+        items = list(self.frames())
+        return np.stack([f for _, f in items]), np.array([t for t, _ in items], dtype=np.float64)
+
+    def close(self) -> None:
+        """Release the capture (idempotent). A file source reopens on the next frames()."""
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def __enter__(self) -> VideoSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"VideoSource({self.source!r}, kind={self.kind}, fps={self.fps}, "
+                f"max_frames={self.max_frames}, frame_size={self.frame_size})")
