@@ -107,6 +107,27 @@ def test_transformers_processor_opens(tiny):
     assert processor.tokenizer.eos_token == "<|im_end|>"
 
 
+def test_processors_read_the_written_limits(tiny_qwen_dir, tiny_llava_dir):
+    """mlx-vlm's processors and transformers' PIL image processors (no torchvision needed)
+    read our preprocessor/video_preprocessor configs, not their own defaults."""
+    from mlx_vlm import load
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil)
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    video = json.loads((tiny_qwen_dir / "video_preprocessor_config.json").read_text())
+    _, processor = load(str(tiny_qwen_dir))
+    vp = processor.video_processor
+    assert (vp.min_pixels, vp.max_pixels) == (video["min_pixels"], video["max_pixels"])
+    assert list(vp.image_mean) == video["image_mean"] and vp.temporal_patch_size == 2
+    image = Qwen2VLImageProcessorPil.from_pretrained(str(tiny_qwen_dir))
+    assert image.size.shortest_edge == 56 * 56 and list(image.image_mean) == video["image_mean"]
+    _, processor = load(str(tiny_llava_dir))
+    assert tuple(processor.video_processor.size) == (98, 98)
+    image = LlavaOnevisionImageProcessorPil.from_pretrained(str(tiny_llava_dir))
+    assert (image.size.height, image.size.width) == (98, 98) and tuple(image.image_mean) == (0.5,) * 3
+
+
 def test_mlx_vlm_load_and_language_model_parity(tiny):
     """Same input_ids through both language models: float32 logits agree to ~1e-5."""
     import mlx.core as mx
@@ -151,3 +172,24 @@ def test_builder_rejects_bad_arguments(build_tiny, tmp_path):
         build_tiny("llava", tmp_path)
     with pytest.raises(ValueError, match="dtype"):
         build_tiny("qwen2_5_vl", tmp_path, dtype="float16")
+
+
+def test_llava_video_forward_parity(tiny_llava_dir):
+    """Same video pixels and ids through both LLaVA-OV models (siglip, projector, 2x pooling,
+    image_newline): float32 logits agree to ~1e-5. 7x7 patches pool to 4x4 = 16 tokens/frame."""
+    import mlx.core as mx
+    from mlx_vlm import load
+
+    path, frames = str(tiny_llava_dir), 3
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    video = tok.convert_tokens_to_ids("<video>")
+    ids = (tok("<|im_start|>user\n").input_ids + [video] * (frames * 16 + 1)
+           + tok("Why?<|im_end|>\n<|im_start|>assistant\n").input_ids)
+    pixels = np.random.default_rng(0).standard_normal((1, frames, 3, 98, 98)).astype(np.float32)
+    ref = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(path)
+    with torch.no_grad():
+        expected = ref(input_ids=torch.tensor([ids]),
+                       pixel_values_videos=torch.from_numpy(pixels)).logits[0].numpy()
+    model, _ = load(path)
+    got = np.array(model(mx.array([ids]), pixel_values_videos=mx.array(pixels)).logits[0])
+    np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
