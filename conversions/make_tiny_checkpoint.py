@@ -74,6 +74,7 @@ def _save_weights(model, model_type: str, out_dir: Path, dtype: str) -> None:
         state = load_file(str(Path(tmp) / "model.safetensors"))
     state = {hub_key(model_type, k): v.contiguous() for k, v in state.items()}
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    (out_dir / "model.safetensors").chmod(0o644)  # safetensors writes 0600
 
 
 def _check_reload(model_type: str, out_dir: Path) -> None:

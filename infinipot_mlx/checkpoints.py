@@ -60,6 +60,29 @@ def _token_id(ids: dict[str, int], token: str) -> int:
     return ids[token]
 
 
+def _qwen_vision_config(depth: int, hidden_size: int, num_heads: int, intermediate_size: int,
+                       out_hidden_size: int, window_size: int, fullatt_block_indexes: list[int] | None,
+                       tokens_per_second: int) -> dict:
+    """vision_config of Qwen2.5-VL; model_type "qwen2_5_vl" as on the hub (FIXTURES.md)."""
+    return {
+        "model_type": "qwen2_5_vl",
+        "depth": depth,
+        "hidden_act": "silu",
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "num_heads": num_heads,
+        "in_chans": 3,
+        "out_hidden_size": out_hidden_size,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "spatial_patch_size": 14,
+        "window_size": window_size,
+        "fullatt_block_indexes": list(fullatt_block_indexes or [depth - 1]),
+        "tokens_per_second": tokens_per_second,
+        "temporal_patch_size": 2,
+    }
+
+
 def qwen2_5_vl_config(
     tokenizer: Tokenizer, *, hidden_size: int = 128, num_hidden_layers: int = 2,
     num_attention_heads: int = 4, num_key_value_heads: int = 2, intermediate_size: int = 256,
@@ -106,25 +129,37 @@ def qwen2_5_vl_config(
         "torch_dtype": dtype,
         "use_cache": True,
         "use_sliding_window": False,
-        "vision_config": {
-            "model_type": "qwen2_5_vl",
-            "depth": vision_depth,
-            "hidden_act": "silu",
-            "hidden_size": vision_hidden_size,
-            "intermediate_size": vision_intermediate_size,
-            "num_heads": vision_num_heads,
-            "in_chans": 3,
-            "out_hidden_size": hidden_size,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "spatial_patch_size": 14,
-            "window_size": window_size,
-            "fullatt_block_indexes": list(fullatt_block_indexes or [vision_depth - 1]),
-            "tokens_per_second": tokens_per_second,
-            "temporal_patch_size": 2,
-        },
+        "vision_config": _qwen_vision_config(
+            vision_depth, vision_hidden_size, vision_num_heads, vision_intermediate_size,
+            hidden_size, window_size, fullatt_block_indexes, tokens_per_second),
         "rope_scaling": {"type": "mrope", "mrope_section": list(mrope_section)},
         "vocab_size": tokenizer.get_vocab_size(),
+    }
+
+
+def _qwen2_text_config(ids: dict[str, int], vocab_size: int, hidden_size: int,
+                      num_hidden_layers: int, num_attention_heads: int, num_key_value_heads: int,
+                      intermediate_size: int, rope_theta: float, dtype: str) -> dict:
+    """text_config of LLaVA-OV: a Qwen2ForCausalLM (llava-hf's nested layout)."""
+    return {
+        "architectures": ["Qwen2ForCausalLM"],
+        "bos_token_id": _token_id(ids, "<|endoftext|>"),
+        "eos_token_id": _token_id(ids, "<|im_end|>"),
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "max_position_embeddings": 32768,
+        "max_window_layers": num_hidden_layers,
+        "model_type": "qwen2",
+        "num_attention_heads": num_attention_heads,
+        "num_hidden_layers": num_hidden_layers,
+        "num_key_value_heads": num_key_value_heads,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": rope_theta,
+        "sliding_window": 131072,
+        "tie_word_embeddings": False,
+        "torch_dtype": dtype,
+        "use_sliding_window": False,
+        "vocab_size": vocab_size,
     }
 
 
@@ -145,26 +180,9 @@ def llava_onevision_config(
         raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}.")
     pinpoints = [[i * image_size, j * image_size]
                  for i in range(1, max_grid + 1) for j in range(1, max_grid + 1)]
-    text_config = {
-        "architectures": ["Qwen2ForCausalLM"],
-        "bos_token_id": _token_id(ids, "<|endoftext|>"),
-        "eos_token_id": _token_id(ids, "<|im_end|>"),
-        "hidden_size": hidden_size,
-        "intermediate_size": intermediate_size,
-        "max_position_embeddings": 32768,
-        "max_window_layers": num_hidden_layers,
-        "model_type": "qwen2",
-        "num_attention_heads": num_attention_heads,
-        "num_hidden_layers": num_hidden_layers,
-        "num_key_value_heads": num_key_value_heads,
-        "rms_norm_eps": 1e-06,
-        "rope_theta": rope_theta,
-        "sliding_window": 131072,
-        "tie_word_embeddings": False,
-        "torch_dtype": dtype,
-        "use_sliding_window": False,
-        "vocab_size": tokenizer.get_vocab_size(),
-    }
+    text_config = _qwen2_text_config(ids, tokenizer.get_vocab_size(), hidden_size,
+                                     num_hidden_layers, num_attention_heads, num_key_value_heads,
+                                     intermediate_size, rope_theta, dtype)
     vision_config = {
         "hidden_size": vision_hidden_size,
         "image_size": image_size,
