@@ -1,0 +1,269 @@
+"""The compressible KV cache (PyTorch reference): the MLX cache, name for name.
+
+Notation: B = 1 batch, H = KV heads, D = head dim, L = tokens of one update,
+n = n_cached stored slots per head, N = visual candidates per head, K = kept visual tokens.
+
+Slots are kept in arrival order per head and tagged with (frame, patch); -1 marks a
+pinned (text) slot that is never dropped. The session calls `compress` between forward
+passes. `next_position` (on StreamCache) is the logical RoPE position of the next token;
+`n_cached` is the number of stored slots.
+
+StreamCache is also a transformers `Cache`, so transformers' attention can call
+`past_key_values.update(k, v, layer_idx)`. Its mask creation asks `get_query_offset`
+(= get_seq_length = n_cached) and `get_mask_sizes` (= (n_cached + L, 0)), which gives
+every cached slot visible and causal order among the L new tokens. get_seq_length counts
+stored slots, not positions: always pass position_ids explicitly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from ..slots import PINNED, check_labels, kept_slots, visual_slots
+
+
+def _as_numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+
+
+class LayerKVCache(CacheLayerMixin):
+    """One layer's compressible KV cache (the transformers cache-layer protocol)."""
+
+    step = 256
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self):
+        super().__init__()  # sets keys = values = None through the setters below
+        self._reset()
+
+    def _reset(self) -> None:
+        self._keys = None  # (1, H, capacity, D) buffer; slots [0, n) are live
+        self._values = None
+        self._frame = np.zeros((0, 0), np.int32)  # (H, capacity)
+        self._patch = np.zeros((0, 0), np.int32)
+        self._n = 0
+        self._pending = None  # labels for the next update: (frame (L,), patch (L,))
+        self.is_initialized = False
+
+    @property
+    def n_cached(self) -> int:
+        return self._n
+
+    @property
+    def offset(self) -> int:
+        return self._n
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        """(1, H, n, D) stored keys, arrival order per head."""
+        return None if self._keys is None else self._keys[..., : self._n, :]
+
+    @keys.setter
+    def keys(self, v: torch.Tensor | None) -> None:
+        """Replace the stored keys (transformers' base class assigns them)."""
+        self._keys = v
+        self._n = 0 if v is None else v.shape[-2]
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return None if self._values is None else self._values[..., : self._n, :]
+
+    @values.setter
+    def values(self, v: torch.Tensor | None) -> None:
+        self._values = v
+
+    @property
+    def frame_ids(self) -> np.ndarray:
+        """(H, n) int32 frame of each slot, -1 for pinned."""
+        return self._frame[:, : self._n]
+
+    @property
+    def patch_ids(self) -> np.ndarray:
+        return self._patch[:, : self._n]
+
+    def label_next(self, frame_ids, patch_ids) -> None:
+        """Tag the tokens of the next update_and_fetch; untagged tokens are pinned.
+
+        Args:
+            frame_ids: (L,) ints, -1 for pinned tokens.
+            patch_ids: (L,) ints, -1 for pinned tokens.
+        """
+        self._pending = check_labels(_as_numpy(frame_ids), _as_numpy(patch_ids))
+
+    def _take_labels(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pop the pending labels for `length` new tokens (all pinned when none)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return np.full(length, PINNED, np.int32), np.full(length, PINNED, np.int32)
+        if len(pending[0]) != length:
+            raise ValueError(f"label_next tagged {len(pending[0])} tokens but {length} arrived.")
+        return pending
+
+    def _append_labels(self, frame: np.ndarray, patch: np.ndarray, n_heads: int, capacity: int):
+        """Write (L,) labels for all heads at slots [n, n + L), growing to `capacity`."""
+        if self._frame.shape != (n_heads, capacity):
+            grown = np.full((2, n_heads, capacity), PINNED, np.int32)
+            if self._n:
+                grown[0, :, : self._n], grown[1, :, : self._n] = self.frame_ids, self.patch_ids
+            self._frame, self._patch = grown[0], grown[1]
+        self._frame[:, self._n : self._n + len(frame)] = frame
+        self._patch[:, self._n : self._n + len(patch)] = patch
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.is_initialized = True
+
+    def update_and_fetch(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append L new tokens; return all stored keys and values.
+
+        Args:
+            keys: (1, H, L, D) new keys (after RoPE).
+            values: (1, H, L, Dv) new values.
+        Returns:
+            keys (1, H, n + L, D), values (1, H, n + L, Dv).
+        """
+        if not self.is_initialized:
+            self.lazy_initialization(keys, values)
+        n, length = self._n, keys.shape[2]
+        frame, patch = self._take_labels(length)
+        if self._keys is None or n + length > self._keys.shape[2]:
+            spare = -(n + length) % self.step  # round capacity up to a multiple of step
+            self._keys = self._grow(self._keys, keys, spare)
+            self._values = self._grow(self._values, values, spare)
+        else:
+            self._keys[..., n : n + length, :] = keys
+            self._values[..., n : n + length, :] = values
+        self._append_labels(frame, patch, keys.shape[1], self._keys.shape[2])
+        self._n = n + length
+        return self.keys, self.values
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """transformers' name for update_and_fetch (extra cache kwargs are ignored)."""
+        return self.update_and_fetch(key_states, value_states)
+
+    def _grow(self, old: torch.Tensor | None, new: torch.Tensor, spare: int) -> torch.Tensor:
+        """One copy: live slots, then the new tokens, then `spare` empty slots."""
+        pad = new.new_zeros((*new.shape[:2], spare, new.shape[3]))
+        parts = [new, pad] if old is None else [old[..., : self._n, :], new, pad]
+        return torch.cat(parts, dim=2)
+
+    def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None):
+        """Mask for N new tokens: every cached slot visible, causal among the new ones.
+
+        Args:
+            N: number of new tokens.
+            return_array: accepted for parity with MLX; a tensor is returned whenever N > 1.
+            window_size: sliding windows are not supported (must be None).
+        Returns:
+            None when N == 1, else bool (N, n + N).
+        """
+        if window_size is not None:
+            raise ValueError("The compressible cache does not support sliding-window attention.")
+        if N == 1:
+            return None
+        device = None if self._keys is None else self._keys.device
+        rows = torch.arange(self._n, self._n + N, device=device)[:, None]  # (N, 1) slot of each new token
+        return rows >= torch.arange(self._n + N, device=device)[None]  # (N, n + N)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """(kv_length, kv_offset) for transformers' mask: all n cached slots plus the new ones."""
+        return self._n + query_length, 0
+
+    def get_seq_length(self) -> int:
+        """Stored slots (n_cached), not the logical position."""
+        return self._n
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def visual(self):
+        """The visual candidates of every head, in arrival order.
+
+        Returns:
+            slots (H, N) int64 np, keys (H, N, D), values (H, N, Dv),
+            frame_ids (H, N) np, patch_ids (H, N) np.
+        """
+        slots = visual_slots(self.frame_ids)  # (H, N)
+        keys, values = self.keys[0], self.values[0]  # (H, n, D)
+        idx = torch.as_tensor(slots, device=keys.device)[:, :, None]  # (H, N, 1)
+        keys = torch.gather(keys, 1, idx.expand(-1, -1, keys.shape[-1]))
+        values = torch.gather(values, 1, idx.expand(-1, -1, values.shape[-1]))
+        frames = np.take_along_axis(self.frame_ids, slots, axis=1)
+        patches = np.take_along_axis(self.patch_ids, slots, axis=1)
+        return slots, keys, values, frames, patches
+
+    def compress(self, kept) -> None:
+        """Keep the pinned slots and, per head, the visual candidates `kept`.
+
+        Args:
+            kept: (H, K) indices into visual() candidates (tensor or numpy).
+        """
+        slots = kept_slots(self.frame_ids, _as_numpy(kept))  # (H, n_new)
+        idx = torch.as_tensor(slots, device=self._keys.device)[None, :, :, None]  # (1, H, n_new, 1)
+        keys, values = self.keys, self.values
+        self._keys = torch.gather(keys, 2, idx.expand(-1, -1, -1, keys.shape[-1]))
+        self._values = torch.gather(values, 2, idx.expand(-1, -1, -1, values.shape[-1]))
+        self._frame = np.take_along_axis(self.frame_ids, slots, axis=1)
+        self._patch = np.take_along_axis(self.patch_ids, slots, axis=1)
+        self._n = slots.shape[1]
+
+    def reset(self) -> None:
+        """Drop everything stored."""
+        self._reset()
+
+    def size(self) -> int:
+        return self._n
+
+    def empty(self) -> bool:
+        return self._n == 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the keys and values held in live slots."""
+        if self._keys is None:
+            return 0
+        keys, values = self.keys, self.values
+        return keys.numel() * keys.element_size() + values.numel() * values.element_size()
+
+
+class StreamCache(Cache):
+    """All layers' caches, as the session holds them; also a transformers Cache."""
+
+    def __init__(self, num_layers: int):
+        super().__init__(layers=[LayerKVCache() for _ in range(num_layers)])
+        self.next_position = 0  # logical RoPE position of the next token (set by the session)
+
+    def __getitem__(self, i) -> LayerKVCache:
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None):
+        """Layer 0's mask (all layers hold the same count); see LayerKVCache.make_mask."""
+        return self.layers[0].make_mask(N, return_array=return_array, window_size=window_size)
+
+    @property
+    def n_cached(self) -> int:
+        return self.layers[0].n_cached
+
+    @property
+    def n_pinned(self) -> int:
+        return int((self.layers[0].frame_ids[0] < 0).sum()) if self.n_cached else 0
+
+    @property
+    def n_visual(self) -> int:
+        return self.n_cached - self.n_pinned
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.nbytes for layer in self.layers)
+
+    def label_next(self, frame_ids, patch_ids) -> None:
+        """Tag the next update's tokens in every layer (see LayerKVCache.label_next)."""
+        for layer in self.layers:
+            layer.label_next(frame_ids, patch_ids)

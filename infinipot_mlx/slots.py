@@ -1,0 +1,67 @@
+"""Slot bookkeeping shared by both cache backends (pure numpy).
+
+Notation: H = KV heads, n = stored slots per head, N = visual candidates per head,
+K = kept visual tokens, L = tokens of one update. A slot's (frame, patch) label is -1
+for a pinned (text) slot; slots are in arrival order per head.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PINNED = -1  # frame/patch id of a pinned (text) slot
+
+
+def check_labels(frame_ids, patch_ids) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the labels of a chunk of tokens.
+
+    Args:
+        frame_ids: (L,) ints, -1 for pinned tokens.
+        patch_ids: (L,) ints, -1 for pinned tokens.
+    Returns:
+        frame_ids, patch_ids as int32 arrays (L,).
+    """
+    frame_ids = np.asarray(frame_ids, dtype=np.int32).reshape(-1)
+    patch_ids = np.asarray(patch_ids, dtype=np.int32).reshape(-1)
+    if frame_ids.shape != patch_ids.shape:
+        raise ValueError(f"frame_ids {frame_ids.shape} and patch_ids {patch_ids.shape} differ in length.")
+    if np.any((frame_ids < 0) != (patch_ids < 0)):
+        raise ValueError("A token is pinned (-1) in frame_ids but not in patch_ids, or the reverse.")
+    return frame_ids, patch_ids
+
+
+def visual_slots(frame_ids: np.ndarray) -> np.ndarray:
+    """Slot indices of the visual (non-pinned) slots of each head, in arrival order.
+
+    Args:
+        frame_ids: (H, n) int, -1 marks pinned slots.
+    Returns:
+        (H, N) int64 slot indices, ascending per head.
+    """
+    pinned = frame_ids < 0  # (H, n)
+    n_visual = pinned.shape[1] - int(pinned[0].sum()) if pinned.size else 0
+    assert np.all(pinned.sum(axis=1) == pinned.shape[1] - n_visual), "heads hold different pinned counts"
+    return np.argsort(pinned, axis=1, kind="stable")[:, :n_visual]
+
+
+def kept_slots(frame_ids: np.ndarray, kept) -> np.ndarray:
+    """Slots that survive a compression: every pinned slot plus the kept visual ones.
+
+    Args:
+        frame_ids: (H, n) int, -1 marks pinned slots.
+        kept: (H, K) indices into the visual candidates (visual_slots order).
+    Returns:
+        (H, n_pinned + K) int64 slot indices, ascending (arrival order) per head.
+    """
+    kept = np.asarray(kept, dtype=np.int64)
+    visual = visual_slots(frame_ids)  # (H, N)
+    n_heads, n_visual = visual.shape
+    if kept.ndim != 2 or kept.shape[0] != n_heads:
+        raise ValueError(f"kept must be (H={n_heads}, K) indices, got shape {kept.shape}.")
+    if kept.size and (kept.min() < 0 or kept.max() >= n_visual):
+        raise ValueError(f"kept indices must lie in [0, {n_visual}) (the visual candidates).")
+    keep = frame_ids < 0  # (H, n) pinned slots always survive
+    np.put_along_axis(keep, np.take_along_axis(visual, kept, axis=1), True, axis=1)
+    counts = keep.sum(axis=1)  # (H,) equal across heads unless kept repeats an index
+    assert np.all(counts == frame_ids.shape[1] - n_visual + kept.shape[1]), f"duplicate kept: {counts}"
+    return np.nonzero(keep)[1].reshape(n_heads, -1)  # row-major, so ascending per head
