@@ -8,23 +8,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlx.core as mx
 import numpy as np
 
 from .adapters import adapter_class
 from .cache import StreamCache
 from .config import InfiniPotConfig
+from .model_path import ModelPathError, resolve_model_path  # noqa: F401  (re-exported)
 from .select import select_tokens
 from .specs import load_spec
 from .stream import StreamSessionBase
 
 DEFAULT_MODEL = "mlx-community/Qwen2.5-VL-7B-Instruct-4bit"
-
-
-class ModelPathError(ValueError):
-    """The model path does not exist locally and cannot be fetched."""
 
 
 class MLXBackend:
@@ -76,26 +71,6 @@ class StreamSession(StreamSessionBase):
     def __init__(self, model, tokenizer, spec, config: InfiniPotConfig, **kwargs):
         adapter = adapter_class(spec.model_type)(model, tokenizer, spec)
         super().__init__(adapter, MLXBackend(), config, **kwargs)
-
-
-def resolve_model_path(path_or_repo: str) -> Path:
-    """A local checkpoint folder, or the hub snapshot of a repo id (ModelPathError offline)."""
-    path = Path(path_or_repo).expanduser()
-    if path.exists():
-        if not (path / "config.json").exists():
-            raise ModelPathError(f"{path} has no config.json; pass --model a folder with an MLX or HF checkpoint")
-        return path
-    if path_or_repo.startswith((".", "/", "~")) or path_or_repo.count("/") != 1:
-        raise ModelPathError(f"model folder {path_or_repo} does not exist; pass --model an existing folder")
-    try:
-        from mlx_vlm.utils import get_model_path
-
-        return Path(get_model_path(path_or_repo))
-    except Exception as err:  # hub errors vary by version; all mean "not available here"
-        raise ModelPathError(
-            f"cannot fetch {path_or_repo} ({type(err).__name__}); offline, pass --model a local "
-            "checkpoint folder (python conversions/convert.py makes one), or run --demo"
-        ) from None
 
 
 def load_model(path_or_repo: str):
