@@ -127,16 +127,18 @@ class LayerKVCache(_BaseCache):
 
         Args:
             N: number of new tokens.
-            return_array: accepted for mlx-vlm; an array is returned whenever N > 1.
+            return_array: True for the explicit bool array; otherwise "causal", which
+                mx.fast.scaled_dot_product_attention aligns bottom-right (the same mask)
+                without materializing N x (n + N) booleans.
             window_size: sliding windows are not supported (must be None).
         Returns:
-            None when N == 1, else bool (N, n + N).
+            None when N == 1, "causal", or bool (N, n + N) when return_array.
         """
         if window_size is not None:
             raise ValueError("The compressible cache does not support sliding-window attention.")
         if N == 1:
             return None
-        return create_causal_mask(N, offset=self._n)
+        return create_causal_mask(N, offset=self._n) if return_array else "causal"
 
     def visual(self):
         """The visual candidates of every head, in arrival order.

@@ -148,7 +148,8 @@ def test_mask_sees_every_cached_token_and_is_causal_within_block(backend):
     cache = module.StreamCache(1)
     feed(cache[0], stream_labels([("text", 5)]), to_array, 0)
     cache.next_position = 100  # the mask depends on stored slots only
-    mask = to_numpy(cache.make_mask(4))
+    assert cache.make_mask(4) == "causal"  # what attention gets: bottom-right aligned
+    mask = to_numpy(cache.make_mask(4, return_array=True))
     assert mask.shape == (4, 9) and mask.dtype == np.bool_
     assert mask[:, :5].all()
     np.testing.assert_array_equal(mask[:, 5:], np.tril(np.ones((4, 4), bool)))
@@ -172,7 +173,7 @@ def test_transformers_causal_mask_over_stream_cache():
         config, torch.zeros(1, 4, 8), None, cache, position_ids=None, allow_is_causal_skip=False
     )
     assert mask.shape == (1, 1, 4, 5 + 4)
-    np.testing.assert_array_equal(mask[0, 0].numpy(), cache.make_mask(4).numpy())
+    np.testing.assert_array_equal(mask[0, 0].numpy(), cache.make_mask(4, return_array=True).numpy())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

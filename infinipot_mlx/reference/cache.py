@@ -156,15 +156,19 @@ class LayerKVCache(CacheLayerMixin):
 
         Args:
             N: number of new tokens.
-            return_array: accepted for parity with MLX; a tensor is returned whenever N > 1.
+            return_array: True for the explicit bool tensor; otherwise "causal" (bottom-right
+                aligned), as the MLX cache answers. transformers builds its own mask through
+                get_mask_sizes and does not call this.
             window_size: sliding windows are not supported (must be None).
         Returns:
-            None when N == 1, else bool (N, n + N).
+            None when N == 1, "causal", or bool (N, n + N) when return_array.
         """
         if window_size is not None:
             raise ValueError("The compressible cache does not support sliding-window attention.")
         if N == 1:
             return None
+        if not return_array:
+            return "causal"
         device = None if self._keys is None else self._keys.device
         rows = torch.arange(self._n, self._n + N, device=device)[:, None]  # (N, 1) slot of each new token
         return rows >= torch.arange(self._n + N, device=device)[None]  # (N, n + N)
