@@ -1,0 +1,108 @@
+"""InfiniPot-V scores in MLX: TaR, VaN and VaN pooling (ALGORITHM.md section 4).
+
+Scorers return scores (higher = keep) and select nothing; select.py does the selection.
+The PyTorch mirror is reference/scoring.py (same names, same argument order).
+
+Notation: H = KV heads, N = visual candidates per head (arrival order), D = head dim,
+T = tokens per frame, G = frame extent of the dense pooling grid. Metadata
+(frame_ids, patch_ids, masks) is host numpy; see candidates.py for the recent-frame
+rule and the dense grid.
+
+VaN pooling with holes: each head's VaN map is scattered into a dense (G, rows, cols)
+grid (its present frames in frame-id order, zeros at missing patches and unused frame
+slots), average-pooled there with stride 1, zero padding of k // 2 and divisor k per
+pooled axis (torch AvgPool with count_include_pad=True), then gathered back to the
+candidates. Kernels shrink per axis to the largest odd size that fits G, rows, cols
+(the 1-D kernel: G * T). On a full grid in arrival order this is exactly torch's avg_pool3d (first
+quarter of the layers), avg_pool2d per frame (second) or avg_pool1d along the token
+sequence (third).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+from . import candidates
+
+EPS = 1e-9  # cos(a, b) = a.b / ((|a| + EPS)(|b| + EPS))
+
+
+def value_norm(values: mx.array) -> mx.array:
+    """VaN: L2 norm of each value vector. (H, N, D) -> (H, N) float32."""
+    return mx.linalg.norm(values.astype(mx.float32), axis=-1)
+
+
+def temporal_redundancy(keys: mx.array, patch_ids: np.ndarray, recent_mask: np.ndarray,
+                        tokens_per_frame: int) -> mx.array:
+    """TaR: -mean over recent frames r of cos(k[f, p], k[r, p]); higher = more novel.
+
+    The mean runs over the recent tokens of the same patch; a patch with no recent token
+    scores 0. Recent tokens get a score too (select.py keeps them regardless).
+    Args:
+        keys: (H, N, D) post-RoPE keys.
+        patch_ids: (H, N) host ints in [0, T).
+        recent_mask: (H, N) host bool, the recent frames R.
+        tokens_per_frame: T.
+    Returns:
+        (H, N) float32 scores in [-1, 1].
+    """
+    src, weight, rows = candidates.reference_layout(patch_ids, recent_mask, tokens_per_frame)
+    dim = keys.shape[-1]
+    keys = keys.astype(mx.float32)
+    recent = mx.take(keys.reshape(-1, dim), mx.array(src.reshape(-1)), axis=0)
+    recent = recent.reshape(*src.shape, dim)  # (H, C, T, D)
+    recent = recent / (mx.linalg.norm(recent, axis=-1, keepdims=True) + EPS)
+    ref = mx.sum(recent * mx.array(weight)[..., None], axis=1)  # (H, T, D) mean unit key
+    ref = mx.take(ref.reshape(-1, dim), mx.array(rows), axis=0)  # (H, N, D) per candidate
+    return -mx.sum(keys * ref, axis=-1) / (mx.linalg.norm(keys, axis=-1) + EPS)
+
+
+def pool_value_norm(van: mx.array, frame_ids: np.ndarray, patch_ids: np.ndarray,
+                    grid_hw: tuple[int, int], layer_idx: int, num_layers: int) -> mx.array:
+    """Layer-adaptive average pooling of the VaN map over the dense grid (module docstring).
+
+    Args:
+        van: (H, N) value norms.
+        frame_ids, patch_ids: (H, N) host ints.
+        grid_hw: (rows, cols) of a frame's merged grid, rows * cols == T.
+        layer_idx, num_layers: choose the kernel by quarter (layer_idx * 4) // num_layers.
+    Returns:
+        (H, N) pooled VaN (van itself in the last quarter of the layers).
+    """
+    rows, cols = grid_hw
+    slots, n_frames = candidates.dense_layout(frame_ids, patch_ids, rows * cols)
+    kernel = candidates.pool_kernel(layer_idx, num_layers, (n_frames, rows, cols))
+    if not kernel:
+        return van
+    n_heads = van.shape[0]
+    slots = mx.array(slots)
+    dense = mx.zeros((n_heads, n_frames * rows * cols), dtype=van.dtype)
+    dense = mx.put_along_axis(dense, slots, van, axis=1)  # (H, G*T), zeros at holes
+    view = (n_frames, rows, cols) if len(kernel) > 1 else (n_frames * rows * cols,)
+    pooled = _box_mean(dense.reshape(n_heads, *view), kernel)
+    return mx.take_along_axis(pooled.reshape(n_heads, -1), slots, axis=1)
+
+
+def _box_mean(x: mx.array, kernel: tuple[int, ...]) -> mx.array:
+    """Mean over a stride-1 box on the trailing axes, zero padded, divisor prod(kernel)."""
+    for axis, k in zip(range(x.ndim - len(kernel), x.ndim), kernel):
+        x = _box_sum(x, axis, k)
+    return x / float(np.prod(kernel))
+
+
+def _box_sum(x: mx.array, axis: int, k: int) -> mx.array:
+    """Sum of the k neighbours centred on each element along axis (zeros beyond the ends)."""
+    if k == 1:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (k // 2, k // 2)
+    padded = mx.pad(x, widths)
+    length = x.shape[axis]
+    window = [slice(None)] * x.ndim
+    total = None
+    for start in range(k):
+        window[axis] = slice(start, start + length)
+        part = padded[tuple(window)]
+        total = part if total is None else total + part
+    return total
