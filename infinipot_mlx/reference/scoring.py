@@ -1,0 +1,89 @@
+"""InfiniPot-V scores in PyTorch: the reference mirror of infinipot_mlx/scoring.py.
+
+Scorers return scores (higher = keep) and select nothing; reference/select.py selects.
+Same function names and argument order as the MLX side.
+
+Notation: H = KV heads, N = visual candidates per head (arrival order), D = head dim,
+T = tokens per frame, G = frame extent of the dense pooling grid. Metadata
+(frame_ids, patch_ids, masks) is host numpy; see candidates.py for the recent-frame
+rule and the dense grid.
+
+VaN pooling with holes: each head's VaN map is scattered into a dense (G, rows, cols)
+grid (its present frames in frame-id order, zeros at missing patches and unused frame
+slots), pooled with torch.nn.functional.avg_pool3d (first quarter of the layers),
+avg_pool2d per frame (second) or avg_pool1d along the flattened token sequence (third),
+stride 1, padding k // 2, count_include_pad=True, then gathered back to the candidates.
+Kernels shrink per axis to the largest odd size that fits G, rows, cols (the 1-D kernel:
+G * T).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import candidates
+
+EPS = 1e-9  # cos(a, b) = a.b / ((|a| + EPS)(|b| + EPS))
+
+AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}  # pooled axes -> torch op
+
+
+def value_norm(values: torch.Tensor) -> torch.Tensor:
+    """VaN: L2 norm of each value vector. (H, N, D) -> (H, N) float32."""
+    return torch.linalg.vector_norm(values.float(), dim=-1)
+
+
+def temporal_redundancy(keys: torch.Tensor, patch_ids: np.ndarray, recent_mask: np.ndarray,
+                        tokens_per_frame: int) -> torch.Tensor:
+    """TaR: -mean over recent frames r of cos(k[f, p], k[r, p]); higher = more novel.
+
+    The mean runs over the recent tokens of the same patch; a patch with no recent token
+    scores 0. Recent tokens get a score too (select.py keeps them regardless).
+    Args:
+        keys: (H, N, D) post-RoPE keys.
+        patch_ids: (H, N) host ints in [0, T).
+        recent_mask: (H, N) host bool, the recent frames R.
+        tokens_per_frame: T.
+    Returns:
+        (H, N) float32 scores in [-1, 1].
+    """
+    src, weight, rows = candidates.reference_layout(patch_ids, recent_mask, tokens_per_frame)
+    dim = keys.shape[-1]
+    keys = keys.float()
+    recent = keys.reshape(-1, dim)[torch.from_numpy(src.reshape(-1))]
+    recent = recent.reshape(*src.shape, dim)  # (H, C, T, D)
+    recent = recent / (torch.linalg.vector_norm(recent, dim=-1, keepdim=True) + EPS)
+    ref = torch.sum(recent * torch.from_numpy(weight)[..., None], dim=1)  # (H, T, D) mean unit key
+    ref = ref.reshape(-1, dim)[torch.from_numpy(rows)]  # (H, N, D) per candidate
+    return -torch.sum(keys * ref, dim=-1) / (torch.linalg.vector_norm(keys, dim=-1) + EPS)
+
+
+def pool_value_norm(van: torch.Tensor, frame_ids: np.ndarray, patch_ids: np.ndarray,
+                    grid_hw: tuple[int, int], layer_idx: int, num_layers: int) -> torch.Tensor:
+    """Layer-adaptive average pooling of the VaN map over the dense grid (module docstring).
+
+    Args:
+        van: (H, N) value norms.
+        frame_ids, patch_ids: (H, N) host ints.
+        grid_hw: (rows, cols) of a frame's merged grid, rows * cols == T.
+        layer_idx, num_layers: choose the kernel by quarter (layer_idx * 4) // num_layers.
+    Returns:
+        (H, N) pooled VaN (van itself in the last quarter of the layers).
+    """
+    rows, cols = grid_hw
+    slots, n_frames = candidates.dense_layout(frame_ids, patch_ids, rows * cols)
+    kernel = candidates.pool_kernel(layer_idx, num_layers, (n_frames, rows, cols))
+    if not kernel:
+        return van
+    n_heads = van.shape[0]
+    slots = torch.from_numpy(slots)
+    dense = torch.zeros((n_heads, n_frames * rows * cols), dtype=van.dtype)
+    dense = dense.scatter(1, slots, van)  # (H, G*T), zeros at holes
+    view = (n_frames, rows, cols) if len(kernel) > 1 else (n_frames * rows * cols,)
+    pooled_axes = view[len(view) - len(kernel):]
+    grid = dense.reshape(-1, 1, *pooled_axes)  # (batch, channel=1, *pooled axes)
+    pooled = AVG_POOL[len(kernel)](grid, kernel, stride=1, padding=[k // 2 for k in kernel],
+                                   count_include_pad=True)
+    return torch.gather(pooled.reshape(n_heads, -1), 1, slots)
