@@ -1,0 +1,9 @@
+"""Benchmarks: `python -m infinipot_mlx.bench <subcommand> [--out DIR] ...`.
+
+Each subcommand is a module of this package with add_arguments(parser) and run(args);
+SUBCOMMANDS maps its name to the module. Benchmarks measure; tests never assert timings.
+"""
+
+SUBCOMMANDS = {
+    "select": "infinipot_mlx.bench.select",  # one compression of Qwen2.5-VL-7B-shaped KV
+}
