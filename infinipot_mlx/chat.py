@@ -9,6 +9,7 @@ answer stops that answer; Ctrl-C at the prompt ends the session (exit code 2).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from . import _blas  # noqa: F401  (optimized BLAS before mlx)
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="KV cache capacity in tokens per layer (default 6144)")
     budget.add_argument("--memory", default=None, metavar="GB|PCT",
                         help="memory budget, e.g. 6GB or 60%% of unified memory; sets the capacity")
+    p.add_argument("--reserve", type=int, default=512, metavar="TOKENS",
+                   help="room kept free under the cap for a question and its answer")
     p.add_argument("--block-frames", type=int, default=8, metavar="N",
                    help="temporal slots per block (Qwen2.5-VL: 2 sampled frames each)")
     p.add_argument("--fps", type=float, default=2.0, help="sampling rate in frames per second")
@@ -89,13 +92,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ----- running a session ---------------------------------------------------------------
-def open_session(args):
-    """(session, model description) for the chosen backend and budget."""
+def open_session(args, path: str):
+    """A StreamSession on the chosen backend, with the capacity from the flags."""
     from .config import InfiniPotConfig
 
-    path = args.model or _default_model()
     capacity = None if args.method == "full" else (args.kv_budget or 6144)
-    config = InfiniPotConfig(capacity=capacity, block_frames=args.block_frames, method=args.method)
+    config = InfiniPotConfig(capacity=capacity, block_frames=args.block_frames, method=args.method,
+                             reserve=args.reserve)
     if args.backend == "reference":
         from .reference.session import load as load_reference
 
@@ -105,10 +108,11 @@ def open_session(args):
     return load(path, config, fps=args.fps)
 
 
-def _default_model() -> str:
-    from .session import DEFAULT_MODEL
+def model_path(args) -> str:
+    """The local checkpoint folder (ModelPathError, a ValueError, when there is none)."""
+    from .session import DEFAULT_MODEL, resolve_model_path
 
-    return DEFAULT_MODEL
+    return str(resolve_model_path(args.model or DEFAULT_MODEL))
 
 
 def open_video(args, spec):
@@ -126,11 +130,11 @@ def stream_video(session, source) -> None:
     from tqdm import tqdm
 
     block = session.config.block_frames * session.spec.frames_per_slot
-    bar = tqdm(total=source.expected_frames, unit="frame", desc="streaming", dynamic_ncols=True)
+    bar = tqdm(total=_expected_frames(source), unit="frame", desc="streaming", dynamic_ncols=True)
     try:
-        for frames, _timestamps in source.blocks(block):
-            session.add_frames(frames)
-            bar.update(len(frames))
+        for chunk in source.blocks(block):
+            session.add_frames(chunk.frames)
+            bar.update(len(chunk))
             bar.set_postfix_str(_progress_text(session), refresh=False)
         session.flush()
     except KeyboardInterrupt:
@@ -140,6 +144,16 @@ def stream_video(session, source) -> None:
         return
     bar.set_postfix_str(_progress_text(session))
     bar.close()
+
+
+def _expected_frames(source) -> int | None:
+    """Sampled frames the progress bar expects, when the container says how long it is."""
+    estimate = None
+    if source.duration is not None and source.fps:
+        estimate = int(math.ceil(source.duration * source.fps))
+    if source.max_frames is not None:
+        estimate = min(estimate or source.max_frames, source.max_frames)
+    return estimate
 
 
 def _progress_text(session) -> str:
@@ -199,13 +213,16 @@ def interactive(session, args) -> None:
 def run(args) -> int:
     import mlx.core as mx
 
+    from .specs import load_spec
+
     mx.random.seed(args.seed)
-    session = open_session(args)
     if args.demo:
         from .demo import run_demo
 
-        return run_demo(session, args)
-    source = open_video(args, session.spec)
+        return run_demo(args)
+    path = model_path(args)
+    source = open_video(args, load_spec(path))  # bad videos fail before the model loads
+    session = open_session(args, path)
     stream_video(session, source)
     if args.question:
         for q in args.question:
@@ -215,6 +232,7 @@ def run(args) -> int:
     else:
         interactive(session, args)
     return 0
+
 
 def _one_line(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
