@@ -14,12 +14,15 @@ streams that report an fps, the capture clock otherwise (cameras: wall clock sin
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
+# FFmpeg's own log lines ("moov atom not found") would follow our one-line VideoError.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+import cv2  # noqa: E402
 import numpy as np
 
 __all__ = ["VideoError", "VideoSource", "FrameBlock", "smart_resize", "resize_frame", "pad_block"]

@@ -50,7 +50,8 @@ def test_bad_videos_exit_2(tmp_path, video, tiny_qwen_dir, make, message):
     out = run_chat(make(tmp_path, video), "--model", tiny_qwen_dir, "-q", "hi")
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
-    assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
 
 
 @pytest.mark.parametrize("args, message", [
