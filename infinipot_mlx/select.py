@@ -111,6 +111,11 @@ def _broadcast(indices: np.ndarray, n_heads: int) -> mx.array:
     return mx.broadcast_to(mx.array(indices.astype(np.int32)), (n_heads, len(indices)))
 
 
+def _as_mx(x) -> mx.array:
+    """mx.array as is (no copy); numpy or other array-likes converted."""
+    return x if isinstance(x, mx.array) else mx.array(x)
+
+
 METHODS = {"infinipot_v": infinipot_v, "uniform": uniform,
            "sliding_window": sliding_window, "full": full}
 
@@ -120,7 +125,7 @@ def select_tokens(keys, values, *, tokens_per_frame: int, keep: int, method: str
                   patch_ids=None, van_pooling: bool = False, layer_idx: int = 0,
                   num_layers: int = 1, grid_hw: tuple[int, int] | None = None) -> mx.array:
     """Indices of the visual tokens to keep per head (module docstring: Args, Returns)."""
-    keys, values = mx.array(keys), mx.array(values)
+    keys, values = _as_mx(keys), _as_mx(values)
     if keys.ndim != 3 or values.shape != keys.shape:
         raise ValueError(f"keys and values must both have shape (H, N, D); got {keys.shape} "
                          f"and {values.shape}")

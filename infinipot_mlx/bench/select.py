@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-frames", type=int, default=24, help="frames' worth kept")
     parser.add_argument("--grid", type=int, nargs=2, default=(16, 16), metavar=("ROWS", "COLS"),
                         help="merged grid of a frame; tokens per frame = rows * cols")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="torch.set_num_threads before timing (default 0: torch's default)")
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -69,12 +71,15 @@ def _time_mlx(keys: np.ndarray, values: np.ndarray, kw: dict, layers: int, repea
     return _median_ms(compress, repeats)
 
 
-def _time_torch(keys: np.ndarray, values: np.ndarray, kw: dict, layers: int, repeats: int) -> float:
+def _time_torch(keys: np.ndarray, values: np.ndarray, kw: dict, layers: int, repeats: int,
+                threads: int) -> float:
     import torch
 
     from ..reference.select import select_tokens
 
     keys, values = torch.from_numpy(keys), torch.from_numpy(values)
+    if threads > 0:
+        torch.set_num_threads(threads)
 
     def compress():
         with torch.inference_mode():
@@ -92,6 +97,7 @@ def _environment() -> dict:
     return {
         "blas": blas_description(),
         "threads": {"torch": torch.get_num_threads(), "os_cpu_count": os.cpu_count()},
+        "load_average_1m": os.getloadavg()[0],  # the machine may be shared
         "machine": {"platform": platform.platform(), "processor": platform.processor() or
                     platform.machine()},
         "versions": {"python": sys.version.split()[0], "mlx": mx.__version__,
@@ -111,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
     for label, config in CONFIGS.items():
         kw = {**base, **config}
         mlx_ms = _time_mlx(keys, values, kw, args.layers, args.repeats)
-        torch_ms = _time_torch(keys, values, kw, args.layers, args.repeats)
+        torch_ms = _time_torch(keys, values, kw, args.layers, args.repeats, args.torch_threads)
         results.append({"config": label, "mlx_ms": mlx_ms, "torch_ms": torch_ms,
                         "torch_over_mlx": torch_ms / mlx_ms})
     record = {"shape": {"layers": args.layers, "heads": args.heads, "dim": args.dim,
@@ -138,6 +144,7 @@ def _report(record: dict) -> None:
               f"{r['torch_over_mlx']:>11.2f}")
     print(f"BLAS (MLX): {record['blas']}")
     threads = record["threads"]
-    print(f"threads: torch {threads['torch']}, os.cpu_count {threads['os_cpu_count']}")
+    print(f"threads: torch {threads['torch']}, os.cpu_count {threads['os_cpu_count']}; "
+          f"load average (1 min) {record['load_average_1m']:.1f}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()))
     print(f"machine: {record['machine']['platform']} ({record['machine']['processor']})")
