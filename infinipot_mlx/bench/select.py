@@ -45,18 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch.set_num_threads before timing (default 0: torch's default)")
 
 
-def _median_ms(fn, repeats: int) -> float:
-    """Median wall time of fn() in ms over `repeats` runs, after one warm-up run."""
+def _timings_ms(fn, repeats: int) -> dict:
+    """Median and min wall time of fn() in ms over `repeats` runs, after one warm-up run."""
     fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return {"median": statistics.median(times), "min": min(times)}
 
 
-def _time_mlx(keys: np.ndarray, values: np.ndarray, kw: dict, layers: int, repeats: int) -> float:
+def _time_mlx(keys: np.ndarray, values: np.ndarray, kw: dict, layers: int, repeats: int) -> dict:
     import mlx.core as mx
 
     from ..select import select_tokens
@@ -68,11 +68,11 @@ def _time_mlx(keys: np.ndarray, values: np.ndarray, kw: dict, layers: int, repea
         mx.eval([select_tokens(keys, values, layer_idx=i, num_layers=layers, **kw)
                  for i in range(layers)])
 
-    return _median_ms(compress, repeats)
+    return _timings_ms(compress, repeats)
 
 
 def _time_torch(keys: np.ndarray, values: np.ndarray, kw: dict, layers: int, repeats: int,
-                threads: int) -> float:
+                threads: int) -> dict:
     import torch
 
     from ..reference.select import select_tokens
@@ -86,7 +86,7 @@ def _time_torch(keys: np.ndarray, values: np.ndarray, kw: dict, layers: int, rep
             [select_tokens(keys, values, layer_idx=i, num_layers=layers, **kw)
              for i in range(layers)]
 
-    return _median_ms(compress, repeats)
+    return _timings_ms(compress, repeats)
 
 
 def _environment() -> dict:
@@ -119,11 +119,11 @@ def run(args: argparse.Namespace) -> dict:
         mlx_ms = _time_mlx(keys, values, kw, args.layers, args.repeats)
         torch_ms = _time_torch(keys, values, kw, args.layers, args.repeats, args.torch_threads)
         results.append({"config": label, "mlx_ms": mlx_ms, "torch_ms": torch_ms,
-                        "torch_over_mlx": torch_ms / mlx_ms})
+                        "torch_over_mlx": torch_ms["median"] / mlx_ms["median"]})
     record = {"shape": {"layers": args.layers, "heads": args.heads, "dim": args.dim,
                         "frames": args.frames, "tokens_per_frame": tokens, "candidates": n_cand,
                         "keep": keep, "dtype": "float32", "kv_reused_across_layers": True},
-              "repeats": args.repeats, "statistic": "median ms per compression (all layers)",
+              "repeats": args.repeats, "unit": "ms per compression (all layers): median and min of the repeats",
               "results": results, **_environment()}
     _report(record)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -138,10 +138,12 @@ def _report(record: dict) -> None:
     print(f"one compression: {s['layers']} layers x {s['heads']} KV heads x {s['dim']} dims, "
           f"{s['candidates']} -> {s['keep']} visual tokens per head "
           f"({s['frames']} frames x {s['tokens_per_frame']})")
-    print(f"{'config':<18}{'mlx ms':>10}{'torch ms':>10}{'torch/mlx':>11}")
+    print(f"{'config':<18}{'mlx ms':>19}{'torch ms':>19}{'torch/mlx':>11}")
+    print(f"{'':<18}{'median / min':>19}{'median / min':>19}{'(median)':>11}")
     for r in record["results"]:
-        print(f"{r['config']:<18}{r['mlx_ms']:>10.1f}{r['torch_ms']:>10.1f}"
-              f"{r['torch_over_mlx']:>11.2f}")
+        mlx_ms, torch_ms = r["mlx_ms"], r["torch_ms"]
+        print(f"{r['config']:<18}{mlx_ms['median']:>10.1f} / {mlx_ms['min']:<6.1f}"
+              f"{torch_ms['median']:>10.1f} / {torch_ms['min']:<6.1f}{r['torch_over_mlx']:>11.2f}")
     print(f"BLAS (MLX): {record['blas']}")
     threads = record["threads"]
     print(f"threads: torch {threads['torch']}, os.cpu_count {threads['os_cpu_count']}; "
