@@ -1,0 +1,375 @@
+"""Memory budget -> KV capacity (ALGORITHM.md section 8), and the live memory probe.
+
+The peak memory of a stream is bounded by
+
+    peak <= R + A + C x (kv + c) + margin
+    R       resident bytes: the measured model weights (and anything else already held)
+    kv      KV bytes per cached token = layers x 2 x H_kv x D x bytes(dtype)
+    A       one block's context-free activations: max(vision tower, prefill of L = S x T
+            tokens), computed from the config and raised to a calibrated measurement
+    c       activation bytes per cached token while a block runs: the attention mask (L bytes),
+            the attention scores Hq x L x bytes where attention is not fused (CPU), and the
+            working set of a compression (float32 copies of one layer's visual keys)
+    margin  MARGIN_FRACTION of the budget
+
+so that, for a budget B, capacity C = floor((B - margin - R - A) / (kv + c)). A budget whose C
+is below plan.min_capacity (one block, one kept frame, the prompt and the reserve) is refused,
+and the message states the minimum budget. Notation: S slots (frames) per block, T tokens per
+frame, L = S x T, E hidden size, Hq query heads, H_kv KV heads, D head dim, V vocabulary.
+
+The arithmetic is pure Python (numbers and a config.json dict); only the probes, the weight
+count and the limits import mlx, lazily. Sizes print in decimal units (1 GB = 1e9 bytes).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+
+from .plan import block_tokens, min_capacity
+
+DEFAULT_FRACTION = 0.6  # budget when none is given: this share of unified/system memory
+MARGIN_FRACTION = 0.05  # kept free for the allocator, Python and small arrays
+HIDDEN_COPIES = 5  # residual, normed input, attention output, their sum, RoPE tables (per token)
+COMPRESS_F32_COPIES = 6  # float32 vectors per visual token while scoring one layer (TaR, VaN)
+UNITS = {"": 1e9, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
+         "t": 1e12, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+# ----- model sizes from config.json ----------------------------------------------------------
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes the memory arithmetic needs, read from a config.json dict."""
+
+    layers: int
+    heads: int  # Hq
+    kv_heads: int  # H_kv
+    head_dim: int  # D
+    hidden: int  # E
+    intermediate: int
+    vocab: int  # V
+    vision_hidden: int
+    vision_intermediate: int
+    vision_heads: int
+    patch_values: int  # pixel values per vision patch (C x temporal patch x p x p)
+    merge: int  # merged patches per token side (Qwen: 2); 1 when frames are pooled (LLaVA)
+    frame_patches: int | None  # fixed patches per frame (LLaVA: 27 x 27); None: merge^2 x T
+    frames_batched: bool  # all frames of a block attend at once (LLaVA) or one at a time (Qwen)
+
+
+def model_dims(config: dict) -> ModelDims:
+    """ModelDims of a Qwen2.5-VL (hub layout) or LLaVA-OneVision (llava-hf layout) config."""
+    model_type = config.get("model_type")
+    if model_type not in ("qwen2_5_vl", "llava_onevision"):
+        raise ValueError(f"no memory model for model type {model_type!r}; "
+                         "supported: qwen2_5_vl, llava_onevision")
+    text = config if "hidden_size" in config else config["text_config"]
+    vision = config["vision_config"]
+    heads = text["num_attention_heads"]
+    common = dict(
+        layers=text["num_hidden_layers"], heads=heads, kv_heads=text["num_key_value_heads"],
+        head_dim=text.get("head_dim") or text["hidden_size"] // heads, hidden=text["hidden_size"],
+        intermediate=text["intermediate_size"], vocab=text["vocab_size"],
+        vision_hidden=vision["hidden_size"], vision_intermediate=vision["intermediate_size"])
+    patch = vision.get("patch_size", 14)
+    if model_type == "qwen2_5_vl":
+        return ModelDims(**common, vision_heads=vision["num_heads"],
+                         patch_values=vision.get("in_chans", 3) * vision.get("temporal_patch_size", 2) * patch**2,
+                         merge=vision.get("spatial_merge_size", 2), frame_patches=None,
+                         frames_batched=False)
+    side = vision["image_size"] // patch
+    return ModelDims(**common, vision_heads=vision["num_attention_heads"],
+                     patch_values=vision.get("num_channels", 3) * patch**2, merge=1,
+                     frame_patches=side * side, frames_batched=True)
+
+
+# ----- bytes -------------------------------------------------------------------------------------
+def kv_bytes_per_token(dims: ModelDims, dtype_bytes: float) -> float:
+    """layers x 2 (K, V) x H_kv x D x bytes (ALGORITHM.md section 8)."""
+    return dims.layers * 2 * dims.kv_heads * dims.head_dim * dtype_bytes
+
+
+def vision_block_bytes(dims: ModelDims, slots: int, tokens_per_frame: int, act_bytes: int) -> int:
+    """Vision tower activations for one block of `slots` frames (one encoder layer at a time)."""
+    seq = dims.frame_patches or dims.merge**2 * tokens_per_frame  # patches per frame
+    patches = slots * seq  # P
+    per_patch = (dims.patch_values * (4 + 2 * act_bytes)  # float32 pixels, cast, patch layout
+                 + (7 * dims.vision_hidden + 3 * dims.vision_intermediate) * act_bytes  # hidden, qkv, MLP
+                 + 2 * dims.hidden * act_bytes)  # projector / merger outputs
+    scores = (slots if dims.frames_batched else 1) * dims.vision_heads * seq * seq * act_bytes
+    return patches * per_patch + scores
+
+
+def prefill_block_bytes(dims: ModelDims, block: int, act_bytes: int) -> int:
+    """Context-free prefill activations of `block` tokens (one decoder layer, and the logits).
+
+    The session computes logits for every token of a block, hence the V term.
+    """
+    qkv = (dims.heads + 2 * dims.kv_heads) * dims.head_dim
+    per_token = (HIDDEN_COPIES * dims.hidden + 2 * qkv + dims.heads * dims.head_dim
+                 + 3 * dims.intermediate + dims.vocab)
+    return block * per_token * act_bytes
+
+
+def context_bytes_per_token(dims: ModelDims, block: int, act_bytes: int,
+                            scores_materialized: bool) -> int:
+    """Activation bytes per cached token while a block runs (c in the module docstring)."""
+    prefill = block * (1 + (dims.heads * act_bytes if scores_materialized else 0))  # mask, scores
+    compress = dims.kv_heads * dims.head_dim * (COMPRESS_F32_COPIES * 4 + 2 * act_bytes)
+    return max(prefill, compress)
+
+
+# ----- the plan ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MemoryPlan:
+    """A budget split into resident weights, one block's activations and the KV capacity."""
+
+    budget_bytes: int
+    weight_bytes: int
+    resident_bytes: int  # weights plus anything else already held when planning
+    kv_bytes_per_token: float
+    activation_bytes: int  # A
+    context_bytes_per_token: int  # c
+    margin_bytes: int
+    capacity: int  # tokens per layer, pinned + visual
+    tokens_per_frame: int
+    block_frames: int
+    reserve: int
+    n_pinned: int
+    computed_activation_bytes: int  # A from the config alone
+    measured_activation_bytes: int | None = None  # calibration of one real block
+
+    @property
+    def frames(self) -> int:
+        """Visual frames the capacity holds after the prompt and the reserve."""
+        return max(0, (self.capacity - self.reserve - self.n_pinned) // self.tokens_per_frame)
+
+    @property
+    def kv_bytes(self) -> int:
+        return int(self.capacity * self.kv_bytes_per_token)
+
+    @property
+    def peak_bytes(self) -> int:
+        """The bound on peak memory: resident + A + capacity x (kv + c)."""
+        per_token = self.kv_bytes_per_token + self.context_bytes_per_token
+        return int(self.resident_bytes + self.activation_bytes + self.capacity * per_token)
+
+    def line(self) -> str:
+        """One line for the CLI."""
+        return (f"model {format_bytes(self.weight_bytes)} | KV {format_bytes(self.kv_bytes_per_token)}/token"
+                f" | capacity {self.capacity:,} tokens = {self.frames:,} frames of {self.tokens_per_frame}"
+                f" | block {self.block_frames} frames ({format_bytes(self.activation_bytes)})"
+                f" | peak <= {format_bytes(self.peak_bytes)} of {format_bytes(self.budget_bytes)}")
+
+
+def make_plan(budget_bytes: int, *, weight_bytes: int, kv_per_token: float, activation_bytes: int,
+              context_per_token: int, tokens_per_frame: int, block_frames: int, reserve: int,
+              n_pinned: int = 0, resident_bytes: int | None = None,
+              computed_activation_bytes: int | None = None,
+              measured_activation_bytes: int | None = None) -> MemoryPlan:
+    """Capacity = floor((B - margin - R - A) / (kv + c)); ValueError below the minimum."""
+    resident = max(weight_bytes, resident_bytes or 0)
+    margin = int(budget_bytes * MARGIN_FRACTION)
+    per_token = kv_per_token + context_per_token
+    free = budget_bytes - margin - resident - activation_bytes
+    capacity = int(free // per_token) if free > 0 else 0
+    needed = min_capacity(tokens_per_frame, block_frames, reserve, n_pinned)
+    if capacity < needed:
+        minimum = (resident + activation_bytes + needed * per_token) / (1 - MARGIN_FRACTION)
+        raise ValueError(
+            f"a memory budget of {format_bytes(budget_bytes)} cannot hold the model "
+            f"({format_bytes(resident)}), one block of {block_frames} frames x {tokens_per_frame} "
+            f"tokens ({format_bytes(activation_bytes)} of activations) and the smallest usable "
+            f"cache ({needed:,} tokens x {format_bytes(per_token)}); the minimum is "
+            f"{_gb(minimum)} GB: raise --memory, or lower --block-frames or --max-pixels")
+    return MemoryPlan(budget_bytes, weight_bytes, resident, kv_per_token, activation_bytes,
+                      context_per_token, margin, capacity, tokens_per_frame, block_frames, reserve,
+                      n_pinned, computed_activation_bytes or activation_bytes,
+                      measured_activation_bytes)
+
+
+def plan_from_config(config: dict, budget_bytes: int, weight_bytes: int, *, tokens_per_frame: int,
+                     block_frames: int = 8, reserve: int = 512, n_pinned: int = 0,
+                     dtype_bytes: int = 2, scores_materialized: bool = False,
+                     resident_bytes: int | None = None,
+                     measured_activation_bytes: int | None = None) -> MemoryPlan:
+    """The plan of a config.json dict; the measured block activations raise A when larger.
+
+    Args:
+        config: config.json of a Qwen2.5-VL or LLaVA-OneVision checkpoint.
+        budget_bytes: B.  weight_bytes: the model's parameter bytes.
+        tokens_per_frame: T.  block_frames: S.  dtype_bytes: KV cache and activation dtype.
+        scores_materialized: True where attention scores are materialized (CPU), False where
+            attention is fused (Metal).
+        measured_activation_bytes: context-free activations measured on one block, or None.
+    """
+    dims = model_dims(config)
+    block = block_tokens(block_frames, tokens_per_frame)
+    computed = max(vision_block_bytes(dims, block_frames, tokens_per_frame, dtype_bytes),
+                   prefill_block_bytes(dims, block, dtype_bytes))
+    return make_plan(
+        budget_bytes, weight_bytes=weight_bytes, kv_per_token=kv_bytes_per_token(dims, dtype_bytes),
+        activation_bytes=max(computed, measured_activation_bytes or 0),
+        context_per_token=context_bytes_per_token(dims, block, dtype_bytes, scores_materialized),
+        tokens_per_frame=tokens_per_frame, block_frames=block_frames, reserve=reserve,
+        n_pinned=n_pinned, resident_bytes=resident_bytes, computed_activation_bytes=computed,
+        measured_activation_bytes=measured_activation_bytes)
+
+
+# ----- budget strings ----------------------------------------------------------------------------
+def parse_budget(text: str | None, total_bytes: int) -> int:
+    """"6GB", "6.5 GiB", "512MB", "60%" (of total_bytes) or None (DEFAULT_FRACTION) -> bytes."""
+    if text is None:
+        return int(total_bytes * DEFAULT_FRACTION)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(%|[a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if unit is None or (unit != "%" and unit not in UNITS):
+        raise ValueError(f"cannot read the memory budget {text!r}; write it like 6GB, 6.5GiB, "
+                         "512MB or 60%")
+    value = float(match.group(1))
+    if unit == "%":
+        if not 0 < value <= 100:
+            raise ValueError(f"a memory budget of {text!r} is not a share of memory in (0, 100]%")
+        return int(total_bytes * value / 100)
+    budget = int(value * UNITS[unit])
+    if budget <= 0:
+        raise ValueError(f"the memory budget {text!r} must be positive")
+    if budget > total_bytes:
+        raise ValueError(f"a memory budget of {format_bytes(budget)} exceeds this machine's "
+                         f"memory ({format_bytes(total_bytes)})")
+    return budget
+
+
+def format_bytes(n: float) -> str:
+    """Decimal units with three significant digits: 4.6 GB, 57.3 KB, 312 B."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def _gb(n: float) -> str:
+    """Bytes in GB, rounded up at three significant digits (a minimum must not round down)."""
+    gb = n / 1e9
+    scale = 10 ** (2 - math.floor(math.log10(gb))) if gb > 0 else 1
+    return f"{math.ceil(gb * scale) / scale:.3g}"
+
+
+# ----- MLX: probes, measured weights, limits, calibration -----------------------------------------
+@dataclass(frozen=True)
+class MemoryReading:
+    """Live figures: MLX active and peak bytes, unified/system memory, whether Metal runs."""
+
+    active: int
+    peak: int
+    total: int
+    metal: bool
+
+
+def memory_probe() -> MemoryReading:
+    """mx.get_active_memory / get_peak_memory, and the machine's memory (Metal, psutil, sysconf)."""
+    import mlx.core as mx
+
+    metal = _metal_available(mx)
+    if metal:
+        total = int(mx.device_info()["memory_size"])
+    else:
+        try:
+            import psutil
+
+            total = int(psutil.virtual_memory().total)
+        except ImportError:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return MemoryReading(mx.get_active_memory(), mx.get_peak_memory(), total, metal)
+
+
+def _metal_available(mx) -> bool:
+    metal = getattr(mx, "metal", None)
+    try:
+        return bool(metal is not None and metal.is_available())
+    except Exception:  # builds without Metal may raise instead of answering False
+        return False
+
+
+def weight_bytes(model) -> int:
+    """Measured bytes of the model's parameters (quantized weights, scales and biases included)."""
+    from mlx.utils import tree_flatten
+
+    return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+
+
+def compute_dtype_bytes(model) -> int:
+    """Bytes per element of the model's compute dtype: its floating dtype holding the most bytes
+    (a quantized model's scales and norms; its uint32 packed weights are not floating)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    held: dict = {}
+    for _, v in tree_flatten(model.parameters()):
+        if mx.issubdtype(v.dtype, mx.floating):
+            held[v.dtype] = held.get(v.dtype, 0) + v.nbytes
+    return max(held, key=held.get).size if held else 4
+
+
+def apply_memory_limits(plan: MemoryPlan) -> bool:
+    """On Metal, cap MLX at the budget and wire the weights and the KV cache; False on CPU."""
+    import mlx.core as mx
+
+    if not _metal_available(mx):
+        return False
+    mx.set_memory_limit(plan.budget_bytes)
+    wired = plan.resident_bytes + plan.kv_bytes
+    max_wired = mx.device_info().get("max_recommended_working_set_size", wired)
+    mx.set_wired_limit(int(min(wired, max_wired)))
+    return True
+
+
+def measure_block(session, frame_hw: tuple[int, int]) -> int:
+    """Peak bytes one block of blank frames adds through `session`, less the KV it keeps."""
+    import mlx.core as mx
+    import numpy as np
+
+    n = session.config.block_frames * session.spec.frames_per_slot
+    frames = np.zeros((n, *frame_hw, 3), np.uint8)  # (n, H, W, 3)
+    active, kv = mx.get_active_memory(), session.cache.nbytes
+    mx.reset_peak_memory()
+    session.add_frames(frames)
+    measured = mx.get_peak_memory() - active - (session.cache.nbytes - kv)
+    mx.clear_cache()
+    return max(0, int(measured))
+
+
+def plan_session(budget: str | None, model, tokenizer, spec, config: dict, *,
+                 frame_hw: tuple[int, int], block_frames: int, reserve: int,
+                 make_session=None) -> MemoryPlan:
+    """The plan of a loaded MLX model; `make_session(InfiniPotConfig)` enables calibration.
+
+    Args:
+        budget: "6GB", "60%", ... or None (DEFAULT_FRACTION of memory).
+        model, tokenizer, spec: from session.load_model.  config: its config.json dict.
+        frame_hw: (H, W) of the frames that will stream (T = spec.tokens_per_slot(frame_hw)).
+        make_session: builds a StreamSession for a config; one block of blank frames runs
+            through a throwaway session to check the computed activations (None: no check).
+    """
+    from .config import InfiniPotConfig
+    from .specs import DEFAULT_SYSTEM
+
+    probe = memory_probe()
+    pieces = spec.pieces
+    opening = pieces.system.format(system=DEFAULT_SYSTEM) + pieces.user_open + pieces.video_open
+    kwargs = dict(
+        tokens_per_frame=spec.tokens_per_slot(frame_hw), block_frames=block_frames,
+        reserve=reserve, n_pinned=len(tokenizer.encode(opening, add_special_tokens=False)),
+        dtype_bytes=compute_dtype_bytes(model), scores_materialized=not probe.metal,
+        resident_bytes=probe.active)
+    budget_bytes, weights = parse_budget(budget, probe.total), weight_bytes(model)
+    plan = plan_from_config(config, budget_bytes, weights, **kwargs)  # refuse before any block runs
+    if make_session is None:
+        return plan
+    probe_session = make_session(InfiniPotConfig(capacity=None, method="full",
+                                                 block_frames=block_frames, reserve=reserve))
+    measured = measure_block(probe_session, frame_hw)
+    del probe_session
+    return plan_from_config(config, budget_bytes, weights, measured_activation_bytes=measured, **kwargs)
