@@ -1,0 +1,22 @@
+"""Model adapters (PyTorch reference): one file per model_type, found by `adapter_class`.
+
+The mirror of infinipot_mlx/adapters: the same class names and methods on transformers'
+models. An adapter turns frames and text into embeddings and runs the language model over
+them with explicit positions and a cache. It knows nothing of compression.
+"""
+
+from __future__ import annotations
+
+ADAPTERS = {
+    "qwen2_5_vl": ("infinipot_mlx.reference.adapters.qwen2_5_vl", "Qwen2_5_VLAdapter"),
+}
+
+
+def adapter_class(model_type: str):
+    """The reference adapter class for a model_type (ValueError if unsupported)."""
+    import importlib
+
+    if model_type not in ADAPTERS:
+        raise ValueError(f"no reference adapter for model type {model_type!r}; supported: {', '.join(ADAPTERS)}")
+    module, name = ADAPTERS[model_type]
+    return getattr(importlib.import_module(module), name)

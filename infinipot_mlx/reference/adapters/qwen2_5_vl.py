@@ -1,0 +1,68 @@
+"""Qwen2.5-VL on transformers' model classes: per-block vision, explicit M-RoPE, our cache.
+
+The mirror of infinipot_mlx/adapters/qwen2_5_vl.py. The inner text model
+(Qwen2_5_VLTextModel) is called with inputs_embeds, explicit position_ids (3, 1, L) and
+our StreamCache as past_key_values, so transformers' own position code (get_rope_index,
+rope_deltas, mm_token_type_ids) is never used: every prefill and decode position comes
+from infinipot_mlx.positions. The causal mask is built by transformers from the cache:
+query offset = n_cached and (kv_length, kv_offset) = (n_cached + L, 0), which makes every
+cached slot visible and the L new tokens causal among themselves.
+
+Notation: n sampled frames, S = n / 2 temporal slots, T tokens per slot, L new tokens,
+E hidden size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ...pixels import qwen_patchify
+from ...positions import mrope_video_positions
+from ...specs import ModelSpec
+
+
+class Qwen2_5_VLAdapter:
+    """Embed frames and text, and run the LM with explicit positions."""
+
+    def __init__(self, model, tokenizer, spec: ModelSpec):
+        self.model = model  # Qwen2_5_VLForConditionalGeneration
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.lm = model.model.language_model  # Qwen2_5_VLTextModel
+        self.device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def encode_slots(self, frames: np.ndarray) -> torch.Tensor:
+        """Vision tower on one block. (n, H, W, 3) uint8 -> (S*T, E) visual embeddings."""
+        visual = self.model.model.visual
+        vc = self.model.config.vision_config
+        pixels, grid_thw = qwen_patchify(
+            frames, self.spec.image_mean, self.spec.image_std,
+            vc.patch_size, vc.temporal_patch_size, vc.spatial_merge_size,
+        )
+        pixels = torch.from_numpy(pixels).to(self.device, visual.dtype)  # (S*4T, C*tp*p*p)
+        grid = torch.tensor([grid_thw], dtype=torch.long, device=self.device)  # (1, 3)
+        return visual(pixels, grid_thw=grid).pooler_output  # (S*T, E), merged patches
+
+    def video_positions(self, video_start: int, first_slot: int, n_slots: int,
+                        grid_hw: tuple[int, int], fps: float) -> np.ndarray:
+        """(3, S*T) M-RoPE positions with absolute time (ALGORITHM.md section 6)."""
+        second_per_grid = self.spec.frames_per_slot / fps
+        return mrope_video_positions(video_start, first_slot, n_slots, grid_hw,
+                                     second_per_grid, self.spec.tokens_per_second)
+
+    @torch.no_grad()
+    def embed_tokens(self, ids: list[int]) -> torch.Tensor:
+        """Token ids -> (1, L, E) embeddings."""
+        return self.lm.embed_tokens(torch.tensor([ids], dtype=torch.long, device=self.device))
+
+    @torch.no_grad()
+    def forward(self, embeds: torch.Tensor, positions: np.ndarray, cache) -> torch.Tensor:
+        """Run the LM over new tokens. embeds (1, L, E), positions (3, L) -> logits (1, L, V)."""
+        position_ids = torch.from_numpy(positions[:, None, :].astype(np.int64)).to(self.device)  # (3, 1, L)
+        if embeds.ndim == 2:
+            embeds = embeds[None]  # (1, L, E)
+        out = self.lm(inputs_embeds=embeds.to(self.lm.embed_tokens.weight.dtype),
+                      position_ids=position_ids, past_key_values=cache, use_cache=True)
+        return self.model.lm_head(out.last_hidden_state)  # (1, L, V)

@@ -1,0 +1,188 @@
+"""StreamSession on PyTorch: the streaming loop of stream.py with transformers' models.
+
+The mirror of infinipot_mlx/session.py (TorchBackend <-> MLXBackend). It imports no mlx,
+so it runs where only torch and transformers are installed (CUDA, CPU, NVIDIA Jetson):
+
+    from infinipot_mlx.reference.session import load
+    session = load("Qwen/Qwen2.5-VL-7B-Instruct", InfiniPotConfig(capacity=6144), device="cuda")
+    session.add_frames(frames)            # (n, H, W, 3) uint8, any number of times
+    for piece in session.ask("What happened?"):
+        print(piece, end="")
+
+Memory figures (TorchBackend.memory): on CUDA, bytes of tensors allocated by torch on the
+device (torch.cuda.memory_allocated) and their peak since reset_peak_memory. On CPU, the
+process's resident set size (RSS: the model, torch, Python, everything) and the highest
+RSS seen at a sync point since reset_peak_memory (0, 0 where /proc is not available).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import InfiniPotConfig
+from ..model_path import resolve_model_path
+from ..specs import load_spec
+from ..stream import StreamSessionBase
+from .adapters import adapter_class
+from .cache import StreamCache
+from .select import select_tokens
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+ATTENTION = "sdpa"  # no flash-attn needed; sdpa matches MLX to ~1e-6 in float32
+
+
+class TorchBackend:
+    """The array-library hooks the shared streaming loop needs, for PyTorch."""
+
+    select_tokens = staticmethod(select_tokens)
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self._peak_rss = 0
+
+    def new_cache(self, num_layers: int) -> StreamCache:
+        return StreamCache(num_layers)
+
+    def sync(self, output, cache: StreamCache | None = None) -> None:
+        """Wait for queued GPU work so timings and memory are real (CPU: sample the RSS)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        else:
+            self._peak_rss = max(self._peak_rss, _rss_bytes())
+
+    def to_numpy(self, x) -> np.ndarray:
+        """A host numpy copy (float16/bfloat16 logits become float32)."""
+        x = x.detach().cpu()
+        if x.is_floating_point() and x.dtype != torch.float64:
+            x = x.float()
+        return x.numpy()
+
+    def make_sampler(self, temperature: float, top_p: float):
+        """logits (V,) -> token id; greedy at temperature 0, else softmax(logits / T) with top-p."""
+        if temperature <= 0:
+            return lambda logits: int(torch.argmax(logits).item())
+        return lambda logits: _sample(logits, temperature, top_p)
+
+    def eos_ids(self, tokenizer, eos_text: str) -> list[int]:
+        ids = {tokenizer.convert_tokens_to_ids(eos_text)}
+        if tokenizer.eos_token_id is not None:
+            ids.add(tokenizer.eos_token_id)
+        return sorted(i for i in ids if i is not None)
+
+    def memory(self) -> tuple[int, int]:
+        """(active, peak) bytes: CUDA tensor bytes, or process RSS on CPU (module docstring)."""
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device), torch.cuda.max_memory_allocated(self.device)
+        rss = _rss_bytes()
+        self._peak_rss = max(self._peak_rss, rss)
+        return rss, self._peak_rss
+
+    def reset_peak_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._peak_rss = _rss_bytes()
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float) -> int:
+    """One token from softmax(logits / temperature), restricted to the top-p nucleus."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (V,)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        outside = torch.cumsum(sorted_probs, -1) - sorted_probs >= top_p  # mass before a token
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        return int(order[torch.multinomial(sorted_probs, 1)].item())
+    return int(torch.multinomial(probs, 1).item())
+
+
+def _rss_bytes() -> int:
+    """Resident set size of this process in bytes (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class StreamSession(StreamSessionBase):
+    """InfiniPot-V streaming session on a transformers model (see stream.StreamSessionBase)."""
+
+    def __init__(self, model, tokenizer, spec, config: InfiniPotConfig, **kwargs):
+        adapter = adapter_class(spec.model_type)(model, tokenizer, spec)
+        super().__init__(adapter, TorchBackend(adapter.device), config, **kwargs)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """auto (CUDA when torch sees a GPU, else CPU), cpu, cuda or cuda:N; ValueError otherwise."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device} was asked for, but this PyTorch build sees no CUDA GPU; "
+                             "use --device cpu (or auto)")
+        return torch.device(device)
+    raise ValueError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+
+
+def resolve_dtype(dtype: str | None) -> torch.dtype | str:
+    """float32, float16 or bfloat16; None keeps the checkpoint's dtype ("auto")."""
+    if dtype is None:
+        return "auto"
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _check_not_mlx_quantized(path: Path) -> None:
+    """MLX-quantized folders (mlx-community/*-4bit) hold weights transformers cannot read."""
+    with open(path / "config.json") as f:
+        config = json.load(f)
+    if "quantization" in config and "quantization_config" not in config:
+        raise ValueError(f"{path} is an MLX-quantized checkpoint; the reference backend needs the "
+                         f"original Hugging Face weights (for example {DEFAULT_MODEL})")
+
+
+def load_model(path_or_repo: str, device: str = "auto", dtype: str | None = None):
+    """(model, tokenizer, spec, path) through transformers' from_pretrained.
+
+    Args:
+        path_or_repo: local folder or hub repo id with transformers-format weights.
+        device: auto, cpu, cuda (or cuda:N).
+        dtype: float32, float16, bfloat16, or None for the checkpoint's dtype.
+    """
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    path = resolve_model_path(path_or_repo)
+    spec = load_spec(path)
+    _check_not_mlx_quantized(path)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        str(path), dtype=torch_dtype, attn_implementation=ATTENTION)
+    model = model.to(torch_device).eval().requires_grad_(False)
+    # AutoTokenizer, not AutoProcessor: importing mlx-vlm patches AutoProcessor (FIXTURES.md)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return model, tokenizer, spec, path
+
+
+def load(path_or_repo: str = DEFAULT_MODEL, config: InfiniPotConfig | None = None, fps: float = 2.0,
+         device: str = "auto", dtype: str | None = None, **kwargs) -> StreamSession:
+    """Load a checkpoint with transformers and open a reference StreamSession on it.
+
+    Args:
+        path_or_repo: local folder or hub repo id of a Qwen2.5-VL model (HF weights).
+        config: compression settings (default InfiniPotConfig()).
+        fps: sampling rate of the frames given to add_frames.
+        device: auto, cpu, cuda (or cuda:N).
+        dtype: float32, float16, bfloat16, or None for the checkpoint's dtype.
+        **kwargs: system_prompt, record_kept (see StreamSessionBase).
+    """
+    model, tokenizer, spec, _ = load_model(path_or_repo, device=device, dtype=dtype)
+    return StreamSession(model, tokenizer, spec, config or InfiniPotConfig(), fps=fps, **kwargs)
