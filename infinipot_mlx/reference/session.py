@@ -158,14 +158,14 @@ def load_model(path_or_repo: str, device: str = "auto", dtype: str | None = None
         device: auto, cpu, cuda (or cuda:N).
         dtype: float32, float16, bfloat16, or None for the checkpoint's dtype.
     """
-    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     path = resolve_model_path(path_or_repo)
     spec = load_spec(path)
     _check_not_mlx_quantized(path)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        str(path), dtype=torch_dtype, attn_implementation=ATTENTION)
+    # the model_type's *ForConditionalGeneration (Qwen2.5-VL, LLaVA-OneVision)
+    model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch_dtype, attn_implementation=ATTENTION)
     model = model.to(torch_device).eval().requires_grad_(False)
     # AutoTokenizer, not AutoProcessor: importing mlx-vlm patches AutoProcessor (FIXTURES.md)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
@@ -177,7 +177,7 @@ def load(path_or_repo: str = DEFAULT_MODEL, config: InfiniPotConfig | None = Non
     """Load a checkpoint with transformers and open a reference StreamSession on it.
 
     Args:
-        path_or_repo: local folder or hub repo id of a Qwen2.5-VL model (HF weights).
+        path_or_repo: local folder or hub repo id of a supported model (HF weights).
         config: compression settings (default InfiniPotConfig()).
         fps: sampling rate of the frames given to add_frames.
         device: auto, cpu, cuda (or cuda:N).
