@@ -55,7 +55,7 @@ class Request:
     van_pooling: bool
     layer_idx: int
     num_layers: int
-    grid_hw: tuple[int, int] | None
+    grid_hw: tuple[int, int] | None  # resolved (rows, cols) when van_pooling
 
 
 def top_k_latest(scores: mx.array, k: int) -> mx.array:
@@ -81,8 +81,7 @@ def infinipot_v(req: Request) -> mx.array:
     if req.keep > k_tar:
         van = value_norm(req.values)
         if req.van_pooling:
-            grid = candidates.grid_shape(req.tokens_per_frame, req.grid_hw)
-            van = pool_value_norm(van, req.frame_ids, req.patch_ids, grid,
+            van = pool_value_norm(van, req.frame_ids, req.patch_ids, req.grid_hw,
                                   req.layer_idx, req.num_layers)
         picks.append(top_k_latest(mx.where(taken, -mx.inf, van), req.keep - k_tar))
     return mx.sort(mx.concatenate(picks, axis=1), axis=1)
@@ -134,6 +133,9 @@ def select_tokens(keys, values, *, tokens_per_frame: int, keep: int, method: str
                              tar_ratio, recent_ratio)
     frame_ids, patch_ids = candidates.resolve_ids(frame_ids, patch_ids, n_heads, n_cand,
                                                   tokens_per_frame)
+    if van_pooling:  # checked up front, whatever the layer and the shares
+        grid_hw = candidates.grid_shape(tokens_per_frame, grid_hw)
+        candidates.pool_kernel(layer_idx, num_layers, (1, *grid_hw))
     req = Request(keys, values, frame_ids, patch_ids, tokens_per_frame, keep, tar_ratio,
                   recent_ratio, van_pooling, layer_idx, num_layers, grid_hw)
     return METHODS[method](req)

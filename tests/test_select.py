@@ -180,8 +180,13 @@ def test_bad_requests_raise_value_error(kw, message):
 
 def test_pooling_needs_grid_for_non_square_frames():
     keys = np.ones((1, 12, 2), np.float32)
-    with pytest.raises(ValueError, match="grid_hw"):
-        select_tokens(keys, keys, tokens_per_frame=6, keep=6, van_pooling=True)
+    for tar_ratio in (0.5, 1.0):  # also when the VaN share is empty
+        with pytest.raises(ValueError, match="grid_hw"):
+            select_tokens(keys, keys, tokens_per_frame=6, keep=6, van_pooling=True,
+                          tar_ratio=tar_ratio)
+    with pytest.raises(ValueError, match="layer_idx"):
+        select_tokens(keys, keys, tokens_per_frame=6, keep=6, van_pooling=True, grid_hw=(2, 3),
+                      layer_idx=4, num_layers=4)
     out = select_tokens(keys, keys, tokens_per_frame=6, keep=6, van_pooling=True, grid_hw=(2, 3))
     assert out.shape == (1, 6)
 

@@ -55,7 +55,7 @@ class Request:
     van_pooling: bool
     layer_idx: int
     num_layers: int
-    grid_hw: tuple[int, int] | None
+    grid_hw: tuple[int, int] | None  # resolved (rows, cols) when van_pooling
 
 
 def top_k_latest(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -83,8 +83,7 @@ def infinipot_v(req: Request) -> torch.Tensor:
     if req.keep > k_tar:
         van = value_norm(req.values)
         if req.van_pooling:
-            grid = candidates.grid_shape(req.tokens_per_frame, req.grid_hw)
-            van = pool_value_norm(van, req.frame_ids, req.patch_ids, grid,
+            van = pool_value_norm(van, req.frame_ids, req.patch_ids, req.grid_hw,
                                   req.layer_idx, req.num_layers)
         van = torch.where(taken, torch.tensor(float("-inf")), van)
         picks.append(top_k_latest(van, req.keep - k_tar))
@@ -132,6 +131,9 @@ def select_tokens(keys, values, *, tokens_per_frame: int, keep: int, method: str
                              tar_ratio, recent_ratio)
     frame_ids, patch_ids = candidates.resolve_ids(frame_ids, patch_ids, n_heads, n_cand,
                                                   tokens_per_frame)
+    if van_pooling:  # checked up front, whatever the layer and the shares
+        grid_hw = candidates.grid_shape(tokens_per_frame, grid_hw)
+        candidates.pool_kernel(layer_idx, num_layers, (1, *grid_hw))
     req = Request(keys, values, frame_ids, patch_ids, tokens_per_frame, keep, tar_ratio,
                   recent_ratio, van_pooling, layer_idx, num_layers, grid_hw)
     return METHODS[method](req)
