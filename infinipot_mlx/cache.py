@@ -8,7 +8,14 @@ order per head. Every slot is tagged with (frame, patch); -1 marks a pinned (tex
 that is never dropped. The session calls `compress` between forward passes; inside a
 forward pass the cache only appends. `next_position` (on StreamCache, set by the session)
 is the logical RoPE position of the next token; `n_cached` is the number of stored slots.
-Positions are passed to the model explicitly, so `offset` (what mlx-vlm reads) is n_cached.
+
+1-D RoPE positions (LLaVA-OV): an adapter calls `place_next(positions)` before a forward.
+The cache then records each slot's position (per head; -1 when never placed) and its
+`offset` reports the first placed position, because mlx-vlm's Qwen2 attention takes no
+position_ids and rotates the L new tokens to offset .. offset + L - 1 (it reads `offset`
+before `update_and_fetch`). Without placed positions `offset` is n_cached (M-RoPE models
+get position_ids explicitly and never read it). `rerotate` moves stored keys to new
+positions (R(p') k = R(p' - p) R(p) k) for the `compact` position policy.
 
 mlx-vlm's attention calls `update_and_fetch`; its create_attention_mask calls `make_mask`
 on the cache it is given (StreamCache delegates to layer 0). Storage grows in `step`-sized
@@ -37,8 +44,10 @@ class LayerKVCache(_BaseCache):
         self._values = None
         self._frame = np.zeros((0, 0), np.int32)  # (H, capacity)
         self._patch = np.zeros((0, 0), np.int32)
+        self._pos = np.zeros((0, 0), np.int32)  # (H, capacity) 1-D RoPE position, -1 unknown
         self._n = 0
         self._pending = None  # labels for the next update: (frame (L,), patch (L,))
+        self._pending_pos = None  # positions of the next update (L,)
 
     @property
     def n_cached(self) -> int:
@@ -46,6 +55,9 @@ class LayerKVCache(_BaseCache):
 
     @property
     def offset(self) -> int:
+        """RoPE offset of the next update: its first placed position, else n_cached."""
+        if self._pending_pos is not None and len(self._pending_pos):
+            return int(self._pending_pos[0])
         return self._n
 
     @property
@@ -66,6 +78,15 @@ class LayerKVCache(_BaseCache):
     def patch_ids(self) -> np.ndarray:
         return self._patch[:, : self._n]
 
+    @property
+    def positions(self) -> np.ndarray:
+        """(H, n) int32 1-D RoPE position of each slot, -1 where none was placed."""
+        return self._pos[:, : self._n]
+
+    def place_next(self, positions) -> None:
+        """Record the 1-D RoPE positions (L,) of the next update's tokens."""
+        self._pending_pos = np.asarray(positions, dtype=np.int32).reshape(-1)
+
     def label_next(self, frame_ids, patch_ids) -> None:
         """Tag the tokens of the next update_and_fetch; untagged tokens are pinned.
 
@@ -85,14 +106,18 @@ class LayerKVCache(_BaseCache):
         return pending
 
     def _append_labels(self, frame: np.ndarray, patch: np.ndarray, n_heads: int, capacity: int):
-        """Write (L,) labels for all heads at slots [n, n + L), growing to `capacity`."""
+        """Write (L,) labels and positions for all heads at slots [n, n + L), growing to `capacity`."""
         if self._frame.shape != (n_heads, capacity):
-            grown = np.full((2, n_heads, capacity), PINNED, np.int32)
+            grown = np.full((3, n_heads, capacity), PINNED, np.int32)
             if self._n:
-                grown[0, :, : self._n], grown[1, :, : self._n] = self.frame_ids, self.patch_ids
-            self._frame, self._patch = grown[0], grown[1]
+                grown[:, :, : self._n] = self.frame_ids, self.patch_ids, self.positions
+            self._frame, self._patch, self._pos = grown
+        pos, self._pending_pos = self._pending_pos, None
+        if pos is not None and len(pos) != len(frame):
+            raise ValueError(f"place_next gave {len(pos)} positions but {len(frame)} tokens arrived.")
         self._frame[:, self._n : self._n + len(frame)] = frame
         self._patch[:, self._n : self._n + len(patch)] = patch
+        self._pos[:, self._n : self._n + len(frame)] = PINNED if pos is None else pos
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         """Append L new tokens; return all stored keys and values.
@@ -167,7 +192,25 @@ class LayerKVCache(_BaseCache):
         self._values = mx.take_along_axis(self.values, idx, axis=2)
         self._frame = np.take_along_axis(self.frame_ids, slots, axis=1)
         self._patch = np.take_along_axis(self.patch_ids, slots, axis=1)
+        self._pos = np.take_along_axis(self.positions, slots, axis=1)
         self._n = slots.shape[1]
+
+    def rerotate(self, new_positions, rope) -> None:
+        """Move every slot to a new 1-D RoPE position by re-rotating its stored key.
+
+        Args:
+            new_positions: (H, n) or (n,) ints, the slots' new positions.
+            rope: the model's rotation, rope(keys (1, H, n, D), delta (H, n) int32) ->
+                keys rotated by delta, so that R(p') k = R(p' - p) R(p) k.
+        """
+        new = np.broadcast_to(np.asarray(new_positions, np.int32), self.positions.shape)
+        if np.any(self.positions < 0):
+            raise ValueError("some cached tokens have no recorded position; re-rotation needs "
+                             "positions placed with place_next before every forward.")
+        delta = new - self.positions  # (H, n)
+        if delta.any():
+            self._keys = rope(self.keys, delta)
+        self._pos[:, : self._n] = new
 
     @property
     def state(self):
@@ -238,3 +281,13 @@ class StreamCache:
         """Tag the next update's tokens in every layer (see LayerKVCache.label_next)."""
         for layer in self.layers:
             layer.label_next(frame_ids, patch_ids)
+
+    def place_next(self, positions) -> None:
+        """Give the next update's tokens their 1-D positions in every layer (LayerKVCache.place_next)."""
+        for layer in self.layers:
+            layer.place_next(positions)
+
+    def rerotate(self, new_positions, rope) -> None:
+        """Move every layer's slots to new positions (see LayerKVCache.rerotate)."""
+        for layer in self.layers:
+            layer.rerotate(new_positions, rope)

@@ -13,6 +13,10 @@ StreamCache is also a transformers `Cache`, so transformers' attention can call
 (= get_seq_length = n_cached) and `get_mask_sizes` (= (n_cached + L, 0)), which gives
 every cached slot visible and causal order among the L new tokens. get_seq_length counts
 stored slots, not positions: always pass position_ids explicitly.
+
+1-D RoPE positions (LLaVA-OV): the adapter calls `place_next(positions)` before a forward,
+so each slot records its position (per head; -1 when never placed), and `rerotate` moves
+stored keys to new positions (R(p') k = R(p' - p) R(p) k) for the `compact` policy.
 """
 
 from __future__ import annotations
@@ -45,8 +49,10 @@ class LayerKVCache(CacheLayerMixin):
         self._values = None
         self._frame = np.zeros((0, 0), np.int32)  # (H, capacity)
         self._patch = np.zeros((0, 0), np.int32)
+        self._pos = np.zeros((0, 0), np.int32)  # (H, capacity) 1-D RoPE position, -1 unknown
         self._n = 0
         self._pending = None  # labels for the next update: (frame (L,), patch (L,))
+        self._pending_pos = None  # positions of the next update (L,)
         self.is_initialized = False
 
     @property
@@ -85,6 +91,15 @@ class LayerKVCache(CacheLayerMixin):
     def patch_ids(self) -> np.ndarray:
         return self._patch[:, : self._n]
 
+    @property
+    def positions(self) -> np.ndarray:
+        """(H, n) int32 1-D RoPE position of each slot, -1 where none was placed."""
+        return self._pos[:, : self._n]
+
+    def place_next(self, positions) -> None:
+        """Record the 1-D RoPE positions (L,) of the next update's tokens."""
+        self._pending_pos = np.asarray(_as_numpy(positions), dtype=np.int32).reshape(-1)
+
     def label_next(self, frame_ids, patch_ids) -> None:
         """Tag the tokens of the next update_and_fetch; untagged tokens are pinned.
 
@@ -104,14 +119,18 @@ class LayerKVCache(CacheLayerMixin):
         return pending
 
     def _append_labels(self, frame: np.ndarray, patch: np.ndarray, n_heads: int, capacity: int):
-        """Write (L,) labels for all heads at slots [n, n + L), growing to `capacity`."""
+        """Write (L,) labels and positions for all heads at slots [n, n + L), growing to `capacity`."""
         if self._frame.shape != (n_heads, capacity):
-            grown = np.full((2, n_heads, capacity), PINNED, np.int32)
+            grown = np.full((3, n_heads, capacity), PINNED, np.int32)
             if self._n:
-                grown[0, :, : self._n], grown[1, :, : self._n] = self.frame_ids, self.patch_ids
-            self._frame, self._patch = grown[0], grown[1]
+                grown[:, :, : self._n] = self.frame_ids, self.patch_ids, self.positions
+            self._frame, self._patch, self._pos = grown
+        pos, self._pending_pos = self._pending_pos, None
+        if pos is not None and len(pos) != len(frame):
+            raise ValueError(f"place_next gave {len(pos)} positions but {len(frame)} tokens arrived.")
         self._frame[:, self._n : self._n + len(frame)] = frame
         self._patch[:, self._n : self._n + len(patch)] = patch
+        self._pos[:, self._n : self._n + len(frame)] = PINNED if pos is None else pos
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -213,7 +232,25 @@ class LayerKVCache(CacheLayerMixin):
         self._values = torch.gather(values, 2, idx.expand(-1, -1, -1, values.shape[-1]))
         self._frame = np.take_along_axis(self.frame_ids, slots, axis=1)
         self._patch = np.take_along_axis(self.patch_ids, slots, axis=1)
+        self._pos = np.take_along_axis(self.positions, slots, axis=1)
         self._n = slots.shape[1]
+
+    def rerotate(self, new_positions, rope) -> None:
+        """Move every slot to a new 1-D RoPE position by re-rotating its stored key.
+
+        Args:
+            new_positions: (H, n) or (n,) ints, the slots' new positions.
+            rope: the model's rotation, rope(keys (1, H, n, D), delta (H, n) int32) ->
+                keys rotated by delta, so that R(p') k = R(p' - p) R(p) k.
+        """
+        new = np.broadcast_to(np.asarray(new_positions, np.int32), self.positions.shape)
+        if np.any(self.positions < 0):
+            raise ValueError("some cached tokens have no recorded position; re-rotation needs "
+                             "positions placed with place_next before every forward.")
+        delta = new - self.positions  # (H, n)
+        if delta.any():
+            self._keys = rope(self.keys, delta)
+        self._pos[:, : self._n] = new
 
     def reset(self) -> None:
         """Drop everything stored."""
@@ -271,3 +308,13 @@ class StreamCache(Cache):
         """Tag the next update's tokens in every layer (see LayerKVCache.label_next)."""
         for layer in self.layers:
             layer.label_next(frame_ids, patch_ids)
+
+    def place_next(self, positions) -> None:
+        """Give the next update's tokens their 1-D positions in every layer (LayerKVCache.place_next)."""
+        for layer in self.layers:
+            layer.place_next(positions)
+
+    def rerotate(self, new_positions, rope) -> None:
+        """Move every layer's slots to new positions (see LayerKVCache.rerotate)."""
+        for layer in self.layers:
+            layer.rerotate(new_positions, rope)
