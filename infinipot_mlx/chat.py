@@ -92,13 +92,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ----- running a session ---------------------------------------------------------------
-def open_session(args, path: str):
-    """A StreamSession on the chosen backend, with the capacity from the flags."""
+def open_session(args, path: str, frame_hw: tuple[int, int] | None = None):
+    """A StreamSession on the chosen backend, with the capacity from the flags (or --memory)."""
     from .config import InfiniPotConfig
 
     capacity = None if args.method == "full" else (args.kv_budget or 6144)
     config = InfiniPotConfig(capacity=capacity, block_frames=args.block_frames, method=args.method,
                              reserve=args.reserve)
+    if args.memory is not None:
+        return open_budgeted_session(args, path, config, frame_hw)
     if args.backend == "reference":
         from .reference.session import load as load_reference
 
@@ -106,6 +108,31 @@ def open_session(args, path: str):
     from .session import load
 
     return load(path, config, fps=args.fps)
+
+
+def open_budgeted_session(args, path: str, config, frame_hw: tuple[int, int] | None):
+    """Load, plan --memory (weights measured, one block calibrated), print the plan, open."""
+    import json
+    from dataclasses import replace
+    from functools import partial
+    from pathlib import Path
+
+    from .budget import apply_memory_limits, memory_probe, parse_budget, plan_session
+    from .session import StreamSession, load_model
+
+    if args.backend != "mlx" or not config.bounded or frame_hw is None:
+        raise UserError("--memory plans an MLX session of a video with a compression method; "
+                        "otherwise use --kv-budget")
+    parse_budget(args.memory, memory_probe().total)  # a misspelt budget fails before loading
+    model, tokenizer, spec, model_dir = load_model(path)
+    make = partial(StreamSession, model, tokenizer, spec, fps=args.fps)  # make(InfiniPotConfig)
+    plan = plan_session(args.memory, model, tokenizer, spec,
+                        json.loads((Path(model_dir) / "config.json").read_text()), frame_hw=frame_hw,
+                        block_frames=config.block_frames, reserve=config.reserve, make_session=make)
+    apply_memory_limits(plan)
+    print(plan.line())
+    args.memory_plan = plan
+    return make(replace(config, capacity=plan.capacity))
 
 
 def model_path(args) -> str:
@@ -176,7 +203,7 @@ def answer(session, question: str, args) -> str:
     return "".join(pieces)
 
 
-def format_stats(session) -> str:
+def format_stats(session, plan=None) -> str:
     st = session.stats()
     sec = st["seconds"]
     return (
@@ -185,8 +212,17 @@ def format_stats(session) -> str:
         f"compressions {st['compressions']} | KV {st['kv_bytes'] / 2**20:.1f} MB | "
         f"active {st['active_memory_bytes'] / 2**20:.0f} MB, peak {st['peak_memory_bytes'] / 2**20:.0f} MB | "
         f"vision {sec['vision']:.1f}s prefill {sec['prefill']:.1f}s compress {sec['compress']:.2f}s "
-        f"decode {sec['decode']:.1f}s"
+        f"decode {sec['decode']:.1f}s" + (_plan_text(st, plan) if plan is not None else "")
     )
+
+
+def _plan_text(st: dict, plan) -> str:
+    """Live memory against the --memory plan (decimal units, as the plan line prints them)."""
+    from .budget import format_bytes
+
+    return (f" | memory: active {format_bytes(st['active_memory_bytes'])}, peak "
+            f"{format_bytes(st['peak_memory_bytes'])} of planned {format_bytes(plan.peak_bytes)}, "
+            f"budget {format_bytes(plan.budget_bytes)}")
 
 
 def interactive(session, args) -> None:
@@ -200,7 +236,7 @@ def interactive(session, args) -> None:
         if line in ("/quit", "/exit"):
             return
         if line == "/stats":
-            print(format_stats(session))
+            print(format_stats(session, getattr(args, "memory_plan", None)))
         elif line == "/reset":
             session.reset()
             print("session reset: the video and the conversation are forgotten")
@@ -222,7 +258,7 @@ def run(args) -> int:
         return run_demo(args)
     path = model_path(args)
     source = open_video(args, load_spec(path))  # bad videos fail before the model loads
-    session = open_session(args, path)
+    session = open_session(args, path, source.frame_size)
     stream_video(session, source)
     if args.question:
         for q in args.question:

@@ -200,3 +200,30 @@ def test_tiny_impossible_budget_states_a_sufficient_minimum(tiny):
     assert tiny_plan(tiny, f"{minimum}GB", calibrate=False, **SHAPE).capacity >= \
         32 + 64 + 16  # reserve + block + one frame (+ the pinned prompt)
 
+
+def test_cli_impossible_budget_exits_2_with_the_minimum(tmp_path, tiny_qwen_dir):
+    from videos import moving_shapes_video
+
+    video = moving_shapes_video(tmp_path / "clip.mp4", n=20)
+    done = subprocess.run([sys.executable, "-m", "infinipot_mlx.chat", str(video), "--model",
+                           str(tiny_qwen_dir), "--memory", "1MB", "-q", "What moved?"],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(r"the minimum is [\d.]+ GB", lines[0]), done.stderr
+
+
+def test_cli_memory_prints_the_plan_and_stats_show_it(tmp_path, tiny_qwen_dir):
+    from videos import moving_shapes_video
+
+    video = moving_shapes_video(tmp_path / "clip.mp4", n=20)
+    done = subprocess.run([sys.executable, "-m", "infinipot_mlx.chat", str(video), "--model",
+                           str(tiny_qwen_dir), "--memory", "40MB", "--max-tokens", "3"],
+                          input="/stats\nWhat moved?\n/quit\n", capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr
+    plan = re.search(r"model [\d.]+ MB \| KV [\d.]+ KB/token \| capacity ([\d,]+) tokens", done.stdout)
+    assert plan, done.stdout
+    assert f"/ capacity {plan.group(1).replace(',', '')} |" in done.stdout  # the session uses it
+    assert re.search(r"memory: active [\d.]+ MB, peak [\d.]+ MB of planned [\d.]+ MB, budget 40 MB",
+                     done.stdout)
