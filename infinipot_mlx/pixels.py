@@ -42,3 +42,17 @@ def qwen_patchify(
     x = x.reshape(gt, temporal_patch, c, gh // merge, merge, patch, gw // merge, merge, patch)
     x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (gt, gh/m, gw/m, m, m, C, tp, p, p)
     return np.ascontiguousarray(x.reshape(gt * gh * gw, c * temporal_patch * patch * patch)), (gt, gh, gw)
+
+
+def siglip_frames(frames: np.ndarray, mean, std, image_size: int) -> np.ndarray:
+    """LLaVA-OneVision video pixels: frames already resized to the vision image_size.
+
+    Args:
+        frames: (n, S, S, C) uint8 with S = image_size (VideoSource(size=(S, S)) resizes).
+    Returns:
+        pixel_values: (n, C, S, S) float32, rescaled to [0, 1] and standardized.
+    """
+    if frames.ndim != 4 or frames.shape[1:3] != (image_size, image_size):
+        raise ValueError(f"frames of shape {frames.shape} are not {image_size}x{image_size}; "
+                         f"resize them with VideoSource(size=({image_size}, {image_size}))")
+    return normalize(frames, mean, std)

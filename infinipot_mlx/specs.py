@@ -8,6 +8,7 @@ backends build the same token sequence with the same positions.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,12 @@ class ChatPieces:
     question_close: str = "<|im_end|>\n<|im_start|>assistant\n"
     answer_close: str = "<|im_end|>\n"
     eos: str = "<|im_end|>"
+
+
+# llava-hf's chat template for a user message holding a video, then text:
+# "<|im_start|>user\n<video>\n{text}<|im_end|>\n<|im_start|>assistant\n". The <video>
+# placeholder is the video's tokens (image_newline last, from the adapter), then "\n".
+LLAVA_ONEVISION_PIECES = ChatPieces(video_open="", video_close="\n")
 
 
 @dataclass(frozen=True)
@@ -46,9 +53,13 @@ class ModelSpec:
     max_pixels: int
     default_policy: str  # position policy used when the config says "auto"
     pieces: ChatPieces = ChatPieces()
+    frame_size: tuple[int, int] | None = None  # fixed (H, W) of every frame (LLaVA-OV), else any
+    token_grid: tuple[int, int] | None = None  # fixed (rows, cols) of a slot's tokens (LLaVA-OV)
 
     def slot_grid(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
         """Merged grid (rows, cols) of one temporal slot for frames of size (H, W)."""
+        if self.token_grid is not None:
+            return self.token_grid
         height, width = frame_hw
         return height // self.pixels_per_token, width // self.pixels_per_token
 
@@ -104,4 +115,31 @@ def qwen2_5_vl_spec(config: dict, pre: dict) -> ModelSpec:
     )
 
 
-SPEC_READERS = {"qwen2_5_vl": qwen2_5_vl_spec}
+def llava_onevision_spec(config: dict, pre: dict) -> ModelSpec:
+    """LLaVA-OneVision (llava-hf layout): one frame per slot, 2x2-pooled SigLIP grid, 1-D RoPE."""
+    text, vision = config["text_config"], config["vision_config"]
+    side, patch = vision.get("image_size", 384), vision.get("patch_size", 14)
+    pooled = math.ceil((side // patch) / 2)  # the model's video pooling: 27 -> 14 at 384 px
+    heads = text["num_attention_heads"]
+    return ModelSpec(
+        model_type="llava_onevision",
+        num_layers=text["num_hidden_layers"],
+        kv_heads=text.get("num_key_value_heads") or heads,
+        head_dim=text.get("head_dim") or text["hidden_size"] // heads,
+        frames_per_slot=1,
+        pixels_per_token=2 * patch,  # nominal: frames are resized to frame_size instead
+        position_axes=1,
+        tokens_per_second=0.0,  # no time axis in 1-D RoPE
+        max_positions=text.get("max_position_embeddings", 32768),
+        image_mean=tuple(pre.get("image_mean", (0.5, 0.5, 0.5))),
+        image_std=tuple(pre.get("image_std", (0.5, 0.5, 0.5))),
+        min_pixels=side * side,
+        max_pixels=side * side,
+        default_policy="compact",
+        pieces=LLAVA_ONEVISION_PIECES,
+        frame_size=(side, side),
+        token_grid=(pooled, pooled),
+    )
+
+
+SPEC_READERS = {"qwen2_5_vl": qwen2_5_vl_spec, "llava_onevision": llava_onevision_spec}

@@ -7,6 +7,12 @@ Backend object, so session.py and reference/session.py differ only in what they 
 Units: a "frame" in the algorithm's sense is one temporal slot of the vision grid
 (Qwen2.5-VL merges frames_per_slot = 2 sampled frames into one). `block_frames` counts
 slots; add_frames takes sampled frames. T = visual tokens per slot, S = slots in a block.
+
+Position policies (ALGORITHM.md section 6): `absolute` keeps every token at the position
+the uncompressed sequence gives it; `compact` (1-D RoPE models only) renumbers the kept
+tokens 0..n-1 in arrival order after every compression, re-rotating their stored keys with
+the adapter's `key_rotation()`, so positions stay below the capacity. Either way a stream
+about to pass the model's max_positions stops with PositionLimitError.
 """
 
 from __future__ import annotations
@@ -58,6 +64,9 @@ class StreamSessionBase:
         self.fps = float(fps)
         self.system_prompt = system_prompt
         self.record_kept = record_kept
+        if self.policy == "compact" and self.spec.position_axes != 1:
+            raise ValueError(f"the compact position policy needs a 1-D RoPE model (LLaVA-OneVision); "
+                             f"{self.spec.model_type} uses M-RoPE, so use position_policy='absolute'")
         self.reset()
 
     # ----- conversation state ------------------------------------------------------
@@ -84,7 +93,8 @@ class StreamSessionBase:
     def add_text(self, text: str):
         """Prefill pinned text; returns the logits of its last token, shape (V,)."""
         self.transcript.append(text)
-        return self._prefill_ids(self.adapter.tokenizer.encode(text, add_special_tokens=False))
+        ids = self.adapter.tokenizer.encode(text, add_special_tokens=False)
+        return self._prefill_ids(ids) if ids else None  # an empty template piece adds nothing
 
     def _prefill_ids(self, ids: list[int]):
         positions = text_positions(self.cache.next_position, len(ids), self.spec.position_axes)
@@ -92,6 +102,7 @@ class StreamSessionBase:
         return logits[0, -1]
 
     def _forward(self, embeds, positions: np.ndarray, frame_ids=None, patch_ids=None):
+        self._check_position_range(positions)
         if frame_ids is not None:
             self.cache.label_next(frame_ids, patch_ids)
         logits = self.adapter.forward(embeds, positions, self.cache)
@@ -127,8 +138,11 @@ class StreamSessionBase:
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be (n, H, W, 3) RGB, got shape {frames.shape}")
         hw = tuple(frames.shape[1:3])
-        step = self.spec.pixels_per_token
-        if hw[0] % step or hw[1] % step:
+        step, fixed = self.spec.pixels_per_token, self.spec.frame_size
+        if fixed is not None and hw != tuple(fixed):
+            raise ValueError(f"frame size {hw} is not the model's {tuple(fixed)}; resize with "
+                             f"VideoSource(size={tuple(fixed)})")
+        if fixed is None and (hw[0] % step or hw[1] % step):
             raise ValueError(f"frame size {hw} is not a multiple of {step} pixels; resize with VideoSource")
         if self.frame_hw is not None and hw != self.frame_hw:
             raise ValueError(f"frame size changed from {self.frame_hw} to {hw} within a stream")
@@ -147,24 +161,37 @@ class StreamSessionBase:
 
     def _close_video(self) -> None:
         if self.video_start is not None:
+            self._prefill_video_tail()
             self.add_text(self.spec.pieces.video_close)
             self.video_start = None
 
+    def _prefill_video_tail(self) -> None:
+        """Pinned embeddings the model puts once after a video (LLaVA-OV: image_newline).
+
+        An optional adapter hook, `video_close_embeds() -> (1, L, E) or None`.
+        """
+        hook = getattr(self.adapter, "video_close_embeds", None)
+        embeds = hook() if hook is not None else None
+        if embeds is not None:
+            self._forward(embeds, text_positions(self.cache.next_position, embeds.shape[-2],
+                                                 self.spec.position_axes))
+            self.transcript.append("<video_end_embeds>")
+
     def _stream_block(self, frames: np.ndarray, real_frames: int | None = None) -> None:
-        """Vision on one block, compress if it would overflow, then prefill it."""
+        """Compress if the block would overflow, then vision on the block, then prefill it."""
         self._open_video()
         grid = self.spec.slot_grid(self.frame_hw)
         T, S = grid[0] * grid[1], len(frames) // self.spec.frames_per_slot
+        if self.config.bounded and plan.needs_compression(
+            self.cache.n_cached, S * T, self.config.capacity, self.config.reserve
+        ):  # first, so that `compact` positions are known before the block's are computed
+            self.compress(plan.keep_target(self.config.capacity, self.config.reserve,
+                                           self.cache.n_pinned, S * T), T)
         positions = self.adapter.video_positions(self.video_start, self.segment_slots, S, grid, self.fps)
         self._check_position_range(positions)
         with self._timed("vision"):
             embeds = self.adapter.encode_slots(frames)
             self.backend.sync(embeds)
-        if self.config.bounded and plan.needs_compression(
-            self.cache.n_cached, S * T, self.config.capacity, self.config.reserve
-        ):
-            self.compress(plan.keep_target(self.config.capacity, self.config.reserve,
-                                           self.cache.n_pinned, S * T), T)
         first = self.counters.slots_seen
         frame_ids = np.repeat(np.arange(first, first + S, dtype=np.int32), T)  # (S*T,)
         patch_ids = np.tile(np.arange(T, dtype=np.int32), S)  # (S*T,)
@@ -175,14 +202,19 @@ class StreamSessionBase:
         self.counters.slots_seen += S
         self.counters.frames_seen += real_frames if real_frames is not None else len(frames)
 
-    def _check_position_range(self, positions: np.ndarray) -> None:
+    def _check_position_range(self, positions) -> None:
+        """PositionLimitError before any token would get a position past max_positions."""
         limit = self.spec.max_positions
-        if self.policy == "absolute" and limit is not None and int(positions.max()) >= limit:
-            raise PositionLimitError(
-                f"the stream has reached position {int(positions.max())}, past the model's "
-                f"trained range of {limit} positions; stop here, lower --fps, or use the "
-                "compact position policy"
-            )
+        if limit is None or int(np.max(positions)) < limit:
+            return
+        if self.policy == "compact":
+            hint = "lower the capacity (--kv-budget) below that range"
+        elif self.spec.position_axes == 1:
+            hint = "stop here, or use the compact position policy (the default for this model)"
+        else:
+            hint = "stop here or lower --fps"
+        raise PositionLimitError(f"the stream would reach position {int(np.max(positions))}, past the "
+                                 f"model's trained range of {limit} positions; {hint}")
 
     # ----- compression -----------------------------------------------------------------
     def compress(self, keep: int, tokens_per_frame: int) -> None:
@@ -206,10 +238,21 @@ class StreamSessionBase:
                     kept_sets.append(np.stack([np.take_along_axis(frame_ids, kept_np, 1),
                                                np.take_along_axis(patch_ids, kept_np, 1)], -1))
                 layer.compress(kept)
+            if self.policy == "compact":
+                self._compact_positions()
             self.backend.sync(None, self.cache)
         self.counters.compressions += 1
         if self.record_kept:
             self.kept_log.append(kept_sets)
+
+    def _compact_positions(self) -> None:
+        """`compact`: renumber the n kept slots 0..n-1 in arrival order (every head), re-rotate keys."""
+        n = self.cache.n_cached
+        shift = n - self.cache.next_position  # <= 0: every position moves down by the same rule
+        self.cache.rerotate(np.arange(n), self.adapter.key_rotation())
+        self.cache.next_position = n
+        if self.video_start is not None:  # the open segment's origin moves with its tokens
+            self.video_start += shift
 
     # ----- questions ---------------------------------------------------------------------
     def ask(self, question: str, max_tokens: int = 256, temperature: float = 0.0,
@@ -229,6 +272,8 @@ class StreamSessionBase:
         text = ("" if self.user_turn_open else pieces.user_open) + question.strip() + pieces.question_close
         ids = self.adapter.tokenizer.encode(text, add_special_tokens=False)
         self._make_room(len(ids) + max_tokens)
+        tail = self.adapter.tokenizer.encode(pieces.answer_close, add_special_tokens=False)
+        self._check_position_range([self.cache.next_position + len(ids) + max_tokens + len(tail) - 1])
         self.transcript.append(text)
         self.user_turn_open = False
         return self._generate(ids, max_tokens, temperature, top_p, stop)

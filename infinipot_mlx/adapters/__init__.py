@@ -8,6 +8,7 @@ from __future__ import annotations
 
 ADAPTERS = {
     "qwen2_5_vl": ("infinipot_mlx.adapters.qwen2_5_vl", "Qwen2_5_VLAdapter"),
+    "llava_onevision": ("infinipot_mlx.adapters.llava_onevision", "LlavaOnevisionAdapter"),
 }
 
 

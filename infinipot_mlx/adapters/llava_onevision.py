@@ -1,0 +1,98 @@
+"""LLaVA-OneVision on mlx-vlm's model classes: per-block SigLIP, pooled video tokens, 1-D RoPE.
+
+Vision: each block of frames goes through mlx-vlm's own `get_video_features` (SigLIP, the
+projector, the model's 2x2 bilinear pooling with ceil: 27x27 -> 14x14 = 196 tokens per
+frame at 384 px). That function appends one `image_newline` per call; a per-block call
+drops it, and `video_close_embeds` gives it back once, after the whole video segment, where
+the model places it (the session prefills it when the video closes).
+
+Positions: mlx-vlm's Qwen2 attention takes no position_ids; it rotates the L new tokens to
+cache.offset .. cache.offset + L - 1, reading `offset` before `update_and_fetch`. 1-D
+positions of one forward are always consecutive, so `forward` places them on our cache
+(`place_next`) and the cache reports the first one as its `offset`. No mlx-vlm class is
+subclassed or patched, and the cache keeps each slot's position for the `compact` policy,
+whose key re-rotation (`key_rotation`) uses the attention's own RoPE module.
+
+Notation: n frames (one slot each), T tokens per frame, L new tokens, E hidden size,
+V vocabulary, H KV heads, D head dim.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ..pixels import siglip_frames
+from ..positions import text_positions
+from ..specs import ModelSpec
+
+
+class KeyRotation:
+    """R(delta) per cached slot with the model's own RoPE module (rotate-half, rope_theta)."""
+
+    def __init__(self, rope: nn.Module):
+        if type(rope) is not nn.RoPE:
+            raise ValueError(f"the compact position policy supports plain RoPE only, not "
+                             f"{type(rope).__name__}; use position_policy='absolute'")
+        self.rope = rope
+
+    def __call__(self, keys: mx.array, delta: np.ndarray) -> mx.array:
+        """keys (1, H, n, D) at positions p -> keys at p + delta; delta (H, n) ints."""
+        _, heads, n, dim = keys.shape
+        flat = keys.reshape(heads * n, 1, 1, dim)  # one batch row per slot: its own offset
+        offsets = mx.array(np.asarray(delta, np.int32).reshape(-1))  # (H*n,)
+        return self.rope(flat, offset=offsets).reshape(1, heads, n, dim)
+
+
+class LlavaOnevisionAdapter:
+    """Embed frames and text, and run the LM with explicit 1-D positions."""
+
+    def __init__(self, model, tokenizer, spec: ModelSpec):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.lm = model.language_model
+
+    def encode_slots(self, frames: np.ndarray) -> mx.array:
+        """Vision tower, projector and pooling on one block. (n, S, S, 3) uint8 -> (n*T, E)."""
+        image_size = self.model.config.vision_config.image_size
+        pixels = siglip_frames(frames, self.spec.image_mean, self.spec.image_std, image_size)
+        dtype = self.model.multi_modal_projector.linear_1.weight.dtype
+        features = self.model.get_video_features(mx.array(pixels).astype(dtype))  # (n*T [+1], E)
+        n_tokens = len(frames) * self.spec.tokens_per_slot(self.spec.frame_size)
+        return features[:n_tokens]  # drop this call's image_newline (video_close_embeds has it)
+
+    def video_close_embeds(self) -> mx.array | None:
+        """(1, 1, E) image_newline, placed once after a video segment; None if the model has none."""
+        newline = self.model.image_newline
+        if newline is None:
+            return None
+        return newline[None, None].astype(self.lm.model.embed_tokens.weight.dtype)
+
+    def video_positions(self, video_start: int, first_slot: int, n_slots: int,
+                        grid_hw: tuple[int, int], fps: float) -> np.ndarray:
+        """(S*T,) 1-D positions: one per token, after those of the segment's earlier frames."""
+        per_frame = grid_hw[0] * grid_hw[1]
+        return text_positions(video_start + first_slot * per_frame, n_slots * per_frame, axes=1)
+
+    def embed_tokens(self, ids: list[int]) -> mx.array:
+        """Token ids -> (1, L, E) embeddings."""
+        return self.lm.model.embed_tokens(mx.array([ids], dtype=mx.int32))
+
+    def key_rotation(self) -> KeyRotation:
+        """The RoPE rotation the cache applies to move stored keys (compact policy)."""
+        return KeyRotation(self.lm.model.layers[0].self_attn.rope)
+
+    def forward(self, embeds: mx.array, positions: np.ndarray, cache) -> mx.array:
+        """Run the LM over new tokens. embeds (1, L, E), positions (L,) -> logits (1, L, V)."""
+        positions = np.asarray(positions)
+        if positions.ndim != 1 or np.any(np.diff(positions) != 1):
+            raise ValueError("LLaVA-OneVision takes consecutive 1-D positions within one forward")
+        cache.place_next(positions)  # the cache's offset becomes positions[0] for this forward
+        if embeds.ndim == 2:
+            embeds = embeds[None]  # (1, L, E)
+        hidden = self.lm.model(None, cache=cache, input_embeddings=embeds)
+        if self.lm.config.tie_word_embeddings:
+            return self.lm.model.embed_tokens.as_linear(hidden)
+        return self.lm.lm_head(hidden)

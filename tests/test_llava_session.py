@@ -1,0 +1,138 @@
+"""Tier 3: the MLX StreamSession on the tiny LLaVA-OneVision (float32, 98 px -> 7x7 -> 4x4 = 16 tokens).
+
+Block-wise streaming equals one forward of mlx-vlm's full model on the same pixels (nothing
+compressed), image_newline comes once per video segment, and the position policies: a
+stream past max_position_embeddings stops under `absolute` and runs bounded under `compact`.
+"""
+
+import json
+import shutil
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from infinipot_mlx import InfiniPotConfig
+from infinipot_mlx.pixels import siglip_frames
+from infinipot_mlx.session import StreamSession, load_model
+from infinipot_mlx.stream import PositionLimitError
+
+QUESTION = "What moved in the video?"
+T, SIDE = 16, 98
+
+
+def frames_for(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, SIDE, SIDE, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llava_dir):
+    return load_model(str(tiny_llava_dir))
+
+
+@pytest.fixture(scope="module")
+def short_range(tiny_llava_dir, tmp_path_factory):
+    """The tiny LLaVA-OV with max_position_embeddings = 512 (a trained range a stream outgrows)."""
+    path = tmp_path_factory.mktemp("llava512") / "model"
+    shutil.copytree(tiny_llava_dir, path)
+    config = json.loads((path / "config.json").read_text())
+    config["text_config"]["max_position_embeddings"] = 512
+    (path / "config.json").write_text(json.dumps(config))
+    return load_model(str(path))
+
+
+def session_for(tiny, **config) -> StreamSession:
+    model, tok, spec, _ = tiny
+    return StreamSession(model, tok, spec, InfiniPotConfig(**config), record_kept=True)
+
+
+def test_spec_reads_the_llava_hub_layout(tiny):
+    spec = tiny[2]
+    assert (spec.frames_per_slot, spec.position_axes, spec.default_policy) == (1, 1, "compact")
+    assert spec.frame_size == (SIDE, SIDE) and spec.slot_grid(spec.frame_size) == (4, 4)
+    assert spec.max_positions == 32768 and spec.image_mean == (0.5, 0.5, 0.5)
+    assert (spec.pieces.user_open, spec.pieces.video_open, spec.pieces.video_close) == ("<|im_start|>user\n", "", "\n")
+
+
+def test_blockwise_stream_equals_one_shot_forward(tiny):
+    model, tok, spec, _ = tiny
+    frames = frames_for(6)
+    session = session_for(tiny, capacity=100_000, block_frames=2)  # 3 blocks, no compression
+    session.add_frames(frames)
+    answer = "".join(session.ask(QUESTION, max_tokens=6))
+    assert session.counters.compressions == 0
+
+    pieces = spec.pieces
+    prefix = tok.encode(pieces.system.format(system="You are a helpful assistant.") + pieces.user_open,
+                        add_special_tokens=False)
+    suffix = tok.encode(pieces.video_close + QUESTION + pieces.question_close, add_special_tokens=False)
+    video = [tok.convert_tokens_to_ids("<video>")] * (len(frames) * T + 1)  # + one image_newline
+    pixels = siglip_frames(frames, spec.image_mean, spec.image_std, SIDE)  # (n, 3, 98, 98)
+    out = model(mx.array([prefix + video + suffix]), pixel_values_videos=mx.array(pixels))
+    np.testing.assert_allclose(session.question_logits, np.array(out.logits[0, -1]), atol=1e-4, rtol=0)
+
+    fresh = session_for(tiny, capacity=100_000, block_frames=6)  # one block: another schedule
+    fresh.add_frames(frames)
+    assert "".join(fresh.ask(QUESTION, max_tokens=6)) == answer
+
+
+def test_image_newline_once_per_video_segment(tiny):
+    session = session_for(tiny, capacity=100_000, block_frames=2)
+    newline_line = 1 + len(session.adapter.tokenizer.encode("\n", add_special_tokens=False))
+    session.add_frames(frames_for(4))
+    pinned = session.cache.n_pinned
+    session._close_video()  # what ask() does first: image_newline, then "\n"
+    session._close_video()  # a closed segment adds nothing more
+    assert session.cache.n_pinned - pinned == newline_line
+    assert session.cache.n_visual == 4 * T  # the newline is pinned, not a frame's token
+    list(session.ask("Hi?", max_tokens=2))
+    session.add_frames(frames_for(2, seed=1))
+    list(session.ask("And?", max_tokens=2))
+    assert session.prompt_text().count("<video_end_embeds>") == 2  # once per segment, not per block
+
+
+def test_frames_must_have_the_vision_size(tiny):
+    session = session_for(tiny, capacity=1000, reserve=100, block_frames=2)
+    with pytest.raises(ValueError, match=r"VideoSource\(size=\(98, 98\)\)"):
+        session.add_frames(np.zeros((2, 112, 112, 3), np.uint8))
+
+
+def test_absolute_stops_before_the_trained_range(short_range):
+    session = session_for(short_range, capacity=256, reserve=64, block_frames=2, position_policy="absolute")
+    with pytest.raises(PositionLimitError, match="trained range of 512 positions; stop here, or use the compact"):
+        for _ in range(40):
+            session.add_frames(frames_for(2))
+    assert session.stats()["next_position"] <= 512
+    assert max(int(layer.positions.max()) for layer in session.cache) < 512  # never ran past it
+    assert session.counters.compressions >= 1  # the cap held, but positions kept growing
+
+
+def test_compact_runs_past_the_trained_range_with_bounded_positions(short_range):
+    capacity, block = 256, 2 * T
+    session = session_for(short_range, capacity=capacity, reserve=64, block_frames=2)
+    assert session.policy == "compact"
+    highest = 0
+    for i in range(30):  # 60 frames = 960 visual tokens: ~1000 positions under `absolute`
+        session.add_frames(frames_for(2, seed=i))
+        highest = max(highest, *(int(layer.positions.max()) for layer in session.cache))
+        assert session.cache.next_position == session.cache.n_cached  # compact: 0..n-1
+    answer = "".join(session.ask(QUESTION, max_tokens=8))
+    assert session.counters.compressions >= 10 and isinstance(answer, str)
+    assert highest < capacity + block and session.stats()["next_position"] <= capacity
+    for layer in session.cache:  # every head: consecutive positions in arrival order
+        np.testing.assert_array_equal(layer.positions, np.broadcast_to(np.arange(layer.n_cached),
+                                                                       layer.positions.shape))
+
+
+def test_compact_needs_a_capacity_inside_the_trained_range(short_range):
+    session = session_for(short_range, capacity=2000, reserve=64, block_frames=2)
+    with pytest.raises(PositionLimitError, match="lower the capacity"):
+        for _ in range(20):
+            session.add_frames(frames_for(2))
+
+
+def test_question_past_the_trained_range_is_refused_up_front(short_range):
+    session = session_for(short_range, capacity=None, method="full", block_frames=2, position_policy="absolute")
+    session.add_frames(frames_for(28))  # 448 visual tokens: the question's answer would pass 512
+    with pytest.raises(PositionLimitError, match="512"):
+        session.ask(QUESTION, max_tokens=64)
