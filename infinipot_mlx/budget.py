@@ -274,7 +274,7 @@ def memory_probe() -> MemoryReading:
 
     metal = _metal_available(mx)
     if metal:
-        total = int(mx.device_info()["memory_size"])
+        total = int(_device_info(mx)["memory_size"])
     else:
         try:
             import psutil
@@ -291,6 +291,12 @@ def _metal_available(mx) -> bool:
         return bool(metal is not None and metal.is_available())
     except Exception:  # builds without Metal may raise instead of answering False
         return False
+
+
+def _device_info(mx) -> dict:
+    """mx.device_info (mlx >= 0.30), or mx.metal.device_info on older releases."""
+    info = getattr(mx, "device_info", None) or mx.metal.device_info
+    return dict(info())
 
 
 def weight_bytes(model) -> int:
@@ -321,7 +327,7 @@ def apply_memory_limits(plan: MemoryPlan) -> bool:
         return False
     mx.set_memory_limit(plan.budget_bytes)
     wired = plan.resident_bytes + plan.kv_bytes
-    max_wired = mx.device_info().get("max_recommended_working_set_size", wired)
+    max_wired = _device_info(mx).get("max_recommended_working_set_size", wired)
     mx.set_wired_limit(int(min(wired, max_wired)))
     return True
 
