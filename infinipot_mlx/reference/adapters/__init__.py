@@ -9,6 +9,7 @@ from __future__ import annotations
 
 ADAPTERS = {
     "qwen2_5_vl": ("infinipot_mlx.reference.adapters.qwen2_5_vl", "Qwen2_5_VLAdapter"),
+    "llava_onevision": ("infinipot_mlx.reference.adapters.llava_onevision", "LlavaOnevisionAdapter"),
 }
 
 
