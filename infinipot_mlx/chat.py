@@ -148,7 +148,7 @@ def open_video(args, spec):
     return VideoSource(
         args.video, fps=args.fps, max_frames=args.max_frames,
         min_pixels=spec.min_pixels, max_pixels=args.max_pixels or spec.max_pixels,
-        factor=spec.pixels_per_token,
+        factor=spec.pixels_per_token, size=spec.frame_size,  # LLaVA-OV: the vision image size
     )
 
 

@@ -219,7 +219,7 @@ def read_frames(args, spec) -> np.ndarray:
 
     source = VideoSource(args.video, fps=args.fps, max_frames=args.max_frames,
                          min_pixels=spec.min_pixels, max_pixels=args.max_pixels or spec.max_pixels,
-                         factor=spec.pixels_per_token)
+                         factor=spec.pixels_per_token, size=spec.frame_size)
     frames, _ = source.read()
     return frames
 

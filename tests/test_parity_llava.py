@@ -1,0 +1,122 @@
+"""Tier 4: MLX vs the PyTorch reference on the tiny float32 LLaVA-OneVision (ALGORITHM.md section 9).
+
+The same kept (frame, patch) set per layer and head at every compression, logits within
+1e-4 at every question and answer step, the same 20 greedy tokens, over two turns with
+frames in between; under the `compact` policy (this model's default, keys re-rotated at
+every compression) and under `absolute`. Also the parity and chat CLIs on a video file.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from infinipot_mlx import InfiniPotConfig  # noqa: E402
+from infinipot_mlx.parity import Trace, compare, run_session, split_frames  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL, MAX_TOKENS = 1e-4, 20
+QUESTIONS = ["What moved in the video?", "And after that?"]
+
+
+def frames_for(n: int, seed: int = 0) -> np.ndarray:
+    """n random RGB frames (n, 98, 98, 3) uint8 (no ties between scores)."""
+    return np.random.default_rng(seed).integers(0, 256, (n, 98, 98, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llava_dir):
+    from infinipot_mlx import session as mlx_session
+    from infinipot_mlx.reference import session as ref_session
+
+    return mlx_session.load_model(str(tiny_llava_dir)), ref_session.load_model(str(tiny_llava_dir), device="cpu")
+
+
+def run_both(tiny, frames, **config) -> tuple[Trace, Trace]:
+    from infinipot_mlx import session as mlx_session
+    from infinipot_mlx.reference import session as ref_session
+
+    cfg = InfiniPotConfig(**config)
+    (mm, mt, ms, _), (rm, rt, rs, _) = tiny
+    mlx = mlx_session.StreamSession(mm, mt, ms, cfg, record_kept=True)
+    ref = ref_session.StreamSession(rm, rt, rs, cfg, record_kept=True)
+    chunks = split_frames(frames, len(QUESTIONS), cfg.block_frames)
+    return run_session(mlx, chunks, QUESTIONS, MAX_TOKENS), run_session(ref, chunks, QUESTIONS, MAX_TOKENS)
+
+
+def assert_parity(mlx: Trace, ref: Trace) -> None:
+    assert len(mlx.kept_log) == len(ref.kept_log)
+    for step, (m_layers, r_layers) in enumerate(zip(mlx.kept_log, ref.kept_log)):
+        for m, r in zip(m_layers, r_layers, strict=True):  # (H, K, 2) (frame, patch) per head
+            np.testing.assert_array_equal(m, r, err_msg=f"compression {step + 1}")
+    for q in range(len(QUESTIONS)):
+        np.testing.assert_allclose(mlx.question_logits[q], ref.question_logits[q], atol=TOL, rtol=0)
+        assert mlx.tokens[q] == ref.tokens[q]
+        np.testing.assert_allclose(mlx.step_logits[q], ref.step_logits[q], atol=TOL, rtol=0)
+    assert compare(mlx, ref).ok
+
+
+# 16 tokens per frame, blocks of 2 frames, reserve 48: capacity 200 keeps 93 visual tokens per
+# head in the first turn and 47 in the second (9 compressions); 240 keeps 133, then 87 (7)
+CASES = [("compact", 200, {}), ("compact", 240, {}), ("absolute", 200, {}),
+         ("compact", 240, dict(van_pooling=True)), ("compact", 200, dict(method="uniform"))]
+
+
+@pytest.mark.parametrize("policy,capacity,extra", CASES)
+def test_backends_agree_at_every_compression(tiny, policy, capacity, extra):
+    mlx, ref = run_both(tiny, frames_for(24), capacity=capacity, block_frames=2, reserve=48,
+                        position_policy=policy, **extra)
+    assert len(mlx.kept_log) >= 4  # several compressions, one of them before a question
+    assert mlx.frames_before == [12, 24]  # two turns, frames streamed in between
+    assert all(len(tokens) == MAX_TOKENS for tokens in mlx.tokens)  # 20 greedy steps compared
+    assert_parity(mlx, ref)
+
+
+def test_backends_agree_without_compression(tiny):
+    mlx, ref = run_both(tiny, frames_for(8, seed=1), capacity=None, method="full", block_frames=2)
+    assert mlx.kept_log == [] and ref.kept_log == []
+    assert_parity(mlx, ref)
+
+
+def test_compact_and_absolute_differ_after_a_compression(tiny):
+    """The re-rotation is not a no-op: renumbered keys change the answer's logits."""
+    compact, _ = run_both(tiny, frames_for(24), capacity=200, block_frames=2, reserve=48)
+    absolute, _ = run_both(tiny, frames_for(24), capacity=200, block_frames=2, reserve=48,
+                           position_policy="absolute")
+    assert np.abs(compact.question_logits[0] - absolute.question_logits[0]).max() > 1e-3
+
+
+# ----- the CLIs -------------------------------------------------------------------------------
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def test_parity_cli_passes_on_llava(tiny_llava_dir, moving_shapes_mp4):
+    out = run_cli("infinipot_mlx.parity", "--model", str(tiny_llava_dir), "--video", str(moving_shapes_mp4),
+                  "--kv-budget", "200", "--reserve", "48", "--fps", "10", "--block-frames", "2")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "30 frames of 98x98" in out.stdout and "PASS" in out.stdout and " NO" not in out.stdout
+    assert out.stdout.count("20/20 same") == 2  # two turns, 20 greedy tokens each
+
+
+def test_chat_cli_on_llava(tiny, tiny_llava_dir, moving_shapes_mp4):
+    """The model type comes from config.json; frames are resized to the vision size (98x98)."""
+    from infinipot_mlx.session import StreamSession
+    from infinipot_mlx.video import VideoSource
+
+    out = run_cli("infinipot_mlx.chat", str(moving_shapes_mp4), "--model", str(tiny_llava_dir),
+                  "--kv-budget", "200", "--reserve", "48", "--block-frames", "2", "--fps", "10",
+                  "-q", QUESTIONS[0], "--max-tokens", "8")
+    assert out.returncode == 0, out.stderr
+    assert "streaming" in out.stderr
+    model, tok, spec, _ = tiny[0]
+    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=200, block_frames=2, reserve=48), fps=10.0)
+    frames, _ = VideoSource(moving_shapes_mp4, fps=10.0, size=spec.frame_size).read()
+    session.add_frames(frames)
+    answer = "".join(session.ask(QUESTIONS[0], max_tokens=8))
+    assert session.counters.compressions >= 2 and session.policy == "compact"
+    assert f"A: {answer}\n" in out.stdout
