@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .._blas import blas_description
+from .common import environment
 
 CONFIGS = {  # label -> select_tokens keyword arguments
     "infinipot_v": dict(method="infinipot_v"),
@@ -89,22 +86,6 @@ def _time_torch(keys: np.ndarray, values: np.ndarray, kw: dict, layers: int, rep
     return _timings_ms(compress, repeats)
 
 
-def _environment() -> dict:
-    """BLAS, threads, machine and versions, for the record."""
-    import mlx.core as mx
-    import torch
-
-    return {
-        "blas": blas_description(),
-        "threads": {"torch": torch.get_num_threads(), "os_cpu_count": os.cpu_count()},
-        "load_average_1m": os.getloadavg()[0],  # the machine may be shared
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or
-                    platform.machine()},
-        "versions": {"python": sys.version.split()[0], "mlx": mx.__version__,
-                     "torch": torch.__version__, "numpy": np.__version__},
-    }
-
-
 def run(args: argparse.Namespace) -> dict:
     """Time each config in both backends, print a table, write select.json; returns the record."""
     tokens = args.grid[0] * args.grid[1]
@@ -124,7 +105,7 @@ def run(args: argparse.Namespace) -> dict:
                         "frames": args.frames, "tokens_per_frame": tokens, "candidates": n_cand,
                         "keep": keep, "dtype": "float32", "kv_reused_across_layers": True},
               "repeats": args.repeats, "unit": "ms per compression (all layers): median and min of the repeats",
-              "results": results, **_environment()}
+              "results": results, **environment()}
     _report(record)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "select.json").write_text(json.dumps(record, indent=2) + "\n")
