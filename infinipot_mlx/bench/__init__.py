@@ -6,4 +6,5 @@ SUBCOMMANDS maps its name to the module. Benchmarks measure; tests never assert 
 
 SUBCOMMANDS = {
     "select": "infinipot_mlx.bench.select",  # one compression of Qwen2.5-VL-7B-shaped KV
+    "stream": "infinipot_mlx.bench.stream",  # a random Qwen2.5-VL streaming, per method
 }

@@ -1,0 +1,91 @@
+"""mlx-vlm's own KV caches behind the few attributes our streaming loop reads.
+
+The stream benchmark runs the same loop (our adapter, explicit M-RoPE positions, the same
+blocks) with mlx-vlm's caches in place of StreamCache, under method "full" so that our
+compression never triggers. What mlx-vlm's attention needs it finds on the layer caches
+themselves: QuantizedKVCache has `.bits`, so mlx-vlm's scaled_dot_product_attention takes
+the quantized path; RotatingKVCache builds its own (windowed) mask, reached through
+`make_mask` because create_attention_mask asks the object it is given.
+
+- "mlx_vlm_rotating": RotatingKVCache(max_size=capacity, keep=4), one per layer: what
+  mlx-vlm's `--max-kv-size capacity` builds (make_prompt_cache). It drops the oldest
+  tokens, text or video alike, and briefly holds max_size - 1 + L tokens after an
+  L-token prefill (it trims before appending).
+- "mlx_vlm_quant8": QuantizedKVCache(group_size=64, bits=8), one per layer, from the first
+  token and with no cap: what `--kv-bits 8` gives once quantization starts (mlx-vlm
+  converts its float cache after --quantized-kv-start tokens; here it starts at once).
+
+Notation: H KV heads, n stored tokens per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mlx_vlm.models.cache import QuantizedKVCache, RotatingKVCache
+
+
+class VLMCacheList:
+    """A list of mlx-vlm per-layer caches, with what StreamSessionBase reads of a cache.
+
+    mlx-vlm caches do not tell text from video, so every stored token counts as visual
+    (n_pinned is 0) and label_next is a no-op.
+    """
+
+    def __init__(self, caches: list):
+        self.layers = caches
+        self.next_position = 0  # logical RoPE position of the next token (set by the session)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None):
+        """Layer 0's mask (every layer holds the same tokens)."""
+        return self.layers[0].make_mask(N, return_array=return_array, window_size=window_size)
+
+    @property
+    def n_cached(self) -> int:
+        return stored_tokens(self.layers[0])
+
+    @property
+    def n_pinned(self) -> int:
+        return 0
+
+    @property
+    def n_visual(self) -> int:
+        return self.n_cached
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the layer buffers as the caches report them (allocated, step-rounded)."""
+        return sum(c.nbytes for c in self.layers if c.keys is not None)
+
+    def label_next(self, frame_ids, patch_ids) -> None:
+        """mlx-vlm caches keep no (frame, patch) labels."""
+
+
+def stored_tokens(cache) -> int:
+    """Tokens a mlx-vlm layer cache holds now (n)."""
+    if cache.keys is None:
+        return 0
+    if isinstance(cache, RotatingKVCache):  # its offset counts every token ever seen
+        return min(cache.offset, cache.keys.shape[2])
+    return cache.offset
+
+
+def rotating(capacity: int) -> Callable[[int], VLMCacheList]:
+    """Factory: num_layers -> RotatingKVCache list, as `--max-kv-size capacity` builds it."""
+    return lambda num_layers: VLMCacheList(
+        [RotatingKVCache(max_size=capacity, keep=4) for _ in range(num_layers)])
+
+
+def quantized(bits: int = 8, group_size: int = 64) -> Callable[[int], VLMCacheList]:
+    """Factory: num_layers -> QuantizedKVCache list, as `--kv-bits bits` gives it, no cap."""
+    return lambda num_layers: VLMCacheList(
+        [QuantizedKVCache(group_size=group_size, bits=bits) for _ in range(num_layers)])
