@@ -40,6 +40,9 @@ class MLXBackend:
         mx.eval(*arrays)
 
     def to_numpy(self, x) -> np.ndarray:
+        """A host numpy copy (bfloat16/float16 logits become float32: numpy has no bfloat16)."""
+        if mx.issubdtype(x.dtype, mx.floating) and x.dtype != mx.float32:
+            x = x.astype(mx.float32)
         return np.array(x)
 
     def make_sampler(self, temperature: float, top_p: float):

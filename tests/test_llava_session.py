@@ -54,6 +54,18 @@ def test_spec_reads_the_llava_hub_layout(tiny):
     assert (spec.pieces.user_open, spec.pieces.video_open, spec.pieces.video_close) == ("<|im_start|>user\n", "", "\n")
 
 
+def test_spec_of_the_real_7b_config():
+    """llava-hf/llava-onevision-qwen2-7b-ov-hf: 384 px, patch 14 -> 27x27 -> pooled 14x14 = 196."""
+    from infinipot_mlx.specs import llava_onevision_spec
+
+    config = {"text_config": {"hidden_size": 3584, "num_attention_heads": 28, "num_hidden_layers": 28,
+                              "num_key_value_heads": 4, "max_position_embeddings": 32768},
+              "vision_config": {"image_size": 384, "patch_size": 14}}
+    spec = llava_onevision_spec(config, {})
+    assert spec.tokens_per_slot(spec.frame_size) == 196 and spec.frame_size == (384, 384)
+    assert (spec.head_dim, spec.kv_heads, spec.max_positions) == (128, 4, 32768)
+
+
 def test_blockwise_stream_equals_one_shot_forward(tiny):
     model, tok, spec, _ = tiny
     frames = frames_for(6)
@@ -136,3 +148,18 @@ def test_question_past_the_trained_range_is_refused_up_front(short_range):
     session.add_frames(frames_for(28))  # 448 visual tokens: the question's answer would pass 512
     with pytest.raises(PositionLimitError, match="512"):
         session.ask(QUESTION, max_tokens=64)
+
+
+def test_quantized_bfloat16_model_streams_in_its_own_dtype(tiny_llava_dir):
+    """As mlx-community's 4-bit checkpoints: vision features and image_newline take the text
+    dtype (bfloat16), the KV cache stays bfloat16, and logits reach numpy as float32."""
+    import mlx.nn as nn
+
+    model, tok, spec, _ = load_model(str(tiny_llava_dir))  # a fresh copy: quantized in place
+    model.set_dtype(mx.bfloat16)
+    nn.quantize(model.language_model, group_size=64, bits=4)
+    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=200, reserve=40, block_frames=2))
+    session.add_frames(frames_for(12))
+    answer = "".join(session.ask(QUESTION, max_tokens=4))
+    assert isinstance(answer, str) and session.counters.compressions >= 1
+    assert session.cache[0].keys.dtype == mx.bfloat16 and session.question_logits.dtype == np.float32

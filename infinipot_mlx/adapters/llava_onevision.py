@@ -58,17 +58,21 @@ class LlavaOnevisionAdapter:
         """Vision tower, projector and pooling on one block. (n, S, S, 3) uint8 -> (n*T, E)."""
         image_size = self.model.config.vision_config.image_size
         pixels = siglip_frames(frames, self.spec.image_mean, self.spec.image_std, image_size)
-        dtype = self.model.multi_modal_projector.linear_1.weight.dtype
+        dtype = self.model.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype  # never quantized
         features = self.model.get_video_features(mx.array(pixels).astype(dtype))  # (n*T [+1], E)
         n_tokens = len(frames) * self.spec.tokens_per_slot(self.spec.frame_size)
-        return features[:n_tokens]  # drop this call's image_newline (video_close_embeds has it)
+        # drop this call's image_newline (video_close_embeds has it); text dtype, as mlx-vlm's merge
+        return features[:n_tokens].astype(self._text_dtype())
 
     def video_close_embeds(self) -> mx.array | None:
         """(1, 1, E) image_newline, placed once after a video segment; None if the model has none."""
         newline = self.model.image_newline
-        if newline is None:
-            return None
-        return newline[None, None].astype(self.lm.model.embed_tokens.weight.dtype)
+        return None if newline is None else newline[None, None].astype(self._text_dtype())
+
+    def _text_dtype(self) -> mx.Dtype:
+        """dtype of the token embeddings (quantized embeddings compute in their scales' dtype)."""
+        embed = self.lm.model.embed_tokens
+        return getattr(embed, "scales", embed.weight).dtype
 
     def video_positions(self, video_start: int, first_slot: int, n_slots: int,
                         grid_hw: tuple[int, int], fps: float) -> np.ndarray:
