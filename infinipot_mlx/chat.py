@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="stream a synthetic video through the bundled trained organism (offline)")
     p.add_argument("--model", default=None,
-                   help="local checkpoint folder or hub repo (default: mlx-community/Qwen2.5-VL-7B-Instruct-4bit)")
+                   help="local checkpoint folder or hub repo (default: mlx-community/Qwen2.5-VL-7B-Instruct-4bit; "
+                        "with --backend reference: Qwen/Qwen2.5-VL-7B-Instruct)")
     p.add_argument("--backend", choices=("mlx", "reference"), default="mlx",
                    help="mlx (default) or the PyTorch reference")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="reference backend device")
@@ -137,9 +138,27 @@ def open_budgeted_session(args, path: str, config, frame_hw: tuple[int, int] | N
 
 def model_path(args) -> str:
     """The local checkpoint folder (ModelPathError, a ValueError, when there is none)."""
-    from .session import DEFAULT_MODEL, resolve_model_path
+    from .model_path import resolve_model_path
 
-    return str(resolve_model_path(args.model or DEFAULT_MODEL))
+    if args.model:
+        return str(resolve_model_path(args.model))
+    if args.backend == "reference":  # the original HF weights; no mlx import on torch-only machines
+        from .reference.session import DEFAULT_MODEL
+    else:
+        from .session import DEFAULT_MODEL
+    return str(resolve_model_path(DEFAULT_MODEL))
+
+
+def seed(args) -> None:
+    """Seed the sampler of the chosen backend (greedy decoding needs none)."""
+    if args.backend == "reference":
+        import torch
+
+        torch.manual_seed(args.seed)
+    else:
+        import mlx.core as mx
+
+        mx.random.seed(args.seed)
 
 
 def open_video(args, spec):
@@ -247,11 +266,9 @@ def interactive(session, args) -> None:
 
 
 def run(args) -> int:
-    import mlx.core as mx
-
     from .specs import load_spec
 
-    mx.random.seed(args.seed)
+    seed(args)
     if args.demo:
         from .demo import run_demo
 
