@@ -172,15 +172,20 @@ def open_video(args, spec):
 
 
 def stream_video(session, source) -> None:
-    """Feed every sampled frame to the session with a progress bar; Ctrl-C stops early."""
+    """Feed every sampled frame of a VideoSource to the session (see stream_frames)."""
+    block = session.config.block_frames * session.spec.frames_per_slot
+    stream_frames(session, (chunk.frames for chunk in source.blocks(block)), _expected_frames(source))
+
+
+def stream_frames(session, chunks, total: int | None) -> None:
+    """Feed chunks of frames (n, H, W, 3) with a progress bar; Ctrl-C stops early, keeping what was seen."""
     from tqdm import tqdm
 
-    block = session.config.block_frames * session.spec.frames_per_slot
-    bar = tqdm(total=_expected_frames(source), unit="frame", desc="streaming", dynamic_ncols=True)
+    bar = tqdm(total=total, unit="frame", desc="streaming", dynamic_ncols=True)
     try:
-        for chunk in source.blocks(block):
-            session.add_frames(chunk.frames)
-            bar.update(len(chunk))
+        for frames in chunks:
+            session.add_frames(frames)
+            bar.update(len(frames))
             bar.set_postfix_str(_progress_text(session), refresh=False)
         session.flush()
     except KeyboardInterrupt:

@@ -1,0 +1,183 @@
+"""python -m infinipot_mlx.bench accuracy: answers under a KV cap, on the model organism.
+
+Each held-out synthetic video is streamed through the real StreamSession (block loop,
+lazy compression, the real selection) on the bundled organism, then every standard
+question is asked in turn (multi-turn, greedy, the answer's first word is compared with
+the truth). Methods run unchanged: the same configs a user gets, nothing tuned here.
+
+Budget b means the cap leaves b x (the video's visual tokens) for visual tokens
+(capacity = pinned prompt + reserve + b x N_video). The newest block is always whole, so
+the smallest room is two slots (one block + one kept frame); a budget below that is
+raised to it and the JSON records the budget actually used.
+
+Statistics: 95% CIs by a cluster bootstrap over videos (questions of one video are not
+independent); differences against infinipot_v are paired by video.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .common import environment, write_json
+
+METHODS = {  # name -> (method, config overrides)
+    "full": ("full", {}),
+    "infinipot_v": ("infinipot_v", {}),
+    "uniform": ("uniform", {}),
+    "sliding_window": ("sliding_window", {}),
+    "tar_only": ("infinipot_v", {"tar_ratio": 1.0}),
+    "van_only": ("infinipot_v", {"tar_ratio": 0.0}),
+}
+BOOTSTRAP = 2000
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n", type=int, default=100, help="held-out videos per split")
+    p.add_argument("--seed-offset", type=int, default=0, help="index of the first test video")
+    p.add_argument("--budgets", default="1.0,0.5,0.25,0.1", help="shares of the video's tokens")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
+    p.add_argument("--splits", default="test", help="test and/or stress splits: pan,texture,flicker,repeat")
+    p.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
+
+
+def run_one(model_bundle, frames: np.ndarray, qa, method: str, budget: float) -> dict:
+    """Stream one video under one config; per-question correctness and cache facts."""
+    from ..demo import first_word, organism_config
+    from ..session import StreamSession
+
+    model, tok, spec, pinned = model_bundle
+    name, overrides = METHODS[method]
+    config = organism_config(len(frames), budget, name, pinned, **overrides)
+    session = StreamSession(model, tok, spec, config, fps=2.0)
+    session.add_frames(frames)
+    session.flush()
+    visual_at_question = session.cache.n_visual
+    correct = []
+    for question, truth, _qtype in qa:
+        reply = "".join(session.ask(question, max_tokens=2))  # one answer word (one token) + eos
+        correct.append(first_word(reply) == truth)
+    return dict(correct=correct, visual_tokens=visual_at_question, compressions=session.counters.compressions,
+                max_cached=session.cache.n_cached)
+
+
+def load_bundle():
+    """(model, tokenizer, spec, pinned prompt tokens before the first frame) of the organism."""
+    from ..demo import open_organism
+
+    probe = open_organism(method="full")
+    a = probe.adapter
+    pinned = probe.cache.n_pinned + len(a.tokenizer.encode(
+        a.spec.pieces.user_open + a.spec.pieces.video_open, add_special_tokens=False))
+    return a.model, a.tokenizer, a.spec, pinned
+
+
+def bootstrap_ci(per_video: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    """95% CI of the mean of per-video values (V,) by resampling videos."""
+    idx = rng.integers(0, len(per_video), size=(BOOTSTRAP, len(per_video)))
+    means = per_video[idx].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarize(records: list[dict], rng: np.random.Generator) -> list[dict]:
+    """Accuracy with CIs per (split, budget, method, qtype), and paired deltas vs infinipot_v."""
+    rows = []
+    keys = sorted({(r["split"], r["budget"], r["method"]) for r in records})
+    by_key = {k: [r for r in records if (r["split"], r["budget"], r["method"]) == k] for k in keys}
+    for split, budget, method in keys:
+        recs = sorted(by_key[(split, budget, method)], key=lambda r: r["video"])
+        ref = sorted(by_key.get((split, budget, "infinipot_v"), []), key=lambda r: r["video"])
+        for qtype in ["all", *sorted({q for r in recs for q in r["qtypes"]})]:
+            acc = np.array([_mean(r, qtype) for r in recs])
+            row = dict(split=split, budget=budget, method=method, qtype=qtype,
+                       n_videos=int(np.isfinite(acc).sum()), accuracy=float(np.nanmean(acc)))
+            row["ci95"] = bootstrap_ci(acc[np.isfinite(acc)], rng)
+            if ref and method != "infinipot_v":
+                diff = acc - np.array([_mean(r, qtype) for r in ref])
+                diff = diff[np.isfinite(diff)]
+                row["vs_infinipot_v"] = float(diff.mean())
+                row["vs_infinipot_v_ci95"] = bootstrap_ci(diff, rng)
+            row["budget_used"] = float(np.mean([r["budget_used"] for r in recs]))
+            rows.append(row)
+    return rows
+
+
+def _mean(record: dict, qtype: str) -> float:
+    picked = [c for c, q in zip(record["correct"], record["qtypes"]) if qtype in ("all", q)]
+    return float(np.mean(picked)) if picked else float("nan")
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'split':8} {'budget':>6} {'method':15} {'acc':>6} {'95% CI':>15} {'vs infinipot_v':>22}")
+    for r in rows:
+        if r["qtype"] != "all":
+            continue
+        lo, hi = r["ci95"]
+        delta = ""
+        if "vs_infinipot_v" in r:
+            dlo, dhi = r["vs_infinipot_v_ci95"]
+            delta = f"{r['vs_infinipot_v']:+.3f} [{dlo:+.3f},{dhi:+.3f}]"
+        print(f"{r['split']:8} {r['budget']:>6.2f} {r['method']:15} {r['accuracy']:6.3f} "
+              f"[{lo:.3f}, {hi:.3f}] {delta:>22}")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = sorted({r["split"] for r in rows})
+    fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4), squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        for method in METHODS:
+            pts = sorted((r["budget"], r["accuracy"], *r["ci95"]) for r in rows
+                         if r["split"] == split and r["method"] == method and r["qtype"] == "all")
+            if pts:
+                b, acc, lo, hi = map(np.array, zip(*pts))
+                ax.errorbar(b * 100, acc, yerr=[acc - lo, hi - acc], marker="o", capsize=3, label=method)
+        ax.set(xscale="log", xlabel="visual tokens kept (% of the video's)", ylabel="accuracy",
+               title=f"organism, split {split}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from ..organism import make_episode
+
+    budgets = [float(b) for b in args.budgets.split(",")]
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    splits = [s for s in args.splits.split(",") if s]
+    bundle = load_bundle()
+    env = environment()
+    start, records = time.perf_counter(), []
+    jobs = [(s, i) for s in splits for i in range(args.seed_offset, args.seed_offset + args.n)]
+    for split, video in tqdm(jobs, desc="videos", unit="video"):
+        frames, _fps, qa = make_episode(video, split=split)
+        n_video = len(frames) // 2 * 9
+        for budget in budgets:
+            for method in methods:
+                res = run_one(bundle, frames, qa, method, budget)
+                records.append(dict(split=split, video=video, budget=budget, method=method,
+                                    qtypes=[q for _, _, q in qa], budget_used=res["visual_tokens"] / n_video,
+                                    **res))
+    rows = summarize(records, np.random.default_rng(0))
+    print_table(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(rows, args.out / "accuracy.png")
+    write_json(args.out, "accuracy.json", dict(
+        environment=env, seconds=time.perf_counter() - start, n=args.n, seed_offset=args.seed_offset,
+        budgets=budgets, methods=methods, splits=splits, summary=rows, records=records))
+    print(f"wrote {args.out / 'accuracy.png'}")
+    return 0
