@@ -7,4 +7,5 @@ SUBCOMMANDS maps its name to the module. Benchmarks measure; tests never assert 
 SUBCOMMANDS = {
     "select": "infinipot_mlx.bench.select",  # one compression of Qwen2.5-VL-7B-shaped KV
     "stream": "infinipot_mlx.bench.stream",  # a random Qwen2.5-VL streaming, per method
+    "kv": "infinipot_mlx.bench.kv",  # the cache and compression alone at 7B KV shape
 }

@@ -1,0 +1,281 @@
+"""The KV cache and its compression alone, at Qwen2.5-VL-7B KV shape, over a long stream.
+
+`python -m infinipot_mlx.bench kv [--minutes 60 | --frames N]` appends blocks of random
+keys and values to our StreamCache (no model) as the session would, compressing with
+select_tokens whenever a block would pass capacity - reserve (ALGORITHM.md section 3):
+28 layers, 4 KV heads, 128 dims, T = 256 tokens per frame, float16, blocks of 8 frames,
+capacity = 32 frames' worth + prompt + reserve, 1 frame per second for an hour (3600
+frames). "Frame" here is one temporal slot of T tokens (ALGORITHM.md section 1).
+
+Keys and values: each block draws, per layer and head, T tokens at random (with
+replacement) from a fixed bank of random normal vectors per head (--bank-tokens); fresh
+normal draws of 59M values per block take seconds on these CPUs, the gather a fraction.
+
+Full KV grows by T x layers x 2 x H x D x 2 bytes (14.7 MB) per frame, ~53 GB at one hour:
+it is measured only while it stays under --full-limit-gb, and the analytic figure is
+reported at every point, labelled as such.
+
+Notation: L layers, H KV heads, D head dim, T tokens per frame, S frames per block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from .. import plan
+from ..cache import StreamCache
+from ..config import InfiniPotConfig
+from ..select import select_tokens
+from .common import environment, load_average, print_environment, write_json
+from .plots import Line, Panel, line_panels
+
+GB = 1e9
+DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `python -m infinipot_mlx.bench kv`."""
+    parser.add_argument("--out", type=Path, default=Path("bench_out/kv"))
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--minutes", type=float, default=60.0, help="video length (default 60)")
+    length.add_argument("--frames", type=int, default=None, help="video length in frames")
+    parser.add_argument("--fps", type=float, default=1.0, help="frames (slots) per second of video")
+    parser.add_argument("--layers", type=int, default=28)
+    parser.add_argument("--kv-heads", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--tokens-per-frame", type=int, default=256, help="T; a square grid")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
+    parser.add_argument("--block-frames", type=int, default=8)
+    parser.add_argument("--capacity-frames", type=int, default=32)
+    parser.add_argument("--prompt-tokens", type=int, default=64, help="pinned text before the video")
+    parser.add_argument("--reserve", type=int, default=512)
+    parser.add_argument("--method", choices=("infinipot_v", "uniform", "sliding_window"),
+                        default="infinipot_v")
+    parser.add_argument("--full-limit-gb", type=float, default=2.0,
+                        help="measure full KV only while its keys and values fit in this many GB "
+                             "(default 2; the peak runs higher during buffer growth)")
+    parser.add_argument("--points", type=int, default=12, help="measurement points (log-spaced)")
+    parser.add_argument("--bank-tokens", type=int, default=4096)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+class Source:
+    """Random keys and values drawn per block, layer and head from a fixed per-head bank."""
+
+    def __init__(self, args, dtype):
+        mx.random.seed(args.seed)
+        shape = (args.kv_heads, args.bank_tokens, args.head_dim)  # (H, bank, D)
+        self.keys = mx.random.normal(shape).astype(dtype)
+        self.values = mx.random.normal(shape).astype(dtype)
+        mx.eval(self.keys, self.values)
+
+    def draw(self, n: int) -> tuple[mx.array, mx.array]:
+        """(1, H, n, D) keys and values."""
+        idx = mx.random.randint(0, self.keys.shape[1], (self.keys.shape[0], n))[..., None]  # (H, n, 1)
+        take = lambda bank: mx.take_along_axis(bank, idx, axis=1)[None]  # noqa: E731
+        return take(self.keys), take(self.values)
+
+
+def _append(cache: StreamCache, source: Source, n: int, labels=None) -> None:
+    """Append n tokens to every layer (labels (frame_ids, patch_ids) or pinned), then sync."""
+    if labels is not None:
+        cache.label_next(*labels)
+    for layer in cache.layers:
+        layer.update_and_fetch(*source.draw(n))
+    mx.eval([a for layer in cache.layers for a in (layer.keys, layer.values)])
+
+
+def _compress(cache: StreamCache, keep: int, T: int, config: InfiniPotConfig, grid) -> float:
+    """Keep `keep` visual tokens per head in every layer (as StreamSessionBase.compress); ms."""
+    start = time.perf_counter()
+    n_layers = len(cache.layers)
+    for i, layer in enumerate(cache.layers):
+        _, keys, values, frame_ids, patch_ids = layer.visual()
+        kept = select_tokens(keys, values, tokens_per_frame=T, keep=keep, method=config.method,
+                             tar_ratio=config.tar_ratio, recent_ratio=config.recent_ratio,
+                             frame_ids=frame_ids, patch_ids=patch_ids,
+                             van_pooling=config.van_pooling, layer_idx=i, num_layers=n_layers,
+                             grid_hw=grid)
+        layer.compress(kept)
+    mx.eval([a for layer in cache.layers for a in (layer.keys, layer.values)])
+    return (time.perf_counter() - start) * 1e3
+
+
+def _points(total: int, first: int, block: int, count: int) -> list[int]:
+    """About `count` log-spaced frame counts from `first` to `total`, on block boundaries."""
+    raw = np.geomspace(max(first, block), total, count)
+    return sorted({min(total, block * max(1, round(x / block))) for x in raw} | {total})
+
+
+def _point(cache: StreamCache, frames: int, fps: float, times: list[float], appends: list[float]) -> dict:
+    """Memory and cache at a point; compression and append ms since the previous point."""
+    return dict(frames=frames, minutes=frames / fps / 60, tokens_cached=cache.n_cached,
+                kv_bytes=cache.nbytes, active_memory_bytes=mx.get_active_memory(),
+                peak_memory_bytes=mx.get_peak_memory(), compressions_in_interval=len(times),
+                compress_ms_mean=statistics.fmean(times) if times else None,
+                compress_ms_max=max(times) if times else None,
+                append_ms_per_block=statistics.fmean(appends) if appends else None)
+
+
+def stream(args, config: InfiniPotConfig | None, total: int, points: list[int],
+           byte_limit: float | None = None) -> tuple[list[dict], list[float]]:
+    """Stream `total` frames (compressing under `config`, or never when None); points, all ms.
+
+    Stops early, at a point, when the next block would take the cache past byte_limit.
+    """
+    T, S, dtype = args.tokens_per_frame, args.block_frames, DTYPES[args.dtype]
+    grid = (int(round(T ** 0.5)),) * 2
+    source, cache = Source(args, dtype), StreamCache(args.layers)
+    mx.reset_peak_memory()
+    _append(cache, source, args.prompt_tokens)
+    results, all_times, times, appends, frames = [], [], [], [], 0
+    while frames < total:
+        n = min(S, total - frames)
+        if byte_limit is not None and (cache.n_cached + n * T) * bytes_per_token(args) > byte_limit:
+            break
+        if config is not None and plan.needs_compression(cache.n_cached, n * T, config.capacity,
+                                                         config.reserve):
+            keep = plan.keep_target(config.capacity, config.reserve, cache.n_pinned, n * T)
+            times.append(_compress(cache, keep, T, config, grid))
+        start = time.perf_counter()
+        labels = (np.repeat(np.arange(frames, frames + n, dtype=np.int32), T),
+                  np.tile(np.arange(T, dtype=np.int32), n))  # (n*T,) each
+        _append(cache, source, n * T, labels)
+        appends.append((time.perf_counter() - start) * 1e3)
+        frames += n
+        if frames in points:
+            results.append(_point(cache, frames, args.fps, times, appends))
+            all_times += times
+            times, appends = [], []
+            mx.reset_peak_memory()
+    if frames and (not results or results[-1]["frames"] != frames):  # stopped by byte_limit
+        results.append(_point(cache, frames, args.fps, times, appends))
+    return results, all_times + times
+
+
+def bytes_per_token(args) -> int:
+    """L x 2 (K, V) x H x D x bytes (ALGORITHM.md section 8)."""
+    itemsize = np.dtype(args.dtype).itemsize if args.dtype != "bfloat16" else 2
+    return args.layers * 2 * args.kv_heads * args.head_dim * itemsize
+
+
+def analytic_full(args, frames: int) -> int:
+    """Bytes of an uncompressed cache after `frames` frames (prompt included)."""
+    return (args.prompt_tokens + frames * args.tokens_per_frame) * bytes_per_token(args)
+
+
+def _summary(args, total: int, points: list[dict], times: list[float]) -> dict:
+    """Compression cost against the video's real time, and memory against full KV."""
+    video_seconds = total / args.fps
+    peak = max(p["peak_memory_bytes"] for p in points)
+    return dict(
+        compressions=len(times),
+        compress_ms_median=statistics.median(times) if times else None,
+        compress_ms_mean=statistics.fmean(times) if times else None,
+        compress_ms_p90=float(np.percentile(times, 90)) if times else None,
+        compress_ms_max=max(times) if times else None,
+        compress_ms_per_frame=sum(times) / total,
+        compress_share_of_real_time=sum(times) / 1e3 / video_seconds,
+        peak_memory_bytes=peak, kv_bytes_end=points[-1]["kv_bytes"],
+        full_kv_bytes_end_analytic=analytic_full(args, total),
+        full_over_peak=analytic_full(args, total) / peak,
+    )
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Stream full KV (up to the limit) and the compressed cache; table, kv.json, PNGs."""
+    env, started = environment(), time.perf_counter()
+    T = args.tokens_per_frame
+    total = args.frames or round(args.minutes * 60 * args.fps)
+    capacity = args.prompt_tokens + args.reserve + args.capacity_frames * T
+    config = InfiniPotConfig(capacity=capacity, block_frames=args.block_frames,
+                             reserve=args.reserve, method=args.method)
+    config.check_fits(T, args.prompt_tokens)
+    points = _points(total, args.capacity_frames, args.block_frames, args.points)
+    print(f"kv bench: {total} frames x {T} tokens, {args.layers} layers x {args.kv_heads} heads x "
+          f"{args.head_dim} dims {args.dtype}, capacity {capacity} tokens, {args.method}", flush=True)
+    full, _ = stream(args, None, total, points, byte_limit=args.full_limit_gb * GB)
+    gc.collect()
+    mx.clear_cache()  # the compressed run starts from an empty allocator cache
+    method, times = stream(args, config, total, points)
+    for p in full + method:
+        p["full_kv_bytes_analytic"] = analytic_full(args, p["frames"])
+    record = dict(
+        benchmark="kv",
+        shape=dict(layers=args.layers, kv_heads=args.kv_heads, head_dim=args.head_dim,
+                   tokens_per_frame=T, dtype=args.dtype, bytes_per_token=bytes_per_token(args)),
+        stream=dict(frames=total, fps=args.fps, minutes=total / args.fps / 60,
+                    block_frames=args.block_frames, prompt_tokens=args.prompt_tokens,
+                    bank_tokens=args.bank_tokens, seed=args.seed),
+        capacity=dict(tokens=capacity, frames=args.capacity_frames, reserve=args.reserve),
+        method=args.method, points=method, full_measured=full,
+        full_limit_bytes=args.full_limit_gb * GB,
+        summary=_summary(args, total, method, times), compress_ms=times,
+        note="full KV is measured only up to full_limit_bytes; full_kv_bytes_analytic is "
+             "(prompt + frames x T) x bytes_per_token, not a measurement. Times are this "
+             "machine's wall clock, shared with other work.",
+        **env, load_average_start=env["load_average"], load_average_end=load_average(),
+        wall_seconds=time.perf_counter() - started,
+    )
+    _print(record)
+    print_environment(record)
+    record["plots"] = [str(p) for p in _plot(record, args.out)]
+    write_json(args.out, "kv.json", record)
+    return record
+
+
+def _print(record: dict) -> None:
+    """One row per point: the compressed cache, full KV measured where it fit, full analytic."""
+    full = {p["frames"]: p for p in record["full_measured"]}
+    print(f"{'frames':>7}{'min':>7}{'cached':>8}{'KV GB':>8}{'peak GB':>9}{'full peak GB':>13}"
+          f"{'full GB (analytic)':>19}{'compr':>7}{'ms/compr':>10}")
+    for p in record["points"]:
+        f = full.get(p["frames"])
+        full_peak = f"{f['peak_memory_bytes'] / GB:.3f}" if f else "n/a"
+        print(f"{p['frames']:>7}{p['minutes']:>7.1f}{p['tokens_cached']:>8}{p['kv_bytes'] / GB:>8.3f}"
+              f"{p['peak_memory_bytes'] / GB:>9.3f}"
+              f"{full_peak:>13}"
+              f"{p['full_kv_bytes_analytic'] / GB:>19.2f}{p['compressions_in_interval']:>7}"
+              f"{(p['compress_ms_mean'] or 0):>10.1f}")
+    s = record["summary"]
+    last = record["full_measured"][-1]
+    print(f"full KV measured up to {last['frames']} frames (peak {last['peak_memory_bytes'] / GB:.2f} GB); "
+          f"beyond that only the analytic figure")
+    print(f"{s['compressions']} compressions: median {s['compress_ms_median']:.0f} ms, p90 "
+          f"{s['compress_ms_p90']:.0f} ms, max {s['compress_ms_max']:.0f} ms; "
+          f"{100 * s['compress_share_of_real_time']:.2f}% of the video's real time")
+    print(f"peak {s['peak_memory_bytes'] / GB:.3f} GB vs full KV {s['full_kv_bytes_end_analytic'] / GB:.1f} GB "
+          f"(analytic) at the end: {s['full_over_peak']:.0f}x less")
+
+
+def _plot(record: dict, out: Path) -> list[Path]:
+    """kv_memory.png (GB vs minutes, log-log) and kv_compress.png (ms per compression)."""
+    method, shape = record["method"], record["shape"]
+    series = [  # (label, points, bytes key, style)
+        (f"{method}: peak (measured)", record["points"], "peak_memory_bytes", dict(color="tab:red")),
+        (f"{method}: KV held (measured)", record["points"], "kv_bytes",
+         dict(color="tab:red", alpha=0.5)),
+        ("full KV: peak (measured)", record["full_measured"], "peak_memory_bytes",
+         dict(color="black")),
+        ("full KV (analytic)", record["points"], "full_kv_bytes_analytic",
+         dict(color="black", linestyle="--")),
+    ]
+    lines = [Line(label, [dict(p, gb=p[key] / GB) for p in points], style)
+             for label, points, key, style in series]
+    title = (f"KV only: {shape['layers']} layers x {shape['kv_heads']} heads x {shape['head_dim']} "
+             f"dims {shape['dtype']}, T={shape['tokens_per_frame']}, {record['stream']['fps']} "
+             "frame/s; this machine")
+    minutes = lambda p: p["minutes"]  # noqa: E731
+    memory = [Panel("memory (GB)", lambda p: p["gb"], logy=True)]
+    compress = [Panel("ms per compression (mean over interval)", lambda p: p["compress_ms_mean"])]
+    return [line_panels(out / "kv_memory.png", lines, minutes, "minutes of video", memory, title,
+                        logx=True),
+            line_panels(out / "kv_compress.png", lines[:1], minutes, "minutes of video", compress,
+                        title, logx=True)]
