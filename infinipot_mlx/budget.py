@@ -105,12 +105,12 @@ def vision_block_bytes(dims: ModelDims, slots: int, tokens_per_frame: int, act_b
 def prefill_block_bytes(dims: ModelDims, block: int, act_bytes: int) -> int:
     """Context-free prefill activations of `block` tokens (one decoder layer, and the logits).
 
-    The session computes logits for every token of a block, hence the V term.
+    The adapters compute logits for the last token only, hence one V term.
     """
     qkv = (dims.heads + 2 * dims.kv_heads) * dims.head_dim
     per_token = (HIDDEN_COPIES * dims.hidden + 2 * qkv + dims.heads * dims.head_dim
-                 + 3 * dims.intermediate + dims.vocab)
-    return block * per_token * act_bytes
+                 + 3 * dims.intermediate)
+    return (block * per_token + dims.vocab) * act_bytes
 
 
 def context_bytes_per_token(dims: ModelDims, block: int, act_bytes: int,

@@ -46,12 +46,12 @@ def test_kv_bytes_per_token_of_the_7b_configs():
 def qwen_hand_plan(budget_bytes: float, weights: float, scores: bool) -> int:
     """Section 8 by hand for Qwen2.5-VL-7B, bf16, frames of 448x448 (T = 256), blocks of 8."""
     T, S, L = 256, 8, 8 * 256
-    prefill = L * (5 * 3584 + 2 * (28 + 2 * 4) * 128 + 28 * 128 + 3 * 18944 + 152064) * 2
+    prefill = (L * (5 * 3584 + 2 * (28 + 2 * 4) * 128 + 28 * 128 + 3 * 18944) + 152064) * 2
     patches, seq = S * 4 * T, 4 * T  # 2x2 merged patches per token; one frame attends at a time
     vision = patches * (1176 * (4 + 2 * 2) + (7 * 1280 + 3 * 3420) * 2 + 2 * 3584 * 2) \
         + 16 * seq * seq * 2
     activations = max(prefill, vision)
-    assert activations == prefill == 981_467_136  # the logits of a 2048-token block dominate
+    assert activations == vision == 542_965_760  # the vision tower on 16 frames dominates
     context = max(L * (1 + (28 * 2 if scores else 0)), 4 * 128 * (6 * 4 + 2 * 2))
     free = budget_bytes - 0.05 * budget_bytes - weights - activations
     return int(free // (KV_BF16 + context))
@@ -62,20 +62,20 @@ def test_qwen_7b_plan_matches_hand_computation(scores):
     plan = budget.plan_from_config(QWEN_7B, 16 * GB, W4, tokens_per_frame=256,
                                    scores_materialized=scores)
     assert plan.capacity == qwen_hand_plan(16 * GB, W4, scores)
-    assert plan.capacity == (49_509 if scores else 120_236)
+    assert plan.capacity == (52_028 if scores else 126_353)
     assert plan.frames == (plan.capacity - 512) // 256
     assert plan.peak_bytes <= 16 * GB * 0.95
 
 
 def test_plan_line():
     plan = budget.plan_from_config(QWEN_7B, 16 * GB, W4, tokens_per_frame=256)
-    assert plan.line() == ("model 5.6 GB | KV 57.3 KB/token | capacity 120,236 tokens = 467 frames "
-                           "of 256 | block 8 frames (981 MB) | peak <= 15.2 GB of 16 GB")
+    assert plan.line() == ("model 5.6 GB | KV 57.3 KB/token | capacity 126,353 tokens = 491 frames "
+                           "of 256 | block 8 frames (543 MB) | peak <= 15.2 GB of 16 GB")
 
 
 def test_llava_7b_plan_matches_hand_computation():
     T, S, L = 196, 8, 8 * 196  # 27x27 SigLIP patches pooled 2x to 14x14 per frame
-    prefill = L * (5 * 3584 + 2 * (28 + 8) * 128 + 28 * 128 + 3 * 18944 + 152128) * 2
+    prefill = (L * (5 * 3584 + 2 * (28 + 8) * 128 + 28 * 128 + 3 * 18944) + 152128) * 2  # last logits
     vision = S * 729 * (588 * 8 + (7 * 1152 + 3 * 4304) * 2 + 2 * 3584 * 2) \
         + S * 16 * 729 * 729 * 2  # all frames of the block attend at once
     activations = max(prefill, vision)
@@ -83,7 +83,7 @@ def test_llava_7b_plan_matches_hand_computation():
     free = 16 * GB * 0.95 - W4 - activations
     plan = budget.plan_from_config(LLAVA_7B, 16 * GB, W4, tokens_per_frame=T)
     assert plan.activation_bytes == activations
-    assert plan.capacity == int(free // (KV_BF16 + context)) == 123_442
+    assert plan.capacity == int(free // (KV_BF16 + context)) == 127_068
 
 
 @pytest.mark.parametrize("config,T", [(QWEN_7B, 256), (LLAVA_7B, 196)], ids=["qwen", "llava"])

@@ -89,7 +89,7 @@ class LlavaOnevisionAdapter:
         return KeyRotation(self.lm.model.layers[0].self_attn.rope)
 
     def forward(self, embeds: mx.array, positions: np.ndarray, cache) -> mx.array:
-        """Run the LM over new tokens. embeds (1, L, E), positions (L,) -> logits (1, L, V)."""
+        """Run the LM over new tokens. embeds (1, L, E), positions (L,) -> last-token logits (1, 1, V)."""
         positions = np.asarray(positions)
         if positions.ndim != 1 or np.any(np.diff(positions) != 1):
             raise ValueError("LLaVA-OneVision takes consecutive 1-D positions within one forward")

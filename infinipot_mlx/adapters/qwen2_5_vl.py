@@ -50,11 +50,12 @@ class Qwen2_5_VLAdapter:
         return self.lm.model.embed_tokens(mx.array([ids], dtype=mx.int32))
 
     def forward(self, embeds: mx.array, positions: np.ndarray, cache) -> mx.array:
-        """Run the LM over new tokens. embeds (1, L, E), positions (3, L) -> logits (1, L, V)."""
+        """Run the LM over new tokens. embeds (1, L, E), positions (3, L) -> last-token logits (1, 1, V)."""
         position_ids = mx.array(positions[:, None, :].astype(np.int32))  # (3, 1, L)
         if embeds.ndim == 2:
             embeds = embeds[None]  # (1, L, E)
         hidden = self.lm.model(None, inputs_embeds=embeds, cache=cache, position_ids=position_ids)
+        hidden = hidden[:, -1:]  # only the last token's logits are ever used: (1, 1, E)
         if self.lm.args.tie_word_embeddings:
             return self.lm.model.embed_tokens.as_linear(hidden)
         return self.lm.lm_head(hidden)

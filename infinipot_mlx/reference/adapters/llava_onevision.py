@@ -84,7 +84,7 @@ class LlavaOnevisionAdapter:
 
     @torch.no_grad()
     def forward(self, embeds: torch.Tensor, positions: np.ndarray, cache) -> torch.Tensor:
-        """Run the LM over new tokens. embeds (1, L, E), positions (L,) -> logits (1, L, V)."""
+        """Run the LM over new tokens. embeds (1, L, E), positions (L,) -> last-token logits (1, 1, V)."""
         positions = np.asarray(positions)
         cache.place_next(positions)  # slots remember their positions (compact policy)
         position_ids = torch.from_numpy(positions[None].astype(np.int64)).to(self.device)  # (1, L)
@@ -92,4 +92,4 @@ class LlavaOnevisionAdapter:
             embeds = embeds[None]  # (1, L, E)
         out = self.lm(inputs_embeds=embeds.to(self.lm.embed_tokens.weight.dtype),
                       position_ids=position_ids, past_key_values=cache, use_cache=True)
-        return self.model.lm_head(out.last_hidden_state)  # (1, L, V)
+        return self.model.lm_head(out.last_hidden_state[:, -1:])  # only the last is used: (1, 1, V)

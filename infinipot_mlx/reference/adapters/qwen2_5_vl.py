@@ -59,10 +59,10 @@ class Qwen2_5_VLAdapter:
 
     @torch.no_grad()
     def forward(self, embeds: torch.Tensor, positions: np.ndarray, cache) -> torch.Tensor:
-        """Run the LM over new tokens. embeds (1, L, E), positions (3, L) -> logits (1, L, V)."""
+        """Run the LM over new tokens. embeds (1, L, E), positions (3, L) -> last-token logits (1, 1, V)."""
         position_ids = torch.from_numpy(positions[:, None, :].astype(np.int64)).to(self.device)  # (3, 1, L)
         if embeds.ndim == 2:
             embeds = embeds[None]  # (1, L, E)
         out = self.lm(inputs_embeds=embeds.to(self.lm.embed_tokens.weight.dtype),
                       position_ids=position_ids, past_key_values=cache, use_cache=True)
-        return self.model.lm_head(out.last_hidden_state)  # (1, L, V)
+        return self.model.lm_head(out.last_hidden_state[:, -1:])  # only the last is used: (1, 1, V)
