@@ -65,3 +65,57 @@ def kept_slots(frame_ids: np.ndarray, kept) -> np.ndarray:
     counts = keep.sum(axis=1)  # (H,) equal across heads unless kept repeats an index
     assert np.all(counts == frame_ids.shape[1] - n_visual + kept.shape[1]), f"duplicate kept: {counts}"
     return np.nonzero(keep)[1].reshape(n_heads, -1)  # row-major, so ascending per head
+
+
+class LayerStack:
+    """What a stack of per-layer caches answers as a whole, for either backend.
+
+    A subclass sets `self.layers` (one cache per layer, all holding the same count) and
+    `self.next_position` (the logical RoPE position of the next token, set by the session).
+    """
+
+    layers: list
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None):
+        """Layer 0's mask (every layer holds the same count)."""
+        return self.layers[0].make_mask(N, return_array=return_array, window_size=window_size)
+
+    @property
+    def n_cached(self) -> int:
+        return self.layers[0].n_cached
+
+    @property
+    def n_pinned(self) -> int:
+        return int((self.layers[0].frame_ids[0] < 0).sum()) if self.n_cached else 0
+
+    @property
+    def n_visual(self) -> int:
+        return self.n_cached - self.n_pinned
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.nbytes for layer in self.layers)
+
+    def label_next(self, frame_ids, patch_ids) -> None:
+        """Tag the next update's tokens in every layer (see LayerKVCache.label_next)."""
+        for layer in self.layers:
+            layer.label_next(frame_ids, patch_ids)
+
+    def place_next(self, positions) -> None:
+        """Give the next update's tokens their 1-D positions in every layer (LayerKVCache.place_next)."""
+        for layer in self.layers:
+            layer.place_next(positions)
+
+    def rerotate(self, new_positions, rope) -> None:
+        """Move every layer's slots to new positions (see LayerKVCache.rerotate)."""
+        for layer in self.layers:
+            layer.rerotate(new_positions, rope)

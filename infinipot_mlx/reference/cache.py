@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from ..slots import PINNED, check_labels, kept_slots, visual_slots
+from ..slots import PINNED, LayerStack, check_labels, kept_slots, visual_slots
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -271,50 +271,9 @@ class LayerKVCache(CacheLayerMixin):
         return keys.numel() * keys.element_size() + values.numel() * values.element_size()
 
 
-class StreamCache(Cache):
+class StreamCache(LayerStack, Cache):
     """All layers' caches, as the session holds them; also a transformers Cache."""
 
     def __init__(self, num_layers: int):
-        super().__init__(layers=[LayerKVCache() for _ in range(num_layers)])
+        Cache.__init__(self, layers=[LayerKVCache() for _ in range(num_layers)])
         self.next_position = 0  # logical RoPE position of the next token (set by the session)
-
-    def __getitem__(self, i) -> LayerKVCache:
-        return self.layers[i]
-
-    def __iter__(self):
-        return iter(self.layers)
-
-    def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None):
-        """Layer 0's mask (all layers hold the same count); see LayerKVCache.make_mask."""
-        return self.layers[0].make_mask(N, return_array=return_array, window_size=window_size)
-
-    @property
-    def n_cached(self) -> int:
-        return self.layers[0].n_cached
-
-    @property
-    def n_pinned(self) -> int:
-        return int((self.layers[0].frame_ids[0] < 0).sum()) if self.n_cached else 0
-
-    @property
-    def n_visual(self) -> int:
-        return self.n_cached - self.n_pinned
-
-    @property
-    def nbytes(self) -> int:
-        return sum(layer.nbytes for layer in self.layers)
-
-    def label_next(self, frame_ids, patch_ids) -> None:
-        """Tag the next update's tokens in every layer (see LayerKVCache.label_next)."""
-        for layer in self.layers:
-            layer.label_next(frame_ids, patch_ids)
-
-    def place_next(self, positions) -> None:
-        """Give the next update's tokens their 1-D positions in every layer (LayerKVCache.place_next)."""
-        for layer in self.layers:
-            layer.place_next(positions)
-
-    def rerotate(self, new_positions, rope) -> None:
-        """Move every layer's slots to new positions (see LayerKVCache.rerotate)."""
-        for layer in self.layers:
-            layer.rerotate(new_positions, rope)
