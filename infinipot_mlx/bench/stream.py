@@ -36,7 +36,7 @@ from ..specs import DEFAULT_SYSTEM
 from ..stream import StreamSessionBase
 from . import random_model, vlm_caches
 from .common import environment, load_average, print_environment, write_json
-from .stream_report import POINT_FIELDS, plot_stream, print_table, summarize  # noqa: F401
+from .stream_report import plot_stream, print_table, summarize
 
 OUR_METHODS = ("full", "infinipot_v", "uniform", "sliding_window")
 VLM_METHODS = ("mlx_vlm_rotating", "mlx_vlm_quant8")
@@ -179,8 +179,7 @@ METHOD_NOTES = {
 
 def run(args: argparse.Namespace) -> dict:
     """Run every method, print the table, write stream.json and the plots; returns the record."""
-    env = environment()
-    started = time.perf_counter()
+    env, started = environment(), time.perf_counter()
     size = random_model.SIZES[args.size]
     args.answer_tokens = args.answer_tokens or size.answer_tokens
     model, tokenizer, spec, _ = random_model.build_model(size, args.seed)
@@ -191,7 +190,21 @@ def run(args: argparse.Namespace) -> dict:
     methods = {m: dict(description=METHOD_NOTES[m],
                        points=run_method(m, model, tokenizer, spec, plan, size, args))
                for m in dict.fromkeys(args.methods)}  # each method once, in the order given
-    record = dict(
+    record = _record(args, size, spec, model, plan, methods)
+    record.update(env, load_average_start=env["load_average"], load_average_end=load_average(),
+                  wall_seconds=time.perf_counter() - started)
+    record["summary"] = summarize(record)
+    print_table(record)
+    print_environment(record)
+    if not args.no_plots:
+        record["plots"] = [str(p) for p in plot_stream(record, args.out)]
+    write_json(args.out, "stream.json", record)
+    return record
+
+
+def _record(args, size, spec, model, plan: dict, methods: dict) -> dict:
+    """Configuration, model sizes, question protocol and every measured point."""
+    return dict(
         benchmark="stream",
         size=dict(name=args.size, **size.describe(), tokens_per_slot=plan["T"], dtype="float32",
                   vocab=random_model.VOCAB, weights_bytes=random_model.weights_bytes(model),
@@ -207,14 +220,4 @@ def run(args: argparse.Namespace) -> dict:
         methods=methods,
         note="absolute times (ms, tokens/s) are wall clock on this machine, shared with other work; "
              "compare methods through the ratios to full measured in the same run",
-        **env, load_average_start=env["load_average"], load_average_end=load_average(),
-        wall_seconds=time.perf_counter() - started,
     )
-    record["summary"] = summarize(record)
-    print_table(record)
-    print_environment(record)
-    write_json(args.out, "stream.json", record)
-    if not args.no_plots:
-        record["plots"] = [str(p) for p in plot_stream(record, args.out)]
-        write_json(args.out, "stream.json", record)
-    return record

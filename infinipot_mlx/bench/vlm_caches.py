@@ -13,7 +13,8 @@ the quantized path; RotatingKVCache builds its own (windowed) mask, reached thro
   L-token prefill (it trims before appending).
 - "mlx_vlm_quant8": QuantizedKVCache(group_size=64, bits=8), one per layer, from the first
   token and with no cap: what `--kv-bits 8` gives once quantization starts (mlx-vlm
-  converts its float cache after --quantized-kv-start tokens; here it starts at once).
+  converts every layer's float KVCache with to_quantized(group_size=64, bits=8) once it
+  holds --quantized-kv-start tokens, default 5000; here it is quantized from the start).
 
 Notation: H KV heads, n stored tokens per layer.
 """
