@@ -54,3 +54,34 @@ def test_bench_kv_compresses_and_reports_full_kv(tmp_path, capsys):
     assert record["full_measured"][-1]["frames"] < 40  # stopped at the byte limit
     assert record["summary"]["full_kv_bytes_end_analytic"] == (3 + 40 * 4) * per_token
     assert (tmp_path / "kv_memory.png").exists() and "analytic" in capsys.readouterr().out
+
+
+def test_mlx_vlm_caches_run_through_our_adapter():
+    """Under the cap RotatingKVCache equals our cache; 8-bit KV is close but not equal."""
+    import mlx.core as mx
+    import numpy as np
+
+    from infinipot_mlx.adapters import adapter_class
+    from infinipot_mlx.bench import random_model, vlm_caches
+    from infinipot_mlx.cache import StreamCache
+
+    model, tokenizer, spec, _ = random_model.build_model(random_model.SIZES["tiny"])
+    adapter = adapter_class("qwen2_5_vl")(model, tokenizer, spec)
+    embeds = mx.random.normal((1, 12, 128), key=mx.random.key(1))  # (1, L, E)
+    caches = {"ours": StreamCache(2), "rotating": vlm_caches.rotating(64)(2),
+              "quant8": vlm_caches.quantized(8)(2)}
+    logits = {}
+    for name, cache in caches.items():
+        for start in (0, 8):  # two prefills: 8 tokens, then 4 (masks from each cache)
+            stop = 8 if start == 0 else 12
+            positions = np.tile(np.arange(start, stop), (3, 1))  # (3, L)
+            out = adapter.forward(embeds[:, start:stop], positions, cache)
+        logits[name] = np.array(out[0, -1])
+        assert cache.n_cached == 12
+    np.testing.assert_allclose(logits["rotating"], logits["ours"], atol=1e-5)
+    assert not np.array_equal(logits["quant8"], logits["ours"])
+    np.testing.assert_allclose(logits["quant8"], logits["ours"], atol=0.05)
+    small = vlm_caches.rotating(6)(2)  # past its size it keeps 6 - 1 + L tokens after a prefill
+    adapter.forward(embeds[:, :8], np.tile(np.arange(8), (3, 1)), small)
+    adapter.forward(embeds[:, 8:], np.tile(np.arange(8, 12), (3, 1)), small)
+    assert small.n_cached == 6 - 1 + 4
