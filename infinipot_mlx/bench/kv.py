@@ -277,5 +277,5 @@ def _plot(record: dict, out: Path) -> list[Path]:
     compress = [Panel("ms per compression (mean over interval)", lambda p: p["compress_ms_mean"])]
     return [line_panels(out / "kv_memory.png", lines, minutes, "minutes of video", memory, title,
                         logx=True),
-            line_panels(out / "kv_compress.png", lines[:1], minutes, "minutes of video", compress,
-                        title, logx=True)]
+            line_panels(out / "kv_compress.png", [Line(method, record["points"], series[0][3])],
+                        minutes, "minutes of video", compress, title, logx=True)]
