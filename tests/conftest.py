@@ -22,8 +22,6 @@ def _tiny_builder():
 @pytest.fixture(scope="session")
 def build_tiny():
     """build_tiny(model_type, out_dir, dtype="float32", seed=0) -> Path (torch + transformers)."""
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
     return _tiny_builder()
 
 

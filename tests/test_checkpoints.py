@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402  (a dev dependency: a missing torch must fail, not skip)
+import transformers  # noqa: E402
 
 MODEL_CLASSES = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
                  "llava_onevision": "LlavaOnevisionForConditionalGeneration"}

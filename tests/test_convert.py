@@ -20,7 +20,6 @@ METRICS = re.compile(r"max \|logit difference\| (\S+), top-1 agreement (\S+)%, m
 @pytest.fixture(scope="module")
 def convert():
     """The script as a module (conversions/ is no package), run in-process to import once."""
-    pytest.importorskip("torch")
     spec = importlib.util.spec_from_file_location("convert", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402  (a dev dependency: a missing torch must fail, not skip)
 
 from infinipot_mlx import InfiniPotConfig  # noqa: E402
 from infinipot_mlx.parity import Trace, compare, run_session, split_frames  # noqa: E402

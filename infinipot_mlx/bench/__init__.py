@@ -8,4 +8,5 @@ SUBCOMMANDS = {
     "select": "infinipot_mlx.bench.select",  # one compression of Qwen2.5-VL-7B-shaped KV
     "stream": "infinipot_mlx.bench.stream",  # a random Qwen2.5-VL streaming, per method
     "kv": "infinipot_mlx.bench.kv",  # the cache and compression alone at 7B KV shape
+    "accuracy": "infinipot_mlx.bench.accuracy",  # the organism's answers under a cap, per method
 }
