@@ -173,9 +173,7 @@ class LayerKVCache(_BaseCache):
             frame_ids (H, N) np, patch_ids (H, N) np.
         """
         slots = visual_slots(self.frame_ids)  # (H, N)
-        idx = mx.array(slots.astype(np.int32))[:, :, None]  # (H, N, 1)
-        keys = mx.take_along_axis(self.keys[0], idx, axis=1)
-        values = mx.take_along_axis(self.values[0], idx, axis=1)
+        keys, values = _take_slots(self._keys, slots)[0], _take_slots(self._values, slots)[0]
         frames = np.take_along_axis(self.frame_ids, slots, axis=1)
         patches = np.take_along_axis(self.patch_ids, slots, axis=1)
         return slots, keys, values, frames, patches
@@ -187,9 +185,7 @@ class LayerKVCache(_BaseCache):
             kept: (H, K) indices into visual() candidates (mx.array or numpy).
         """
         slots = kept_slots(self.frame_ids, np.asarray(kept))  # (H, n_new)
-        idx = mx.array(slots.astype(np.int32))[None, :, :, None]  # (1, H, n_new, 1)
-        self._keys = mx.take_along_axis(self.keys, idx, axis=2)
-        self._values = mx.take_along_axis(self.values, idx, axis=2)
+        self._keys, self._values = _take_slots(self._keys, slots), _take_slots(self._values, slots)
         self._frame = np.take_along_axis(self.frame_ids, slots, axis=1)
         self._patch = np.take_along_axis(self.patch_ids, slots, axis=1)
         self._pos = np.take_along_axis(self.positions, slots, axis=1)
@@ -239,6 +235,21 @@ class LayerKVCache(_BaseCache):
         if self._keys is None:
             return 0
         return self.keys.nbytes + self.values.nbytes
+
+
+def _take_slots(buffer: mx.array, slots: np.ndarray) -> mx.array:
+    """Per-head gather of slots as one row gather (MLX's CPU take_along_axis is ~7x slower).
+
+    Args:
+        buffer: (1, H, capacity, D) storage.
+        slots: (H, M) slot indices per head.
+    Returns:
+        (1, H, M, D).
+    """
+    _, n_heads, capacity, dim = buffer.shape
+    rows = (slots + np.arange(n_heads)[:, None] * capacity).reshape(-1).astype(np.int32)  # (H*M,)
+    picked = mx.take(buffer.reshape(n_heads * capacity, dim), mx.array(rows), axis=0)  # (H*M, D)
+    return picked.reshape(1, n_heads, slots.shape[1], dim)
 
 
 class StreamCache(LayerStack):
