@@ -52,7 +52,12 @@ class MLXBackend:
         from mlx_lm.sample_utils import make_sampler
 
         sample = make_sampler(temp=temperature, top_p=top_p if top_p < 1.0 else 0.0)
-        return lambda logits: int(sample(mx.log_softmax(logits.astype(mx.float32))[None])[0].item())
+
+        def draw(logits):
+            logits = logits.astype(mx.float32)
+            return int(sample((logits - mx.logsumexp(logits))[None])[0].item())  # log-probabilities
+
+        return draw
 
     def eos_ids(self, tokenizer, eos_text: str) -> list[int]:
         ids = {tokenizer.convert_tokens_to_ids(eos_text)}

@@ -292,7 +292,7 @@ class StreamSessionBase:
         logits = self._prefill_ids(ids)
         self.question_logits = self.backend.to_numpy(logits)  # (V,), kept for parity checks
         answer: list[int] = []
-        text, last, finished_by_eos = "", None, False
+        shown, last, finished_by_eos = "", None, False  # shown: the text yielded so far
         try:
             for _ in range(max_tokens):
                 with self._timed("decode"):
@@ -301,20 +301,21 @@ class StreamSessionBase:
                     finished_by_eos = True
                     break
                 answer.append(token)
-                new_text = tok.decode(answer, skip_special_tokens=True)
-                delta, text = new_text[len(text):], new_text
+                text = tok.decode(answer, skip_special_tokens=True)
                 cut = _first_stop(text, stop)
-                if cut is not None:
-                    yield delta[: max(0, len(delta) - (len(text) - cut))]
+                if cut is not None or len(answer) == max_tokens:
                     last = token
+                    yield text[:cut][len(shown):]
+                    shown = text[:cut]
                     break
-                yield delta
-                if len(answer) == max_tokens:
-                    last = token
-                    break
+                if not text.endswith("\ufffd"):  # hold back a partial UTF-8 character
+                    yield text[len(shown):]
+                    shown = text
                 with self._timed("decode"):
                     logits = self._prefill_ids([token])
                 self.counters.tokens_decoded += 1
+            if finished_by_eos and answer:
+                yield tok.decode(answer, skip_special_tokens=True)[len(shown):]
         finally:
             self._close_answer(last, finished_by_eos, answer)
 

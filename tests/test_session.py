@@ -137,3 +137,27 @@ def test_budget_that_cannot_hold_a_block_is_rejected(tiny):
 def test_load_rejects_missing_folder(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load(str(tmp_path / "nope"))
+
+
+def test_stop_strings_cut_the_answer(tiny):
+    def streamed():
+        session = session_for(tiny, capacity=600, block_frames=2, reserve=128)
+        session.add_frames(frames_for(4))
+        return session
+
+    free = "".join(streamed().ask("Describe it.", max_tokens=8))
+    start = next(i for i in range(1, len(free) - 1) if "\ufffd" not in free[i:i + 2])
+    stop = free[start:start + 2]
+    cut = "".join(streamed().ask("Describe it.", max_tokens=8, stop=(stop,)))
+    assert cut == free[: free.index(stop)]
+
+
+def test_sampling_is_seeded(tiny):
+    def sample(seed):
+        mx.random.seed(seed)
+        session = session_for(tiny, capacity=600, block_frames=2, reserve=128)
+        session.add_frames(frames_for(4))
+        return "".join(session.ask("Describe it.", max_tokens=12, temperature=1.5, top_p=0.9))
+
+    assert sample(1) == sample(1)
+    assert len({sample(s) for s in range(4)}) > 1  # a random tiny model at T=1.5 varies
