@@ -185,3 +185,22 @@ def test_shipped_weights_are_a_hub_layout_checkpoint():
     assert size < 8 * 2**20
     model, processor = load(str(folder))
     assert model.config.video_token_id == config["video_token_id"]
+
+
+def test_training_questions_are_shuffled_and_balanced():
+    firsts, present = set(), []
+    for index in range(20):
+        ep = data.episode_for("test", index)
+        qa = data.training_questions(ep, index)
+        assert qa == data.training_questions(ep, index)
+        firsts.add(qa[0][2])
+        present += [a for _, a, t in qa if t == "present"]
+        colours = {e.colour for e in ep.events}
+        for q, a, t in qa:
+            if t == "where":
+                e = next(e for e in ep.events if q == data.QUESTIONS["where"].format(colour=e.colour))
+                assert a == data.CELLS[e.cell]
+            if t == "present":
+                c = next(c for c in data.COLOURS if q == data.QUESTIONS["present"].format(colour=c))
+                assert a == ("yes" if c in colours else "no")
+    assert len(firsts) >= 4 and present.count("yes") == present.count("no")

@@ -266,3 +266,21 @@ def token_events(events: list[Event], n_frames: int, frames_per_slot: int = 2) -
         for f in range(ev.start, ev.start + ev.length):
             grid[f // frames_per_slot][ev.cell] = ev.colour
     return grid
+
+
+def training_questions(ep: Episode, seed: int) -> list[tuple[str, str, str]]:
+    """A richer, shuffled question set for training: the test set's questions, "where" for
+    up to two events and "present" for one seen and one unseen colour, in random order
+    (so no type always comes first or last, and binding questions get more signal)."""
+    rng = np.random.default_rng([seed, 1])
+    qa = [x for x in ep.qa if x[2] not in ("where", "present")]
+    unique = [ep.events[k] for k in _unique(ep.events)]
+    for k in rng.permutation(len(unique))[:2]:
+        e = unique[int(k)]
+        qa.append((QUESTIONS["where"].format(colour=e.colour), CELLS[e.cell], "where"))
+    seen = sorted({e.colour for e in ep.events})
+    unseen = sorted(set(COLOURS) - set(seen))
+    for pool, answer in ((seen, "yes"), (unseen, "no")):
+        c = pool[int(rng.integers(0, len(pool)))]
+        qa.append((QUESTIONS["present"].format(colour=c), answer, "present"))
+    return [qa[int(k)] for k in rng.permutation(len(qa))]

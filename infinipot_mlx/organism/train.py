@@ -62,18 +62,20 @@ def stage_at(progress: float, stages: tuple[Stage, ...] = STAGES) -> Stage:
 
 
 def make_batch(builder: om.PromptBuilder, seeds: list[int], opts: data.VideoOptions,
-               pad_id: int) -> om.Batch:
-    """The batch of the episodes of `seeds`, rendered with `opts`."""
+               pad_id: int, rich: bool = False) -> om.Batch:
+    """The batch of the episodes of `seeds`, rendered with `opts` (rich: training questions)."""
     eps = [data.generate(s, opts) for s in seeds]
     prompts = []
-    for ep in eps:
-        prompts.append(builder.build(opts.n_frames // 2, ep.qa))
+    for seed, ep in zip(seeds, eps):
+        qa = data.training_questions(ep, seed) if rich else ep.qa
+        prompts.append(builder.build(opts.n_frames // 2, qa))
         prompts[-1].aux = builder.aux_targets(data.token_events(ep.events, opts.n_frames))
     frames = np.stack([ep.frames for ep in eps])
     return om.make_batch(prompts, frames, pad_id, builder.word_id["no"])
 
 
-def batch_stream(builder, pad_id: int, batch: int, seed: int, stage_fn, depth: int = 2):
+def batch_stream(builder, pad_id: int, batch: int, seed: int, stage_fn, rich: bool,
+                 depth: int = 2):
     """Training batches made in a background thread (numpy rendering overlaps MLX compute)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     rng = np.random.default_rng(seed)
@@ -83,7 +85,7 @@ def batch_stream(builder, pad_id: int, batch: int, seed: int, stage_fn, depth: i
             st = stage_fn()
             opts = data.VideoOptions(st.n_frames, 1, st.max_events, st.max_distractors)
             seeds = [int(s) for s in rng.integers(0, data.SPLIT_BASE["test"], size=batch)]
-            q.put(make_batch(builder, seeds, opts, pad_id))
+            q.put(make_batch(builder, seeds, opts, pad_id, rich))
 
     threading.Thread(target=work, daemon=True).start()
     while True:
@@ -130,6 +132,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--curriculum", type=parse_curriculum, default=STAGES,
                    help=f"start:frames:max_events:max_distractors,... (default {CURRICULUM})")
     p.add_argument("--aux-weight", type=float, default=1.0, help="per-video-token colour/cell loss")
+    p.add_argument("--questions", choices=("rich", "test"), default="rich",
+                   help="training questions: data.training_questions, or the test set's")
+    p.add_argument("--init", type=Path, default=None, help="start from this checkpoint folder")
+    p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--eval-frames", type=int, default=32)
     p.add_argument("--sizes", type=json.loads, default={}, help='JSON overrides of model.SIZES')
     return p.parse_args(argv)
@@ -139,15 +145,29 @@ def log(msg: str) -> None:
     tqdm.write(time.strftime("%H:%M:%S ") + msg)
 
 
+def load_checkpoint(folder: Path):
+    """(model, tokenizer, config) of a checkpoint folder written by save_checkpoint."""
+    from mlx_vlm import load
+    from tokenizers import Tokenizer
+
+    model, _ = load(str(folder))
+    config = json.loads((folder / "config.json").read_text())
+    return model, Tokenizer.from_file(str(folder / "tokenizer.json")), config
+
+
 class Trainer:
     """Model, optimizer, budget and checkpoints of one training run."""
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
         mx.random.seed(args.seed)
-        self.tokenizer = om.build_tokenizer()
-        self.config = om.make_config(self.tokenizer, args.sizes)
-        self.model = om.build_model(self.config)
+        if args.init is None:
+            self.tokenizer = om.build_tokenizer()
+            self.config = om.make_config(self.tokenizer, args.sizes)
+            self.model = om.build_model(self.config)
+        else:
+            self.model, self.tokenizer, self.config = load_checkpoint(args.init)
+            self.model.train()
         self.builder = om.PromptBuilder(self.tokenizer)
         self.pad_id = self.tokenizer.token_to_id("<|endoftext|>")
         self.opt = optim.AdamW(learning_rate=args.lr, weight_decay=0.01)
@@ -159,7 +179,7 @@ class Trainer:
         return min(1.0, max(by_time, self.step / self.args.steps))
 
     def train_step(self, batch: om.Batch) -> float:
-        self.opt.learning_rate = lr_at(self.step, self.progress(), self.args.lr)
+        self.opt.learning_rate = lr_at(self.step, self.progress(), self.args.lr, self.args.warmup)
         loss_and_grad = nn.value_and_grad(self.model, om.loss_fn)
         loss, grads = loss_and_grad(self.model, batch, self.args.aux_weight)
         grads, _ = optim.clip_grad_norm(grads, 1.0)
@@ -185,9 +205,11 @@ class Trainer:
     def run(self) -> None:
         args = self.args
         args.out.mkdir(parents=True, exist_ok=True)
-        log(f"params={om.n_params(self.model)} sizes={ {**om.SIZES, **args.sizes} } out={args.out}")
+        log(f"params={om.n_params(self.model)} config={self.config.get('hidden_size')}h x "
+            f"{self.config.get('num_hidden_layers')}L args={vars(args)}")
         stream = batch_stream(self.builder, self.pad_id, args.batch, args.seed,
-                              lambda: stage_at(self.progress(), args.curriculum))
+                              lambda: stage_at(self.progress(), args.curriculum),
+                              args.questions == "rich")
         bar, ema = tqdm(total=args.steps, mininterval=10, smoothing=0.05), None
         while self.progress() < 1.0:
             loss = self.train_step(next(stream))
