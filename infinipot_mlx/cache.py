@@ -28,10 +28,10 @@ import mlx.core as mx
 import numpy as np
 from mlx_vlm.models.cache import _BaseCache, create_causal_mask
 
-from .slots import PINNED, LayerStack, check_labels, kept_slots, visual_slots
+from .slots import LayerStack, SlotLabels, kept_slots, visual_slots
 
 
-class LayerKVCache(_BaseCache):
+class LayerKVCache(SlotLabels, _BaseCache):
     """One layer's compressible KV cache (the mlx-vlm per-layer cache protocol)."""
 
     step = 256
@@ -42,12 +42,8 @@ class LayerKVCache(_BaseCache):
     def _reset(self) -> None:
         self._keys = None  # (1, H, capacity, D) buffer; slots [0, n) are live
         self._values = None
-        self._frame = np.zeros((0, 0), np.int32)  # (H, capacity)
-        self._patch = np.zeros((0, 0), np.int32)
-        self._pos = np.zeros((0, 0), np.int32)  # (H, capacity) 1-D RoPE position, -1 unknown
         self._n = 0
-        self._pending = None  # labels for the next update: (frame (L,), patch (L,))
-        self._pending_pos = None  # positions of the next update (L,)
+        self._reset_labels()
 
     @property
     def n_cached(self) -> int:
@@ -68,56 +64,6 @@ class LayerKVCache(_BaseCache):
     @property
     def values(self) -> mx.array | None:
         return None if self._values is None else self._values[..., : self._n, :]
-
-    @property
-    def frame_ids(self) -> np.ndarray:
-        """(H, n) int32 frame of each slot, -1 for pinned."""
-        return self._frame[:, : self._n]
-
-    @property
-    def patch_ids(self) -> np.ndarray:
-        return self._patch[:, : self._n]
-
-    @property
-    def positions(self) -> np.ndarray:
-        """(H, n) int32 1-D RoPE position of each slot, -1 where none was placed."""
-        return self._pos[:, : self._n]
-
-    def place_next(self, positions) -> None:
-        """Record the 1-D RoPE positions (L,) of the next update's tokens."""
-        self._pending_pos = np.asarray(positions, dtype=np.int32).reshape(-1)
-
-    def label_next(self, frame_ids, patch_ids) -> None:
-        """Tag the tokens of the next update_and_fetch; untagged tokens are pinned.
-
-        Args:
-            frame_ids: (L,) ints, -1 for pinned tokens.
-            patch_ids: (L,) ints, -1 for pinned tokens.
-        """
-        self._pending = check_labels(frame_ids, patch_ids)
-
-    def _take_labels(self, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """Pop the pending labels for `length` new tokens (all pinned when none)."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return np.full(length, PINNED, np.int32), np.full(length, PINNED, np.int32)
-        if len(pending[0]) != length:
-            raise ValueError(f"label_next tagged {len(pending[0])} tokens but {length} arrived.")
-        return pending
-
-    def _append_labels(self, frame: np.ndarray, patch: np.ndarray, n_heads: int, capacity: int):
-        """Write (L,) labels and positions for all heads at slots [n, n + L), growing to `capacity`."""
-        if self._frame.shape != (n_heads, capacity):
-            grown = np.full((3, n_heads, capacity), PINNED, np.int32)
-            if self._n:
-                grown[:, :, : self._n] = self.frame_ids, self.patch_ids, self.positions
-            self._frame, self._patch, self._pos = grown
-        pos, self._pending_pos = self._pending_pos, None
-        if pos is not None and len(pos) != len(frame):
-            raise ValueError(f"place_next gave {len(pos)} positions but {len(frame)} tokens arrived.")
-        self._frame[:, self._n : self._n + len(frame)] = frame
-        self._patch[:, self._n : self._n + len(patch)] = patch
-        self._pos[:, self._n : self._n + len(frame)] = PINNED if pos is None else pos
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         """Append L new tokens; return all stored keys and values.
@@ -186,9 +132,7 @@ class LayerKVCache(_BaseCache):
         """
         slots = kept_slots(self.frame_ids, np.asarray(kept))  # (H, n_new)
         self._keys, self._values = _take_slots(self._keys, slots), _take_slots(self._values, slots)
-        self._frame = np.take_along_axis(self.frame_ids, slots, axis=1)
-        self._patch = np.take_along_axis(self.patch_ids, slots, axis=1)
-        self._pos = np.take_along_axis(self.positions, slots, axis=1)
+        self._keep_labels(slots)
         self._n = slots.shape[1]
 
     def rerotate(self, new_positions, rope) -> None:

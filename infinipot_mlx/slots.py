@@ -119,3 +119,80 @@ class LayerStack:
         """Move every layer's slots to new positions (see LayerKVCache.rerotate)."""
         for layer in self.layers:
             layer.rerotate(new_positions, rope)
+
+
+class SlotLabels:
+    """Per-head, per-slot labels of one layer's cache: (frame, patch) and 1-D position.
+
+    Host-side numpy bookkeeping shared by both backends' LayerKVCache. The cache keeps
+    `self._n` (live slots); `_to_host` turns a backend array into numpy.
+    """
+
+    _n: int
+
+    def _reset_labels(self) -> None:
+        self._frame = np.zeros((0, 0), np.int32)  # (H, capacity)
+        self._patch = np.zeros((0, 0), np.int32)
+        self._pos = np.zeros((0, 0), np.int32)  # (H, capacity) 1-D RoPE position, -1 unknown
+        self._pending = None  # labels for the next update: (frame (L,), patch (L,))
+        self._pending_pos = None  # positions of the next update (L,)
+
+    @staticmethod
+    def _to_host(x) -> np.ndarray:
+        return np.asarray(x)
+
+    @property
+    def frame_ids(self) -> np.ndarray:
+        """(H, n) int32 frame of each slot, -1 for pinned."""
+        return self._frame[:, : self._n]
+
+    @property
+    def patch_ids(self) -> np.ndarray:
+        return self._patch[:, : self._n]
+
+    @property
+    def positions(self) -> np.ndarray:
+        """(H, n) int32 1-D RoPE position of each slot, -1 where none was placed."""
+        return self._pos[:, : self._n]
+
+    def place_next(self, positions) -> None:
+        """Record the 1-D RoPE positions (L,) of the next update's tokens."""
+        self._pending_pos = np.asarray(self._to_host(positions), dtype=np.int32).reshape(-1)
+
+    def label_next(self, frame_ids, patch_ids) -> None:
+        """Tag the tokens of the next update; untagged tokens are pinned.
+
+        Args:
+            frame_ids: (L,) ints, -1 for pinned tokens.
+            patch_ids: (L,) ints, -1 for pinned tokens.
+        """
+        self._pending = check_labels(self._to_host(frame_ids), self._to_host(patch_ids))
+
+    def _take_labels(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pop the pending labels for `length` new tokens (all pinned when none)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return np.full(length, PINNED, np.int32), np.full(length, PINNED, np.int32)
+        if len(pending[0]) != length:
+            raise ValueError(f"label_next tagged {len(pending[0])} tokens but {length} arrived.")
+        return pending
+
+    def _append_labels(self, frame: np.ndarray, patch: np.ndarray, n_heads: int, capacity: int):
+        """Write (L,) labels and positions for all heads at slots [n, n + L), growing to `capacity`."""
+        if self._frame.shape != (n_heads, capacity):
+            grown = np.full((3, n_heads, capacity), PINNED, np.int32)
+            if self._n:
+                grown[:, :, : self._n] = self.frame_ids, self.patch_ids, self.positions
+            self._frame, self._patch, self._pos = grown
+        pos, self._pending_pos = self._pending_pos, None
+        if pos is not None and len(pos) != len(frame):
+            raise ValueError(f"place_next gave {len(pos)} positions but {len(frame)} tokens arrived.")
+        self._frame[:, self._n : self._n + len(frame)] = frame
+        self._patch[:, self._n : self._n + len(patch)] = patch
+        self._pos[:, self._n : self._n + len(frame)] = PINNED if pos is None else pos
+
+    def _keep_labels(self, slots: np.ndarray) -> None:
+        """Keep the labels of `slots` (H, n_new), in that order."""
+        self._frame = np.take_along_axis(self.frame_ids, slots, axis=1)
+        self._patch = np.take_along_axis(self.patch_ids, slots, axis=1)
+        self._pos = np.take_along_axis(self.positions, slots, axis=1)

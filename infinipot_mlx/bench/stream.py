@@ -118,12 +118,15 @@ def _stream_until(session, target_slots: int, size, seed: int) -> int:
 def _ask(session, answer_tokens: int) -> dict:
     """Time to first token and decode rate of one question (exactly answer_tokens tokens)."""
     mx.reset_peak_memory()
+    decoded, decode_s = session.counters.tokens_decoded, session.counters.seconds["decode"]
     start = time.perf_counter()
     stamps = [time.perf_counter() for _ in session.ask(QUESTION, max_tokens=answer_tokens)]
-    assert len(stamps) == answer_tokens, "eos is ignored, so every answer has answer_tokens"
-    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else None
+    decoded = session.counters.tokens_decoded - decoded  # tokens fed back: all but the last
+    assert decoded == answer_tokens - 1, "eos is ignored, so every answer has answer_tokens"
+    decode_s = session.counters.seconds["decode"] - decode_s  # sampling + one-token forwards
+    decode = decoded / decode_s if decoded else None
     return dict(ttft_ms=(stamps[0] - start) * 1e3, decode_tokens_per_s=decode,
-                answer_tokens=len(stamps), question_peak_memory_bytes=mx.get_peak_memory(),
+                answer_tokens=decoded + 1, question_peak_memory_bytes=mx.get_peak_memory(),
                 tokens_cached_after_answer=session.cache.n_cached)
 
 

@@ -25,8 +25,10 @@ from collections.abc import Callable
 
 from mlx_vlm.models.cache import QuantizedKVCache, RotatingKVCache
 
+from ..slots import LayerStack
 
-class VLMCacheList:
+
+class VLMCacheList(LayerStack):
     """A list of mlx-vlm per-layer caches, with what StreamSessionBase reads of a cache.
 
     mlx-vlm caches do not tell text from video, so every stored token counts as visual
@@ -37,19 +39,6 @@ class VLMCacheList:
         self.layers = caches
         self.next_position = 0  # logical RoPE position of the next token (set by the session)
 
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    def __getitem__(self, i):
-        return self.layers[i]
-
-    def __iter__(self):
-        return iter(self.layers)
-
-    def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None):
-        """Layer 0's mask (every layer holds the same tokens)."""
-        return self.layers[0].make_mask(N, return_array=return_array, window_size=window_size)
-
     @property
     def n_cached(self) -> int:
         return stored_tokens(self.layers[0])
@@ -57,10 +46,6 @@ class VLMCacheList:
     @property
     def n_pinned(self) -> int:
         return 0
-
-    @property
-    def n_visual(self) -> int:
-        return self.n_cached
 
     @property
     def nbytes(self) -> int:

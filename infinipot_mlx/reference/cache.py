@@ -25,20 +25,21 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from ..slots import PINNED, LayerStack, check_labels, kept_slots, visual_slots
+from ..slots import LayerStack, SlotLabels, kept_slots, visual_slots
 
 
 def _as_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
 
 
-class LayerKVCache(CacheLayerMixin):
+class LayerKVCache(SlotLabels, CacheLayerMixin):
     """One layer's compressible KV cache (the transformers cache-layer protocol)."""
 
     step = 256
     is_sliding = False
     is_compileable = False
     is_croppable = False
+    _to_host = staticmethod(_as_numpy)
 
     def __init__(self):
         super().__init__()  # sets keys = values = None through the setters below
@@ -47,12 +48,8 @@ class LayerKVCache(CacheLayerMixin):
     def _reset(self) -> None:
         self._keys = None  # (1, H, capacity, D) buffer; slots [0, n) are live
         self._values = None
-        self._frame = np.zeros((0, 0), np.int32)  # (H, capacity)
-        self._patch = np.zeros((0, 0), np.int32)
-        self._pos = np.zeros((0, 0), np.int32)  # (H, capacity) 1-D RoPE position, -1 unknown
         self._n = 0
-        self._pending = None  # labels for the next update: (frame (L,), patch (L,))
-        self._pending_pos = None  # positions of the next update (L,)
+        self._reset_labels()
         self.is_initialized = False
 
     @property
@@ -81,56 +78,6 @@ class LayerKVCache(CacheLayerMixin):
     @values.setter
     def values(self, v: torch.Tensor | None) -> None:
         self._values = v
-
-    @property
-    def frame_ids(self) -> np.ndarray:
-        """(H, n) int32 frame of each slot, -1 for pinned."""
-        return self._frame[:, : self._n]
-
-    @property
-    def patch_ids(self) -> np.ndarray:
-        return self._patch[:, : self._n]
-
-    @property
-    def positions(self) -> np.ndarray:
-        """(H, n) int32 1-D RoPE position of each slot, -1 where none was placed."""
-        return self._pos[:, : self._n]
-
-    def place_next(self, positions) -> None:
-        """Record the 1-D RoPE positions (L,) of the next update's tokens."""
-        self._pending_pos = np.asarray(_as_numpy(positions), dtype=np.int32).reshape(-1)
-
-    def label_next(self, frame_ids, patch_ids) -> None:
-        """Tag the tokens of the next update_and_fetch; untagged tokens are pinned.
-
-        Args:
-            frame_ids: (L,) ints, -1 for pinned tokens.
-            patch_ids: (L,) ints, -1 for pinned tokens.
-        """
-        self._pending = check_labels(_as_numpy(frame_ids), _as_numpy(patch_ids))
-
-    def _take_labels(self, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """Pop the pending labels for `length` new tokens (all pinned when none)."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return np.full(length, PINNED, np.int32), np.full(length, PINNED, np.int32)
-        if len(pending[0]) != length:
-            raise ValueError(f"label_next tagged {len(pending[0])} tokens but {length} arrived.")
-        return pending
-
-    def _append_labels(self, frame: np.ndarray, patch: np.ndarray, n_heads: int, capacity: int):
-        """Write (L,) labels and positions for all heads at slots [n, n + L), growing to `capacity`."""
-        if self._frame.shape != (n_heads, capacity):
-            grown = np.full((3, n_heads, capacity), PINNED, np.int32)
-            if self._n:
-                grown[:, :, : self._n] = self.frame_ids, self.patch_ids, self.positions
-            self._frame, self._patch, self._pos = grown
-        pos, self._pending_pos = self._pending_pos, None
-        if pos is not None and len(pos) != len(frame):
-            raise ValueError(f"place_next gave {len(pos)} positions but {len(frame)} tokens arrived.")
-        self._frame[:, self._n : self._n + len(frame)] = frame
-        self._patch[:, self._n : self._n + len(patch)] = patch
-        self._pos[:, self._n : self._n + len(frame)] = PINNED if pos is None else pos
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -230,9 +177,7 @@ class LayerKVCache(CacheLayerMixin):
         keys, values = self.keys, self.values
         self._keys = torch.gather(keys, 2, idx.expand(-1, -1, -1, keys.shape[-1]))
         self._values = torch.gather(values, 2, idx.expand(-1, -1, -1, values.shape[-1]))
-        self._frame = np.take_along_axis(self.frame_ids, slots, axis=1)
-        self._patch = np.take_along_axis(self.patch_ids, slots, axis=1)
-        self._pos = np.take_along_axis(self.positions, slots, axis=1)
+        self._keep_labels(slots)
         self._n = slots.shape[1]
 
     def rerotate(self, new_positions, rope) -> None:
