@@ -204,3 +204,23 @@ def test_training_questions_are_shuffled_and_balanced():
                 c = next(c for c in data.COLOURS if q == data.QUESTIONS["present"].format(colour=c))
                 assert a == ("yes" if c in colours else "no")
     assert len(firsts) >= 4 and present.count("yes") == present.count("no")
+
+
+def test_independent_turns_see_only_the_video(tiny):
+    import mlx.core as mx
+
+    om, tok, _, model = tiny
+    builder, pad, no = om.PromptBuilder(tok), tok.token_to_id("<|endoftext|>"), tok.token_to_id("no")
+    frames, _, qa = organism.make_episode(5, n_frames=8)
+    aux = builder.aux_targets(data.token_events(data.episode_for("test", 5, n_frames=8).events, 8))
+
+    def answer_logits(prompt):
+        prompt.aux = aux
+        batch = om.make_batch([prompt], frames[None], pad, no)
+        idx = mx.array([[i for i, _ in prompt.answers]])
+        return om.logits_at(model, om.hidden_states(model, batch), idx)[0]  # (n_answers, vocab)
+
+    together = answer_logits(builder.build(4, qa[:3], independent=True))
+    for k in range(3):
+        alone = answer_logits(builder.build(4, qa[k:k + 1]))
+        assert mx.abs(together[k] - alone[0]).max().item() < 1e-4

@@ -88,6 +88,7 @@ class Prompt:
     targets: list[tuple[int, int]] = field(default_factory=list)  # (index predicting, token id)
     answers: list[tuple[int, str]] = field(default_factory=list)  # (index predicting, qtype)
     aux: np.ndarray | None = None  # (2, V) token ids each video token learns: colour/"no", cell
+    turn_of: np.ndarray | None = None  # (L,) turn index of independent turns, -1 shared prefix
 
 
 class PromptBuilder:
@@ -105,24 +106,33 @@ class PromptBuilder:
         self.word_id = {w: enc(w)[0] for w in data.ANSWER_WORDS}
         self.second_per_grid, self.tps = 2 / fps, tokens_per_second
 
-    def build(self, n_slots: int, qa: list[tuple[str, str, str]], grid=(3, 3)) -> Prompt:
-        """Prompt for a video of n_slots slots followed by the question-answer turns."""
+    def build(self, n_slots: int, qa: list[tuple[str, str, str]], grid=(3, 3),
+              independent: bool = False) -> Prompt:
+        """Prompt for a video of n_slots slots followed by the question-answer turns.
+
+        independent: every turn is laid out as the first question after the video (same
+        start position, no "<|im_start|>user" reopening) and tagged in Prompt.turn_of, so
+        a mask can hide earlier turns from it (no answer can be read off earlier answers).
+        """
         ids, pos = list(self.head), [text_positions(0, len(self.head))]
         video_at, n_video = len(ids), n_slots * grid[0] * grid[1]
         pos.append(mrope_video_positions(video_at, 0, n_slots, grid, self.second_per_grid, self.tps))
-        ids += [self.video_id] * n_video
+        ids += [self.video_id] * n_video + self.close
+        pos.append(text_positions(next_after(pos[-1]), len(self.close)))
         prompt = Prompt(ids, np.zeros((3, 0), np.int64), video_at)
-        turn = list(self.close)
+        turn_of, start = [-1] * len(ids), next_after(pos[-1])
         for k, (question, answer, qtype) in enumerate(qa):
-            turn += (self.user_open if k else []) + self.enc(question) + self.q_close
+            reopen = self.user_open if k and not independent else []
+            turn = reopen + self.enc(question) + self.q_close
             answer_ids = self.enc(answer) + self.eos
             for j, tid in enumerate(answer_ids):
                 prompt.targets.append((len(ids) + len(turn) + j - 1, tid))
             prompt.answers.append((len(ids) + len(turn) - 1, qtype))
             turn += answer_ids + self.a_close[len(self.eos):]
-            pos.append(text_positions(next_after(pos[-1]), len(turn)))
-            ids, turn = ids + turn, []
+            pos.append(text_positions(start if independent else next_after(pos[-1]), len(turn)))
+            ids, turn_of = ids + turn, turn_of + [k if independent else -1] * len(turn)
         prompt.ids, prompt.positions = ids, np.concatenate(pos, axis=1)
+        prompt.turn_of = np.array(turn_of)
         return prompt
 
     def aux_targets(self, token_colours: list[list[str]]) -> np.ndarray:
@@ -153,6 +163,7 @@ class Batch:
     aux_w: mx.array  # (B, V)
     video_at: int
     prompts: list[Prompt]
+    mask: mx.array | str = "causal"  # or (B, 1, L, L) bool when turns are independent
 
 
 def make_batch(prompts: list[Prompt], frames: np.ndarray, pad_id: int, no_id: int,
@@ -173,7 +184,18 @@ def make_batch(prompts: list[Prompt], frames: np.ndarray, pad_id: int, no_id: in
     aux_w = np.where(aux[:, 0] == no_id, background_weight, event_weight).astype(np.float32)
     pixels, grid = pixels_for(frames)
     return Batch(pixels, grid, *(mx.array(x) for x in (ids, pos, t_idx, t_ids, t_w, aux, aux_w)),
-                 prompts[0].video_at, prompts)
+                 prompts[0].video_at, prompts, turn_mask(prompts, L))
+
+
+def turn_mask(prompts: list[Prompt], L: int) -> mx.array | str:
+    """Causal mask that also hides other independent turns; "causal" when there are none."""
+    if all((p.turn_of < 0).all() for p in prompts):
+        return "causal"
+    turn = np.full((len(prompts), L), 10**6)  # padding: its own group
+    for b, p in enumerate(prompts):
+        turn[b, :len(p.turn_of)] = p.turn_of
+    same = (turn[:, :, None] == turn[:, None, :]) | (turn[:, None, :] == -1)  # (B, L, L)
+    return mx.array((same & np.tril(np.ones((L, L), bool)))[:, None])  # (B, 1, L, L)
 
 
 def vision_features(vision_tower, pixels: mx.array, grid_thw: mx.array) -> mx.array:
@@ -212,7 +234,7 @@ def hidden_states(model, batch: Batch) -> mx.array:
     vis = vis.reshape(batch.ids.shape[0], -1, vis.shape[-1])  # (B, V, E)
     emb = model.language_model.model.embed_tokens(batch.ids)  # (B, L, E)
     emb = mx.concatenate([emb[:, :at], vis, emb[:, at + vis.shape[1]:]], axis=1)
-    return model.language_model.model(None, inputs_embeds=emb, position_ids=batch.pos)
+    return model.language_model.model(None, inputs_embeds=emb, mask=batch.mask, position_ids=batch.pos)
 
 
 def logits_at(model, hidden: mx.array, idx: mx.array) -> mx.array:

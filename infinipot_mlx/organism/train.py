@@ -62,20 +62,24 @@ def stage_at(progress: float, stages: tuple[Stage, ...] = STAGES) -> Stage:
 
 
 def make_batch(builder: om.PromptBuilder, seeds: list[int], opts: data.VideoOptions,
-               pad_id: int, rich: bool = False) -> om.Batch:
-    """The batch of the episodes of `seeds`, rendered with `opts` (rich: training questions)."""
+               pad_id: int, rich: bool = False, independent: bool = False) -> om.Batch:
+    """The batch of the episodes of `seeds`, rendered with `opts`.
+
+    rich: data.training_questions instead of the test set's; independent: every question
+    sees only the video, not the earlier turns (see PromptBuilder.build).
+    """
     eps = [data.generate(s, opts) for s in seeds]
     prompts = []
     for seed, ep in zip(seeds, eps):
         qa = data.training_questions(ep, seed) if rich else ep.qa
-        prompts.append(builder.build(opts.n_frames // 2, qa))
+        prompts.append(builder.build(opts.n_frames // 2, qa, independent=independent))
         prompts[-1].aux = builder.aux_targets(data.token_events(ep.events, opts.n_frames))
     frames = np.stack([ep.frames for ep in eps])
     return om.make_batch(prompts, frames, pad_id, builder.word_id["no"])
 
 
 def batch_stream(builder, pad_id: int, batch: int, seed: int, stage_fn, rich: bool,
-                 depth: int = 2):
+                 independent: float, depth: int = 2):
     """Training batches made in a background thread (numpy rendering overlaps MLX compute)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     rng = np.random.default_rng(seed)
@@ -85,7 +89,7 @@ def batch_stream(builder, pad_id: int, batch: int, seed: int, stage_fn, rich: bo
             st = stage_fn()
             opts = data.VideoOptions(st.n_frames, 1, st.max_events, st.max_distractors)
             seeds = [int(s) for s in rng.integers(0, data.SPLIT_BASE["test"], size=batch)]
-            q.put(make_batch(builder, seeds, opts, pad_id, rich))
+            q.put(make_batch(builder, seeds, opts, pad_id, rich, rng.random() < independent))
 
     threading.Thread(target=work, daemon=True).start()
     while True:
@@ -93,13 +97,16 @@ def batch_stream(builder, pad_id: int, batch: int, seed: int, stage_fn, rich: bo
 
 
 def evaluate(model, builder, pad_id: int, split: str = "val", n: int = 64, per_batch: int = 16,
-             n_frames: int = 32) -> dict[str, float]:
-    """Teacher-forced greedy accuracy of the first answer token, per question type."""
+             n_frames: int = 32, independent: bool = False) -> dict[str, float]:
+    """Teacher-forced greedy accuracy of the first answer token, per question type.
+
+    independent: each question sees only the video (else the earlier turns too, in order).
+    """
     hits: dict[str, list[bool]] = {q: [] for q in data.QTYPES}
     opts = data.VideoOptions(n_frames=n_frames)
     for lo in range(0, n, per_batch):
         seeds = [data.split_seed(split, i) for i in range(lo, min(n, lo + per_batch))]
-        batch = make_batch(builder, seeds, opts, pad_id)
+        batch = make_batch(builder, seeds, opts, pad_id, independent=independent)
         hidden = om.hidden_states(model, batch)
         for b, p in enumerate(batch.prompts):
             idx = mx.array([[i for i, _ in p.answers]])
@@ -134,6 +141,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--aux-weight", type=float, default=1.0, help="per-video-token colour/cell loss")
     p.add_argument("--questions", choices=("rich", "test"), default="rich",
                    help="training questions: data.training_questions, or the test set's")
+    p.add_argument("--independent", type=float, default=0.5,
+                   help="share of batches whose questions cannot see earlier turns")
     p.add_argument("--init", type=Path, default=None, help="start from this checkpoint folder")
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--eval-frames", type=int, default=32)
@@ -190,7 +199,10 @@ class Trainer:
 
     def checkpoint(self, loss: float) -> dict:
         acc = evaluate(self.model, self.builder, self.pad_id, n=self.args.eval_videos,
+                       n_frames=self.args.eval_frames, independent=True)
+        seq = evaluate(self.model, self.builder, self.pad_id, n=self.args.eval_videos,
                        n_frames=self.args.eval_frames)
+        acc["sequential_mean"] = seq["mean"]
         record = {"step": self.step, "minutes": (time.time() - self.t0) / 60, "loss": loss,
                   "stage_frames": stage_at(self.progress(), self.args.curriculum).n_frames, **acc}
         self.history.append(record)
@@ -209,7 +221,7 @@ class Trainer:
             f"{self.config.get('num_hidden_layers')}L args={vars(args)}")
         stream = batch_stream(self.builder, self.pad_id, args.batch, args.seed,
                               lambda: stage_at(self.progress(), args.curriculum),
-                              args.questions == "rich")
+                              args.questions == "rich", args.independent)
         bar, ema = tqdm(total=args.steps, mininterval=10, smoothing=0.05), None
         while self.progress() < 1.0:
             loss = self.train_step(next(stream))
