@@ -136,6 +136,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--eval-videos", type=int, default=64)
+    p.add_argument("--eval-only", type=Path, default=None, help="evaluate this checkpoint and exit")
+    p.add_argument("--eval-split", default="test", help="split for --eval-only (test, pan, ...)")
     p.add_argument("--curriculum", type=parse_curriculum, default=STAGES,
                    help=f"start:frames:max_events:max_distractors,... (default {CURRICULUM})")
     p.add_argument("--aux-weight", type=float, default=1.0, help="per-video-token colour/cell loss")
@@ -235,8 +237,23 @@ class Trainer:
         log(f"done: {self.step} steps in {(time.time() - self.t0) / 60:.1f} min, best val {self.best:.3f}")
 
 
+def evaluate_checkpoint(folder: Path, split: str, n: int, n_frames: int) -> dict:
+    """Teacher-forced accuracy of a checkpoint folder, independent and sequential questions."""
+    model, tokenizer, _ = load_checkpoint(folder)
+    builder, pad_id = om.PromptBuilder(tokenizer), tokenizer.token_to_id("<|endoftext|>")
+    kw = dict(split=split, n=n, n_frames=n_frames)
+    return {"split": split, "videos": n, "n_frames": n_frames,
+            "independent": evaluate(model, builder, pad_id, independent=True, **kw),
+            "sequential": evaluate(model, builder, pad_id, **kw)}
+
+
 def main(argv=None) -> None:
-    Trainer(parse_args(argv)).run()
+    args = parse_args(argv)
+    if args.eval_only is not None:
+        result = evaluate_checkpoint(args.eval_only, args.eval_split, args.eval_videos, args.eval_frames)
+        print(json.dumps(result, indent=1))
+        return
+    Trainer(args).run()
 
 
 if __name__ == "__main__":
