@@ -1,0 +1,51 @@
+"""The offline demo and the accuracy benchmark on the shipped organism (tier 3)."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from infinipot_mlx.bench import accuracy
+from infinipot_mlx.demo import first_word, organism_config
+
+
+def test_organism_cap_leaves_the_requested_share_and_never_less_than_two_slots():
+    cfg = organism_config(32, 0.25, pinned=20)  # 16 slots x 9 tokens = 144 video tokens
+    assert cfg.capacity == 20 + cfg.reserve + 36 and cfg.block_frames == 1
+    tiny = organism_config(32, 0.1, pinned=20)  # 14.4 tokens asked, 18 (two slots) is the floor
+    assert tiny.capacity == 20 + tiny.reserve + 18
+    assert organism_config(32, 0.5, method="full").capacity is None
+
+
+def test_first_word():
+    assert first_word(" Red.") == "red" and first_word("") == "" and first_word("two shapes") == "two"
+
+
+def test_demo_streams_under_the_cap_and_prints_answers_beside_the_truth():
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-m", "infinipot_mlx.chat", "--demo", "--max-tokens", "2"],
+                         input="", capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("truth: ") == out.stdout.count("Q: ") >= 5
+    assert "right;" in out.stdout and "compressions" in out.stdout
+    assert "streaming" in out.stderr and "mem" in out.stderr  # progress bar with the memory figure
+
+
+def test_accuracy_bench_writes_every_field_and_holds_the_budget(tmp_path):
+    args = argparse.Namespace(n=2, seed_offset=5, budgets="1.0,0.25", methods="full,infinipot_v,uniform",
+                              splits="test", out=tmp_path)
+    assert accuracy.run(args) == 0
+    result = json.loads((tmp_path / "accuracy.json").read_text())
+    assert {"environment", "summary", "records", "budgets", "methods"} <= result.keys()
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
+    records = result["records"]
+    assert len(records) == 2 * 2 * 3
+    for r in records:
+        assert len(r["correct"]) == len(r["qtypes"]) >= 5
+        if r["method"] != "full":
+            assert r["visual_tokens"] <= max(round(r["budget"] * 144), 18)
+        if r["budget"] == 1.0:
+            assert r["compressions"] == 0  # the whole video fits: nothing is dropped
+    row = next(s for s in result["summary"] if s["method"] == "uniform" and s["qtype"] == "all")
+    assert {"accuracy", "ci95", "vs_infinipot_v", "vs_infinipot_v_ci95", "n_videos"} <= row.keys()
