@@ -135,23 +135,6 @@ class LayerKVCache(SlotLabels, _BaseCache):
         self._keep_labels(slots)
         self._n = slots.shape[1]
 
-    def rerotate(self, new_positions, rope) -> None:
-        """Move every slot to a new 1-D RoPE position by re-rotating its stored key.
-
-        Args:
-            new_positions: (H, n) or (n,) ints, the slots' new positions.
-            rope: the model's rotation, rope(keys (1, H, n, D), delta (H, n) int32) ->
-                keys rotated by delta, so that R(p') k = R(p' - p) R(p) k.
-        """
-        new = np.broadcast_to(np.asarray(new_positions, np.int32), self.positions.shape)
-        if np.any(self.positions < 0):
-            raise ValueError("some cached tokens have no recorded position; re-rotation needs "
-                             "positions placed with place_next before every forward.")
-        delta = new - self.positions  # (H, n)
-        if delta.any():
-            self._keys = rope(self.keys, delta)
-        self._pos[:, : self._n] = new
-
     @property
     def state(self):
         return self.keys, self.values

@@ -196,3 +196,20 @@ class SlotLabels:
         self._frame = np.take_along_axis(self.frame_ids, slots, axis=1)
         self._patch = np.take_along_axis(self.patch_ids, slots, axis=1)
         self._pos = np.take_along_axis(self.positions, slots, axis=1)
+
+    def rerotate(self, new_positions, rope) -> None:
+        """Move every slot to a new 1-D RoPE position by re-rotating its stored key.
+
+        Args:
+            new_positions: (H, n) or (n,) ints, the slots' new positions.
+            rope: the model's rotation, rope(keys (1, H, n, D), delta (H, n) int32) ->
+                keys rotated by delta, so that R(p') k = R(p' - p) R(p) k.
+        """
+        new = np.broadcast_to(np.asarray(new_positions, np.int32), self.positions.shape)
+        if np.any(self.positions < 0):
+            raise ValueError("some cached tokens have no recorded position; re-rotation needs "
+                             "positions placed with place_next before every forward.")
+        delta = new - self.positions  # (H, n)
+        if delta.any():
+            self._keys = rope(self.keys, delta)  # the backend's rotation of its own buffer
+        self._pos[:, : self._n] = new
