@@ -11,15 +11,16 @@ pixel values (pixels.py: qwen_patchify for Qwen, normalize for LLaVA-OV) and, fo
 same M-RoPE positions (positions.py). It prints the max |logit difference|, top-1 agreement,
 the mean KL(source || converted) over positions and the sizes on disk.
 
-Exit codes: 0 done; 1 an unquantized float32 conversion differs by more than 1e-4; 2 bad input
-(missing folder, unsupported model, hub repo not reachable, output folder not empty).
+Exit codes: 0 done; 1 an unquantized float32 conversion differs by more than 1e-4; 2 bad input,
+one line on stderr (missing folder, corrupt or incomplete config.json, no weights, unsupported
+model, hub repo not reachable, output folder not empty, a bad flag); any other error is a bug
+and keeps its traceback.
 Notation: L tokens of the prompt, V vocabulary, F frames, S = F / 2 temporal slots (Qwen).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import sys
@@ -28,6 +29,10 @@ from pathlib import Path
 import infinipot_mlx  # noqa: F401  (BLAS preload; must precede any mlx import)
 
 import numpy as np
+from infinipot_mlx._blas import check_blas
+from infinipot_mlx.errors import OneLineParser, UserError, report
+from infinipot_mlx.model_path import require_weights
+from infinipot_mlx.specs import load_spec, read_json
 
 SUPPORTED = ("qwen2_5_vl", "llava_onevision")
 FLOAT32_TOLERANCE = 1e-4
@@ -36,14 +41,19 @@ QUESTION = "Describe the video."
 # what mlx_vlm.utils.get_model_path downloads
 HUB_PATTERNS = ["*.json", "*.jsonl", "*.safetensors", "*.py", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
 FPS = 2.0
+VERIFY_KEYS = {  # config.json entries the verification inputs read (section.key)
+    "qwen2_5_vl": ("video_token_id", "vision_config.patch_size", "vision_config.temporal_patch_size",
+                   "vision_config.spatial_merge_size"),
+    "llava_onevision": ("video_token_index", "vision_config.image_size", "vision_config.patch_size"),
+}
 
 
-class ConversionError(Exception):
+class ConversionError(UserError):
     """A problem the user can fix; printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="python conversions/convert.py", description=__doc__.split("\n")[0])
     p.add_argument("--hf-path", required=True, help="local HF checkpoint folder or hub repo id")
     p.add_argument("--mlx-path", required=True, help="output folder (new or empty)")
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None,
@@ -75,11 +85,17 @@ def resolve_source(hf_path: str) -> Path:
 
 
 def read_config(source: Path) -> dict:
-    """config.json of a supported model; ConversionError otherwise."""
-    config = json.loads((source / "config.json").read_text())
+    """config.json of a supported model with every key the conversion needs; UserError otherwise
+    (a file that is not JSON or lacks a key is named by specs.read_json / load_spec)."""
+    config = read_json(source / "config.json")
     if config.get("model_type") not in SUPPORTED:
         raise ConversionError(f"{source} holds a {config.get('model_type')!r} model; this script converts "
                               f"{' and '.join(SUPPORTED)}")
+    load_spec(source)  # the keys the session reads
+    for key in VERIFY_KEYS[config["model_type"]]:
+        section, _, name = key.rpartition(".")
+        if name not in (config.get(section, {}) if section else config):
+            raise ConversionError(f"{source / 'config.json'} lacks the key {key!r}; re-download the checkpoint")
     return config
 
 
@@ -131,7 +147,10 @@ def _encode(source: Path):
 
 
 def _image_stats(source: Path) -> tuple[list, list]:
-    pre = json.loads((source / "preprocessor_config.json").read_text())
+    path = source / "preprocessor_config.json"
+    pre = read_json(path)
+    if "image_mean" not in pre or "image_std" not in pre:
+        raise ConversionError(f"{path} lacks image_mean or image_std; re-download the checkpoint")
     return pre["image_mean"], pre["image_std"]
 
 
@@ -237,6 +256,7 @@ def run(args) -> int:
         raise ConversionError("--q-bits and --q-group-size need -q/--quantize")
     source = resolve_source(args.hf_path)
     config = read_config(source)
+    require_weights(source)  # mlx_vlm.convert answers a folder without weights with a code snippet
     out = Path(args.mlx_path).expanduser()
     check_output(out, source)
     convert_checkpoint(source, out, args)
@@ -268,10 +288,10 @@ def float32_mismatch(metrics: dict, out: Path) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_blas()
         return run(args)
-    except (ConversionError, OSError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (UserError, OSError) as err:  # anything else is a bug: keep its traceback
+        return report(err)
 
 
 if __name__ == "__main__":

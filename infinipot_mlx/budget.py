@@ -28,6 +28,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from .errors import UserError
 from .plan import block_tokens, min_capacity
 
 DEFAULT_FRACTION = 0.6  # budget when none is given: this share of unified/system memory
@@ -63,7 +64,7 @@ def model_dims(config: dict) -> ModelDims:
     """ModelDims of a Qwen2.5-VL (hub layout) or LLaVA-OneVision (llava-hf layout) config."""
     model_type = config.get("model_type")
     if model_type not in ("qwen2_5_vl", "llava_onevision"):
-        raise ValueError(f"no memory model for model type {model_type!r}; "
+        raise UserError(f"no memory model for model type {model_type!r}; "
                          "supported: qwen2_5_vl, llava_onevision")
     text = config if "hidden_size" in config else config["text_config"]
     vision = config["vision_config"]
@@ -178,7 +179,7 @@ def make_plan(budget_bytes: int, *, weight_bytes: int, kv_per_token: float, acti
     needed = min_capacity(tokens_per_frame, block_frames, reserve, n_pinned)
     if capacity < needed:
         minimum = (resident + activation_bytes + needed * per_token) / (1 - MARGIN_FRACTION)
-        raise ValueError(
+        raise UserError(
             f"a memory budget of {format_bytes(budget_bytes)} cannot hold the model "
             f"({format_bytes(resident)}), one block of {block_frames} frames x {tokens_per_frame} "
             f"tokens ({format_bytes(activation_bytes)} of activations) and the smallest usable "
@@ -226,18 +227,18 @@ def parse_budget(text: str | None, total_bytes: int) -> int:
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(%|[a-zA-Z]*)\s*", str(text))
     unit = match.group(2).lower() if match else None
     if unit is None or (unit != "%" and unit not in UNITS):
-        raise ValueError(f"cannot read the memory budget {text!r}; write it like 6GB, 6.5GiB, "
+        raise UserError(f"cannot read the memory budget {text!r}; write it like 6GB, 6.5GiB, "
                          "512MB or 60%")
     value = float(match.group(1))
     if unit == "%":
         if not 0 < value <= 100:
-            raise ValueError(f"a memory budget of {text!r} is not a share of memory in (0, 100]%")
+            raise UserError(f"a memory budget of {text!r} is not a share of memory in (0, 100]%")
         return int(total_bytes * value / 100)
     budget = int(value * UNITS[unit])
     if budget <= 0:
-        raise ValueError(f"the memory budget {text!r} must be positive")
+        raise UserError(f"the memory budget {text!r} must be positive")
     if budget > total_bytes:
-        raise ValueError(f"a memory budget of {format_bytes(budget)} exceeds this machine's "
+        raise UserError(f"a memory budget of {format_bytes(budget)} exceeds this machine's "
                          f"memory ({format_bytes(total_bytes)})")
     return budget
 

@@ -6,13 +6,16 @@ runs on machines without mlx (for example an NVIDIA Jetson).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from .errors import UserError
 
 HUB_PATTERNS = ["*.json", "*.jsonl", "*.safetensors", "*.py", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
 
 
-class ModelPathError(ValueError):
-    """The model path does not exist locally and cannot be fetched."""
+class ModelPathError(UserError):
+    """The model path does not exist locally, cannot be fetched, or holds no weights."""
 
 
 def resolve_model_path(path_or_repo: str) -> Path:
@@ -33,3 +36,33 @@ def resolve_model_path(path_or_repo: str) -> Path:
             f"cannot fetch {path_or_repo} ({type(err).__name__}); offline, pass --model a local "
             "checkpoint folder (python conversions/convert.py makes one), or run --demo"
         ) from None
+
+
+def require_weights(path: Path, patterns: tuple[str, ...] = ("*.safetensors",)) -> None:
+    """ModelPathError unless the folder holds weight files (and every shard its index names).
+
+    Checked before a loader runs: mlx_vlm.load answers a folder without weights with a
+    multi-line code snippet, transformers with a long OSError.
+    """
+    if not any(f.is_file() for pattern in patterns for f in path.glob(pattern)):
+        raise ModelPathError(
+            f"no {' or '.join(patterns)} weights in {path}; download the whole checkpoint "
+            "(config.json and its weight files) or convert one with python conversions/convert.py")
+    for index in path.glob("*.safetensors.index.json"):
+        names = {name for name in _weight_map(index).values() if isinstance(name, str)}
+        missing = sorted(name for name in names if not (path / name).is_file())
+        if missing:
+            raise ModelPathError(
+                f"{index.name} in {path} names {len(missing)} missing weight file(s) "
+                f"({', '.join(missing[:2])}{', ...' if len(missing) > 2 else ''}); the download is "
+                "incomplete: download the checkpoint again")
+
+
+def _weight_map(index: Path) -> dict:
+    """The weight_map of a safetensors index ({} when the index cannot be read)."""
+    try:
+        data = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return {}
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    return weight_map if isinstance(weight_map, dict) else {}

@@ -235,7 +235,9 @@ def read_frames(args, spec) -> np.ndarray:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from .errors import OneLineParser
+
+    p = OneLineParser(
         prog="python -m infinipot_mlx.parity", epilog=CRITERIA,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run the MLX and the PyTorch reference backends on the same video frames and "
@@ -281,16 +283,22 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 on parity, 1 on a mismatch, 2 (one line on stderr) on input the user can fix."""
+    from ._blas import check_blas
+    from .errors import UserError, report
+
     args = build_parser().parse_args(argv)
     try:
-        if args.max_tokens < 1 or args.block_frames < 1 or args.max_frames < 1 or args.fps <= 0:
-            raise ValueError("--max-tokens, --block-frames, --max-frames and --fps must be positive")
+        check_blas()
+        if args.max_tokens < 1 or args.block_frames < 1 or args.max_frames < 1 or args.fps <= 0 \
+                or (args.max_pixels is not None and args.max_pixels < 1):
+            raise UserError("--max-tokens, --block-frames, --max-frames, --fps and --max-pixels "
+                            "must be positive")
         if any(not q.strip() for q in args.questions):
-            raise ValueError("a question is empty; write a question about the video")
+            raise UserError("a question is empty; write a question about the video")
         return run(args)
-    except (ValueError, OSError) as err:
-        print(f"error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (UserError, OSError) as err:  # anything else is a bug: keep its traceback
+        return report(err)
 
 
 if __name__ == "__main__":

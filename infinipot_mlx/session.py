@@ -82,11 +82,16 @@ class StreamSession(StreamSessionBase):
 
 
 def load_model(path_or_repo: str):
-    """(model, tokenizer, spec, path) through mlx_vlm.load."""
+    """(model, tokenizer, spec, path) through mlx_vlm.load; UserError for a folder it cannot use."""
     from mlx_vlm import load as vlm_load
 
+    from . import _blas
+    from .model_path import require_weights
+
+    _blas.warn_blas_error()  # an INFINIPOT_BLAS that failed to load: MLX runs on the slow BLAS
     path = resolve_model_path(path_or_repo)
     spec = load_spec(path)
+    require_weights(path)  # mlx_vlm.load answers a folder without weights with a code snippet
     model, processor = vlm_load(str(path))
     tokenizer = getattr(processor, "tokenizer", processor)
     return model, tokenizer, spec, path

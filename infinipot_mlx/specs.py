@@ -12,7 +12,17 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
+
 DEFAULT_SYSTEM = "You are a helpful assistant."
+# transformers' Qwen2VLVideoProcessor.size: the video defaults when a checkpoint has no
+# video_preprocessor_config.json (128 to 768 merged tokens of 28 x 28 pixels per frame).
+QWEN_VIDEO_MIN_PIXELS = 128 * 28 * 28
+QWEN_VIDEO_MAX_PIXELS = 768 * 28 * 28
+# The default frame size of a stream: 448 x 448 pixels, 256 tokens per temporal slot, as
+# the InfiniPot-V paper streams. Under the default 6,144-token cap that keeps 14 slots (28
+# frames) besides a block of 8; the checkpoint's video limit (768 tokens) would keep 4.
+DEFAULT_FRAME_PIXELS = 448 * 448
 
 
 @dataclass(frozen=True)
@@ -73,23 +83,63 @@ class ModelSpec:
         return self.num_layers * 2 * self.kv_heads * self.head_dim * bytes_per_element
 
 
+class CheckpointConfigError(UserError):
+    """A checkpoint's JSON file is unreadable, not valid JSON, or lacks what the model needs."""
+
+
+_FIX = "re-download or re-convert the checkpoint"
+
+
 def read_json(path: Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    """The JSON object in path; CheckpointConfigError naming the file when it cannot be used."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise CheckpointConfigError(f"{path} is not valid JSON (line {err.lineno} column {err.colno}): "
+                                    f"{err.msg}; {_FIX}") from None
+    except UnicodeDecodeError:
+        raise CheckpointConfigError(f"{path} is not UTF-8 text; {_FIX}") from None
+    except OSError as err:
+        raise CheckpointConfigError(f"cannot read {path} ({err.strerror or type(err).__name__}); "
+                                    f"check the path and its permissions, or {_FIX}") from None
+    if not isinstance(data, dict):
+        raise CheckpointConfigError(f"{path} holds a JSON {type(data).__name__}, not an object; {_FIX}")
+    return data
 
 
 def load_spec(model_dir: str | Path) -> ModelSpec:
-    """Read the ModelSpec of a checkpoint folder; ValueError for unsupported models."""
+    """Read the ModelSpec of a checkpoint folder; UserError for unsupported or broken configs."""
     model_dir = Path(model_dir)
-    config = read_json(model_dir / "config.json")
+    config_path = model_dir / "config.json"
+    config = read_json(config_path)
     model_type = config.get("model_type")
-    if model_type not in SPEC_READERS:
-        raise ValueError(
+    if not isinstance(model_type, str) or model_type not in SPEC_READERS:
+        raise UserError(
             f"{model_dir} holds a {model_type!r} model; supported: {', '.join(SPEC_READERS)}"
         )
     pre_path = model_dir / "preprocessor_config.json"
     pre = read_json(pre_path) if pre_path.exists() else {}
-    return SPEC_READERS[model_type](config, pre)
+    video_path = model_dir / "video_preprocessor_config.json"  # transformers' video processor
+    pre = {**pre, "video": read_json(video_path) if video_path.exists() else {}}
+    try:
+        return SPEC_READERS[model_type](config, pre)
+    except KeyError as err:
+        raise CheckpointConfigError(f"{config_path} lacks the key {err.args[0]!r} that a {model_type} "
+                                    f"config needs; {_FIX}") from None
+    except (TypeError, AttributeError, ValueError) as err:  # a section or value of the wrong type
+        raise CheckpointConfigError(f"{config_path} or {pre_path.name} has a malformed {model_type} "
+                                    f"entry ({err}); {_FIX}") from None
+
+
+def video_pixels(video: dict, key: str, size_key: str, default: int) -> int:
+    """A per-frame pixel limit of the video processor: `key` overrides `size[size_key]`.
+
+    Frames of a video are sized by the video processor, never by the image processor
+    (whose max_pixels, 12,845,056 in Qwen2.5-VL-7B, is meant for one still image).
+    """
+    value = video.get(key) or (video.get("size") or {}).get(size_key)
+    return int(value) if value else default
 
 
 def qwen2_5_vl_spec(config: dict, pre: dict) -> ModelSpec:
@@ -109,8 +159,8 @@ def qwen2_5_vl_spec(config: dict, pre: dict) -> ModelSpec:
         max_positions=text.get("max_position_embeddings"),
         image_mean=tuple(pre.get("image_mean", (0.48145466, 0.4578275, 0.40821073))),
         image_std=tuple(pre.get("image_std", (0.26862954, 0.26130258, 0.27577711))),
-        min_pixels=int(pre.get("min_pixels", 56 * 56)),
-        max_pixels=int(pre.get("max_pixels", 28 * 28 * 1280)),
+        min_pixels=video_pixels(pre.get("video") or {}, "min_pixels", "shortest_edge", QWEN_VIDEO_MIN_PIXELS),
+        max_pixels=video_pixels(pre.get("video") or {}, "max_pixels", "longest_edge", QWEN_VIDEO_MAX_PIXELS),
         default_policy="absolute",
     )
 

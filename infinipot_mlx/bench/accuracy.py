@@ -17,12 +17,14 @@ independent); differences against infinipot_v are paired by video.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .common import environment, write_json
+from ..errors import UserError
+from .common import environment, parse_list, require_positive, write_json
 
 METHODS = {  # name -> (method, config overrides)
     "full": ("full", {}),
@@ -42,6 +44,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
     p.add_argument("--splits", default="test", help="test and/or stress splits: pan,texture,flicker,repeat")
     p.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
+
+
+def selection(args) -> tuple[list[float], list[str], list[str]]:
+    """(budgets, methods, splits) from the flags; UserError for any that is not usable."""
+    from ..organism import SPLITS
+
+    require_positive(args, "n")
+    require_positive(args, "seed_offset", strict=False)
+    if args.seed_offset + args.n > 10**6:
+        raise UserError(f"--seed-offset + --n must be at most 1000000 (videos per split), "
+                        f"got {args.seed_offset + args.n}")
+    budgets = parse_list(args.budgets, "budgets", kind=float)
+    if not all(math.isfinite(b) and 0 < b <= 1 for b in budgets):
+        raise UserError(f"--budgets must be shares in (0, 1], got {args.budgets!r}")
+    methods = list(dict.fromkeys(parse_list(args.methods, "methods", choices=METHODS)))
+    splits = list(dict.fromkeys(parse_list(args.splits, "splits", choices=SPLITS)))
+    return budgets, methods, splits
 
 
 def run_one(model_bundle, frames: np.ndarray, qa, method: str, budget: float) -> dict:
@@ -153,12 +172,7 @@ def run(args) -> int:
 
     from ..organism import make_episode
 
-    budgets = [float(b) for b in args.budgets.split(",")]
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
-    splits = [s for s in args.splits.split(",") if s]
+    budgets, methods, splits = selection(args)  # bad flags fail before the model loads
     bundle = load_bundle()
     env = environment()
     start, records = time.perf_counter(), []

@@ -18,8 +18,44 @@ import numpy as np
 
 from .. import _blas
 from .._blas import blas_description
+from ..errors import UserError
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of an argparse destination: answer_tokens -> --answer-tokens."""
+    return "--" + name.replace("_", "-")
+
+
+def require_positive(args, *names: str, minimum: float = 0, strict: bool = True) -> None:
+    """UserError naming the first flag whose value (None: unset, skipped) is not above minimum
+    (strict) or at least minimum; values may be numbers or lists of numbers (nargs)."""
+    for name in names:
+        value = getattr(args, name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in values if v is not None and not (v > minimum if strict else v >= minimum)]
+        if bad:
+            rule = {(True, 0): "positive", (False, 0): "zero or more"}.get(
+                (strict, minimum), f"{'above' if strict else 'at least'} {minimum:g}")
+            raise UserError(f"{flag(name)} must be {rule}, got {bad[0]:g}")
+
+
+def parse_list(text: str, name: str, choices=None, kind=str) -> list:
+    """A comma-separated flag value as a list of `kind`; UserError for an empty list, a value
+    `kind` cannot read, or one not among `choices`."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise UserError(f"{flag(name)} is empty; give a comma-separated list")
+    try:
+        values = [kind(item) for item in items]
+    except ValueError:
+        raise UserError(f"{flag(name)} {text!r} is not a comma-separated list of numbers") from None
+    unknown = [v for v in values if choices is not None and v not in choices]
+    if unknown:
+        raise UserError(f"{flag(name)}: unknown {', '.join(map(str, unknown))}; "
+                        f"choose from {', '.join(choices)}")
+    return values
 
 
 def openblas_threads() -> int | None:

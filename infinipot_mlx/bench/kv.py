@@ -33,7 +33,8 @@ from .. import plan
 from ..cache import StreamCache
 from ..config import InfiniPotConfig
 from ..select import select_tokens
-from .common import environment, load_average, print_environment, write_json
+from ..errors import UserError
+from .common import environment, load_average, print_environment, require_positive, write_json
 from .plots import Line, Panel, line_panels
 
 GB = 1e9
@@ -189,15 +190,30 @@ def _summary(args, total: int, points: list[dict], times: list[float]) -> dict:
     )
 
 
+def checked_config(args, capacity: int) -> InfiniPotConfig:
+    """The compression config of the flags; UserError when its capacity cannot hold a block."""
+    try:
+        config = InfiniPotConfig(capacity=capacity, block_frames=args.block_frames,
+                                 reserve=args.reserve, method=args.method)
+        config.check_fits(args.tokens_per_frame, args.prompt_tokens)
+    except ValueError as err:
+        problem = str(err).split(";")[0]  # the advice after ";" names the chat's flags
+        raise UserError(f"{problem}; raise --capacity-frames, or lower --block-frames or --reserve") from None
+    return config
+
+
 def run(args: argparse.Namespace) -> dict:
     """Stream full KV (up to the limit) and the compressed cache; table, kv.json, PNGs."""
+    require_positive(args, "minutes", "frames", "fps", "layers", "kv_heads", "head_dim", "tokens_per_frame",
+                     "block_frames", "capacity_frames", "points", "bank_tokens")
+    require_positive(args, "prompt_tokens", "reserve", "full_limit_gb", strict=False)
     env, started = environment(), time.perf_counter()
     T = args.tokens_per_frame
     total = args.frames or round(args.minutes * 60 * args.fps)
+    if total < 1:
+        raise UserError(f"--minutes {args.minutes:g} at --fps {args.fps:g} is no frame; stream a longer video")
     capacity = args.prompt_tokens + args.reserve + args.capacity_frames * T
-    config = InfiniPotConfig(capacity=capacity, block_frames=args.block_frames,
-                             reserve=args.reserve, method=args.method)
-    config.check_fits(T, args.prompt_tokens)
+    config = checked_config(args, capacity)
     points = _points(total, args.capacity_frames, args.block_frames, args.points)
     print(f"kv bench: {total} frames x {T} tokens, {args.layers} layers x {args.kv_heads} heads x "
           f"{args.head_dim} dims {args.dtype}, capacity {capacity} tokens, {args.method}", flush=True)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import environment
+from ..errors import UserError
+from .common import environment, require_positive
 
 CONFIGS = {  # label -> select_tokens keyword arguments
     "infinipot_v": dict(method="infinipot_v"),
@@ -40,6 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="merged grid of a frame; tokens per frame = rows * cols")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="torch.set_num_threads before timing (default 0: torch's default)")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """UserError for a size that is not positive, or more frames kept than cached."""
+    require_positive(args, "repeats", "layers", "heads", "dim", "frames", "keep_frames", "grid")
+    require_positive(args, "torch_threads", strict=False)
+    if args.keep_frames > args.frames:
+        raise UserError(f"--keep-frames ({args.keep_frames}) must be at most --frames ({args.frames}): "
+                        "a compression keeps some of the cached frames")
 
 
 def _timings_ms(fn, repeats: int) -> dict:
@@ -88,6 +98,7 @@ def _time_torch(keys: np.ndarray, values: np.ndarray, kw: dict, layers: int, rep
 
 def run(args: argparse.Namespace) -> dict:
     """Time each config in both backends, print a table, write select.json; returns the record."""
+    check_args(args)
     tokens = args.grid[0] * args.grid[1]
     n_cand, keep = args.frames * tokens, args.keep_frames * tokens
     rng = np.random.default_rng(0)

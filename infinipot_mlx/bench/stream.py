@@ -35,7 +35,7 @@ from ..session import MLXBackend
 from ..specs import DEFAULT_SYSTEM
 from ..stream import StreamSessionBase
 from . import random_model, vlm_caches
-from .common import environment, load_average, print_environment, write_json
+from .common import environment, load_average, print_environment, require_positive, write_json
 from .stream_report import plot_stream, print_table, summarize
 
 OUR_METHODS = ("full", "infinipot_v", "uniform", "sliding_window")
@@ -182,6 +182,8 @@ METHOD_NOTES = {
 
 def run(args: argparse.Namespace) -> dict:
     """Run every method, print the table, write stream.json and the plots; returns the record."""
+    require_positive(args, "points", "fps")
+    require_positive(args, "answer_tokens", minimum=1, strict=False)
     env, started = environment(), time.perf_counter()
     size = random_model.SIZES[args.size]
     args.answer_tokens = args.answer_tokens or size.answer_tokens

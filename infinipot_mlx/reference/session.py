@@ -160,10 +160,19 @@ def load_model(path_or_repo: str, device: str = "auto", dtype: str | None = None
     """
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    path = resolve_model_path(path_or_repo)
-    spec = load_spec(path)
-    _check_not_mlx_quantized(path)
+    from ..errors import UserError
+    from ..model_path import require_weights
+
+    try:  # these checks raise ValueError for input the user can fix
+        torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+        path = resolve_model_path(path_or_repo)
+        spec = load_spec(path)
+        _check_not_mlx_quantized(path)
+        require_weights(path, ("*.safetensors", "pytorch_model*.bin"))
+    except UserError:
+        raise
+    except ValueError as err:  # resolve_device, resolve_dtype, _check_not_mlx_quantized
+        raise UserError(str(err)) from None
     # the model_type's *ForConditionalGeneration (Qwen2.5-VL, LLaVA-OneVision)
     model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch_dtype, attn_implementation=ATTENTION)
     model = model.to(torch_device).eval().requires_grad_(False)
