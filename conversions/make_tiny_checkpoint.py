@@ -26,8 +26,14 @@ from infinipot_mlx.checkpoints import (
 VOCAB_SIZE = 512
 DTYPES = ("float32", "bfloat16")
 # Tiny Qwen2.5-VL: frames of 56x56 px .. 224x224 px (4 .. 64 visual tokens per 2-frame patch).
-QWEN_PROCESSOR = {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 1280,
-                  "video_min_pixels": 56 * 56, "video_max_pixels": 224 * 224}
+# "published": the limits of Qwen/Qwen2.5-VL-7B-Instruct (image 3,136 .. 12,845,056 px) and
+# transformers' Qwen2-VL video defaults (128 .. 768 tokens per frame), as a real checkpoint.
+QWEN_PROCESSORS = {
+    "tiny": {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 1280,
+             "video_min_pixels": 56 * 56, "video_max_pixels": 224 * 224},
+    "published": {"min_pixels": 56 * 56, "max_pixels": 12_845_056,
+                  "video_min_pixels": 128 * 28 * 28, "video_max_pixels": 768 * 28 * 28},
+}
 
 
 def tiny_config(model_type: str, tokenizer, dtype: str) -> dict:
@@ -86,8 +92,10 @@ def _check_reload(model_type: str, out_dir: Path) -> None:
 
 
 def build_tiny_checkpoint(model_type: str, out_dir: str | Path, dtype: str = "float32",
-                          seed: int = 0) -> Path:
+                          seed: int = 0, processor: str = "tiny") -> Path:
     """Write a tiny random `model_type` checkpoint to out_dir (created; existing files replaced).
+
+    processor: "tiny" frames, or "published" (the pixel limits of the real Qwen2.5-VL-7B).
 
     Returns:
         out_dir as a Path.
@@ -105,7 +113,7 @@ def build_tiny_checkpoint(model_type: str, out_dir: str | Path, dtype: str = "fl
     tokenizer = build_tokenizer(VOCAB_SIZE, model_type)
     config = tiny_config(model_type, tokenizer, dtype)
     write_hub_files(out, model_type, tokenizer, config,
-                    **(QWEN_PROCESSOR if model_type == "qwen2_5_vl" else {}))
+                    **(QWEN_PROCESSORS[processor] if model_type == "qwen2_5_vl" else {}))
     hf_config = AutoConfig.from_pretrained(str(out))
     torch.manual_seed(seed)
     model = _model_class(model_type)._from_config(hf_config, dtype=torch.float32)
@@ -121,10 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="delete out_dir first if it exists")
+    parser.add_argument("--processor", choices=tuple(QWEN_PROCESSORS), default="tiny",
+                        help="Qwen2.5-VL pixel limits: tiny frames, or the published checkpoint's")
     args = parser.parse_args(argv)
     if args.force and args.out_dir.exists():
         shutil.rmtree(args.out_dir)
-    out = build_tiny_checkpoint(args.model_type, args.out_dir, args.dtype, args.seed)
+    out = build_tiny_checkpoint(args.model_type, args.out_dir, args.dtype, args.seed, args.processor)
     size = (out / "model.safetensors").stat().st_size / 1e6
     print(f"wrote {args.model_type} ({args.dtype}, seed {args.seed}) to {out}: {size:.1f} MB")
     return 0

@@ -28,7 +28,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_vlm.models.cache import _BaseCache, create_causal_mask
 
-from .slots import LayerStack, SlotLabels, kept_slots, visual_slots
+from .slots import LayerStack, SlotLabels, visual_slots
 
 
 class LayerKVCache(SlotLabels, _BaseCache):
@@ -124,13 +124,8 @@ class LayerKVCache(SlotLabels, _BaseCache):
         patches = np.take_along_axis(self.patch_ids, slots, axis=1)
         return slots, keys, values, frames, patches
 
-    def compress(self, kept) -> None:
-        """Keep the pinned slots and, per head, the visual candidates `kept`.
-
-        Args:
-            kept: (H, K) indices into visual() candidates (mx.array or numpy).
-        """
-        slots = kept_slots(self.frame_ids, np.asarray(kept))  # (H, n_new)
+    def _keep(self, slots: np.ndarray) -> None:
+        """Keep the stored slots (H, n_new) in that order: one row gather per buffer."""
         self._keys, self._values = _take_slots(self._keys, slots), _take_slots(self._values, slots)
         self._keep_labels(slots)
         self._n = slots.shape[1]

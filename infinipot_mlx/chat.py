@@ -1,9 +1,10 @@
 """python -m infinipot_mlx.chat VIDEO: stream a video under a KV cap, then ask questions.
 
 The CLI parses, prints and reports errors; the work is in session.py / stream.py.
-Bad input of any kind ends with one line on stderr and exit code 2, never a traceback.
-Ctrl-C while streaming stops the video there and keeps what was seen; Ctrl-C during an
-answer stops that answer; Ctrl-C at the prompt ends the session (exit code 2).
+Bad input of any kind (a errors.UserError) ends with one line on stderr and exit code 2;
+anything else is a bug and keeps its traceback. Bad flags are refused before mlx, mlx-vlm
+or torch is imported. Ctrl-C while streaming stops the video there and keeps what was
+seen; Ctrl-C during an answer stops that answer; Ctrl-C at the prompt exits with 130.
 """
 
 from __future__ import annotations
@@ -14,16 +15,14 @@ import sys
 
 from . import _blas  # noqa: F401  (optimized BLAS before mlx)
 from .config import METHODS
+from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, OneLineParser, UserError, report  # noqa: F401
 
-EXIT_BAD_INPUT = 2
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit code 2."""
+DEFAULT_CAPACITY = 6144
+MIN_PIXELS = 28 * 28  # one merged visual token of every supported model
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m infinipot_mlx.chat",
         description="Stream a video into a memory-capped KV cache (InfiniPot-V), then ask questions.",
     )
@@ -45,11 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="memory budget, e.g. 6GB or 60%% of unified memory; sets the capacity")
     p.add_argument("--reserve", type=int, default=512, metavar="TOKENS",
                    help="room kept free under the cap for a question and its answer")
-    p.add_argument("--block-frames", type=int, default=8, metavar="N",
-                   help="temporal slots per block (Qwen2.5-VL: 2 sampled frames each)")
+    p.add_argument("--block-frames", type=int, default=None, metavar="N",
+                   help="temporal slots per block (Qwen2.5-VL: 2 sampled frames each); default: the "
+                        "largest block, up to 8, that keeps at least as many frames as it brings")
     p.add_argument("--fps", type=float, default=2.0, help="sampling rate in frames per second")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many sampled frames")
-    p.add_argument("--max-pixels", type=int, default=None, help="pixel budget per frame (multiples of 28)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="pixel budget per frame (default 448x448 = 200704, shrunk to fit the cap)")
     p.add_argument("--method", choices=METHODS, default="infinipot_v", help="compression method")
     p.add_argument("--question", "-q", action="append", default=None,
                    help="ask this (repeatable); answers each in turn and exits")
@@ -71,6 +72,14 @@ def check_args(args) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.reserve < 0:
+        raise UserError(f"--reserve must be 0 or more tokens, got {args.reserve}")
+    if args.kv_budget is not None and args.method != "full" and args.kv_budget <= args.reserve:
+        raise UserError(f"--kv-budget {args.kv_budget} must be above the reserve (--reserve {args.reserve}, "
+                        "the room kept for a question and its answer); raise --kv-budget or lower --reserve")
+    if args.max_pixels is not None and args.max_pixels < MIN_PIXELS:
+        raise UserError(f"--max-pixels {args.max_pixels} is below one visual token ({MIN_PIXELS} pixels, "
+                        "28 x 28); use at least that")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
         raise UserError("--temperature must be >= 0 and --top-p in (0, 1]")
     for q in args.question or []:
@@ -84,12 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         check_args(args)
         return run(args)
     except KeyboardInterrupt:
-        print("\ninterrupted (Ctrl-C); the session ended", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (UserError, ValueError, OSError) as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-
+        print("\ninterrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UserError as err:
+        return report(err)
 
 
 # ----- running a session ---------------------------------------------------------------
@@ -97,7 +104,7 @@ def open_session(args, path: str, frame_hw: tuple[int, int] | None = None):
     """A StreamSession on the chosen backend, with the capacity from the flags (or --memory)."""
     from .config import InfiniPotConfig
 
-    capacity = None if args.method == "full" else (args.kv_budget or 6144)
+    capacity = None if args.method == "full" else (args.kv_budget or DEFAULT_CAPACITY)
     config = InfiniPotConfig(capacity=capacity, block_frames=args.block_frames, method=args.method,
                              reserve=args.reserve)
     if args.memory is not None:
@@ -119,6 +126,7 @@ def open_budgeted_session(args, path: str, config, frame_hw: tuple[int, int] | N
     from pathlib import Path
 
     from .budget import apply_memory_limits, memory_probe, parse_budget, plan_session
+    from .plan import DEFAULT_BLOCK_SLOTS
     from .session import StreamSession, load_model
 
     if args.backend != "mlx" or not config.bounded or frame_hw is None:
@@ -129,7 +137,8 @@ def open_budgeted_session(args, path: str, config, frame_hw: tuple[int, int] | N
     make = partial(StreamSession, model, tokenizer, spec, fps=args.fps)  # make(InfiniPotConfig)
     plan = plan_session(args.memory, model, tokenizer, spec,
                         json.loads((Path(model_dir) / "config.json").read_text()), frame_hw=frame_hw,
-                        block_frames=config.block_frames, reserve=config.reserve, make_session=make)
+                        block_frames=config.block_frames or DEFAULT_BLOCK_SLOTS, reserve=config.reserve,
+                        make_session=make)
     apply_memory_limits(plan)
     print(plan.line())
     args.memory_plan = plan
@@ -162,37 +171,43 @@ def seed(args) -> None:
 
 
 def open_video(args, spec):
+    """The video source within the model's limits; fit_video sizes it for the session's cap."""
     from .video import VideoSource
 
-    return VideoSource(
-        args.video, fps=args.fps, max_frames=args.max_frames,
-        min_pixels=spec.min_pixels, max_pixels=args.max_pixels or spec.max_pixels,
-        factor=spec.pixels_per_token, size=spec.frame_size,  # LLaVA-OV: the vision image size
-    )
+    return VideoSource.for_model(args.video, spec, fps=args.fps, max_frames=args.max_frames)
+
+
+def fit_video(session, source, max_pixels: int | None) -> None:
+    """Size the frames and the block for the cap (StreamSessionBase.fit_frame_size)."""
+    source.frame_size = session.fit_frame_size(source.source_size, max_pixels)
 
 
 def stream_video(session, source) -> None:
-    """Feed every sampled frame of a VideoSource to the session (see stream_frames)."""
-    block = session.config.block_frames * session.spec.frames_per_slot
-    stream_frames(session, (chunk.frames for chunk in source.blocks(block)), _expected_frames(source))
+    """Feed every sampled frame of a VideoSource, with its timestamp, to the session."""
+    chunks = ((block.frames, block.timestamps) for block in source.blocks(session.frames_per_block))
+    stream_frames(session, chunks, _expected_frames(source))
 
 
 def stream_frames(session, chunks, total: int | None) -> None:
-    """Feed chunks of frames (n, H, W, 3) with a progress bar; Ctrl-C stops early, keeping what was seen."""
+    """Feed (frames (n, H, W, 3), timestamps (n,) or None) chunks with a progress bar.
+
+    Ctrl-C stops early: what was streamed stays, and an unfinished block stays queued.
+    """
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit="frame", desc="streaming", dynamic_ncols=True)
     try:
-        for frames in chunks:
-            session.add_frames(frames)
+        for frames, timestamps in chunks:
+            session.add_frames(frames, timestamps)
             bar.update(len(frames))
             bar.set_postfix_str(_progress_text(session), refresh=False)
         session.flush()
     except KeyboardInterrupt:
         bar.close()
-        print(f"stopped at frame {session.counters.frames_seen} (Ctrl-C); "
+        print(f"stopped at frame {session.counters.frames_seen + len(session.pending)} (Ctrl-C); "
               "questions will be about what was streamed", file=sys.stderr)
         return
+    bar.total = bar.n  # the container's frame count is an estimate: end at 100%
     bar.set_postfix_str(_progress_text(session))
     bar.close()
 
@@ -210,20 +225,27 @@ def _expected_frames(source) -> int | None:
 def _progress_text(session) -> str:
     st = session.stats()
     cap = st["capacity"] or "inf"
-    return f"cached {st['tokens_cached']}/{cap} tok | mem {st['active_memory_bytes'] / 2**20:.0f} MB"
+    return (f"cached {st['tokens_cached']}/{cap} tok (peak {st['peak_cached']}) | "
+            f"mem {st['active_memory_bytes'] / 2**20:.0f} MB")
 
 
 def answer(session, question: str, args) -> str:
-    """Print the answer as it streams; Ctrl-C stops this answer only."""
+    """Print the answer as it streams; Ctrl-C stops this answer only. A note says why an
+    answer stopped early (the memory cap, the position range)."""
+    from .answer import STOP_NOTES
+
     pieces = []
+    reply = session.ask(question, max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p)
     try:
-        for piece in session.ask(question, max_tokens=args.max_tokens,
-                                 temperature=args.temperature, top_p=args.top_p):
+        for piece in reply:
             pieces.append(piece)
             print(piece, end="", flush=True)
     except KeyboardInterrupt:
         print(" [answer stopped]", end="")
-    print()
+    finally:
+        reply.close()  # pins the answer's end, even when interrupted
+    note = STOP_NOTES.get(session.stop_reason)
+    print(f" {note}" if note else "")
     return "".join(pieces)
 
 
@@ -233,7 +255,8 @@ def format_stats(session, plan=None) -> str:
     return (
         f"frames {st['frames_seen']} | cached {st['tokens_cached']} tok "
         f"({st['tokens_pinned']} pinned, {st['tokens_visual']} visual) / capacity {st['capacity']} | "
-        f"compressions {st['compressions']} | KV {st['kv_bytes'] / 2**20:.1f} MB | "
+        f"peak {st['peak_cached']} | compressions {st['compressions']} | turns dropped {st['turns_evicted']} | "
+        f"KV {st['kv_bytes'] / 2**20:.1f} MB | "
         f"active {st['active_memory_bytes'] / 2**20:.0f} MB, peak {st['peak_memory_bytes'] / 2**20:.0f} MB | "
         f"vision {sec['vision']:.1f}s prefill {sec['prefill']:.1f}s compress {sec['compress']:.2f}s "
         f"decode {sec['decode']:.1f}s" + (_plan_text(st, plan) if plan is not None else "")
@@ -250,7 +273,7 @@ def _plan_text(st: dict, plan) -> str:
 
 
 def interactive(session, args) -> None:
-    """Multi-turn prompt with /stats, /reset and /quit."""
+    """Multi-turn prompt with /stats, /reset and /quit. Ctrl-C at the prompt exits (130)."""
     print("Ask about the video. Commands: /stats, /reset (forget the video), /quit.")
     while True:
         try:
@@ -267,12 +290,16 @@ def interactive(session, args) -> None:
         elif not line:
             print("(empty question: type a question, or /quit)")
         else:
-            answer(session, line, args)
+            try:
+                answer(session, line, args)
+            except UserError as err:  # e.g. a question longer than the cap allows: ask another
+                report(err)
 
 
 def run(args) -> int:
     from .specs import load_spec
 
+    _blas.check_blas()
     seed(args)
     if args.demo:
         from .demo import run_demo
@@ -281,6 +308,9 @@ def run(args) -> int:
     path = model_path(args)
     source = open_video(args, load_spec(path))  # bad videos fail before the model loads
     session = open_session(args, path, source.frame_size)
+    fit_video(session, source, args.max_pixels)
+    for q in args.question or []:
+        session.check_question(q)  # a question that can never fit fails before streaming
     stream_video(session, source)
     if args.question:
         for q in args.question:
@@ -290,11 +320,6 @@ def run(args) -> int:
     else:
         interactive(session, args)
     return 0
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return " ".join(text.split())
 
 
 if __name__ == "__main__":

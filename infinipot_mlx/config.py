@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .plan import check_keep, keep_target, block_tokens
+from .errors import UserError
+from .plan import DEFAULT_BLOCK_SLOTS, check_keep, keep_target, block_tokens
 
 METHODS = ("infinipot_v", "uniform", "sliding_window", "full")
 POSITION_POLICIES = ("absolute", "compact", "auto")
@@ -17,7 +18,9 @@ class InfiniPotConfig:
     Args:
         capacity: hard cap on cached tokens per layer (pinned + visual); None only for
             method "full" (no cap).
-        block_frames: frames (temporal slots) prefilled per block.
+        block_frames: frames (temporal slots) prefilled per block; None (the default)
+            chooses the largest block that keeps at least as many frames as it brings,
+            up to 8 (plan.auto_block_slots), once the frame size is known.
         reserve: tokens kept free for a question and its answer.
         method: one of METHODS.
         tar_ratio: share of K chosen by TaR (1 = TaR only, 0 = VaN only).
@@ -27,7 +30,7 @@ class InfiniPotConfig:
     """
 
     capacity: int | None = 6144
-    block_frames: int = 8
+    block_frames: int | None = None
     reserve: int = 512
     method: str = "infinipot_v"
     tar_ratio: float = 0.5
@@ -37,13 +40,13 @@ class InfiniPotConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+            raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.position_policy not in POSITION_POLICIES:
-            raise ValueError(
+            raise UserError(
                 f"unknown position policy {self.position_policy!r}; "
                 f"choose one of {', '.join(POSITION_POLICIES)}"
             )
-        _require(isinstance(self.block_frames, int) and self.block_frames >= 1,
+        _require(self.block_frames is None or (isinstance(self.block_frames, int) and self.block_frames >= 1),
                  f"block_frames must be a positive integer, got {self.block_frames!r}")
         _require(isinstance(self.reserve, int) and self.reserve >= 0,
                  f"reserve must be a non-negative integer, got {self.reserve!r}")
@@ -67,10 +70,10 @@ class InfiniPotConfig:
         """Raise ValueError if the capacity cannot hold one block and one kept frame."""
         if not self.bounded:
             return
-        incoming = block_tokens(self.block_frames, tokens_per_frame)
+        incoming = block_tokens(self.block_frames or DEFAULT_BLOCK_SLOTS, tokens_per_frame)
         check_keep(keep_target(self.capacity, self.reserve, n_pinned, incoming), tokens_per_frame)
 
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise UserError(message)

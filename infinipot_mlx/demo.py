@@ -70,7 +70,7 @@ def run_demo(args) -> int:
           f"{session.config.method} with a cap of {session.config.capacity or 'no'} tokens "
           "(the bundled organism, a ~1M-parameter Qwen2.5-VL trained on synthetic video)")
     block = 2 * DEMO_BLOCK_SLOTS
-    stream_frames(session, (frames[i:i + block] for i in range(0, len(frames), block)), len(frames))
+    stream_frames(session, ((frames[i:i + block], None) for i in range(0, len(frames), block)), len(frames))
     right = 0
     for question, truth, _qtype in qa:
         print(f"Q: {question}\nA: ", end="")

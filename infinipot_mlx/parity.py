@@ -223,13 +223,19 @@ def _cast_mlx_model(model, dtype: str) -> None:
     model.set_dtype(getattr(mx, dtype))
 
 
-def read_frames(args, spec) -> np.ndarray:
-    """Every sampled frame of the video, read and resized once: (n, H, W, 3) uint8 RGB."""
+def open_video(args, spec):
+    """The video source (a bad video fails here, before the models load); not yet read."""
     from .video import VideoSource
 
-    source = VideoSource(args.video, fps=args.fps, max_frames=args.max_frames,
-                         min_pixels=spec.min_pixels, max_pixels=args.max_pixels or spec.max_pixels,
-                         factor=spec.pixels_per_token, size=spec.frame_size)
+    return VideoSource.for_model(args.video, spec, fps=args.fps, max_frames=args.max_frames)
+
+
+def read_frames(source, sessions, max_pixels: int | None) -> np.ndarray:
+    """Every sampled frame, sized for the cap as chat sizes it (fit_frame_size, the same in
+    both sessions), read and resized once: (n, H, W, 3) uint8 RGB."""
+    sizes = {session.fit_frame_size(source.source_size, max_pixels) for session in sessions}
+    assert len(sizes) == 1, f"the backends fit different frame sizes: {sizes}"
+    source.frame_size = sizes.pop()
     frames, _ = source.read()
     return frames
 
@@ -268,9 +274,10 @@ def run(args) -> int:
 
     config = make_config(args)
     spec = load_spec(resolve_model_path(args.model))
-    frames = read_frames(args, spec)  # a bad video fails before the models load
+    source = open_video(args, spec)  # a bad video fails before the models load
     mlx_session, ref_session = open_sessions(args, config)
-    block = config.block_frames * spec.frames_per_slot
+    frames = read_frames(source, (mlx_session, ref_session), args.max_pixels)
+    block = mlx_session.frames_per_block
     chunks = split_frames(frames, len(args.questions), block)
     print(f"{len(frames)} frames of {frames.shape[1]}x{frames.shape[2]}, {len(chunks)} turns, "
           f"capacity {config.capacity}, method {config.method}", flush=True)

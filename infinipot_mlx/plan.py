@@ -11,6 +11,8 @@ Terms (per layer; every layer holds the same number of tokens):
 
 from __future__ import annotations
 
+from .errors import UserError
+
 
 def block_tokens(block_frames: int, tokens_per_frame: int) -> int:
     """Tokens one block of frames adds to the cache."""
@@ -27,14 +29,57 @@ def keep_target(capacity: int, reserve: int, n_pinned: int, incoming: int) -> in
     return capacity - reserve - n_pinned - incoming
 
 
+DEFAULT_BLOCK_SLOTS = 8  # the paper's block of 8 frames; the automatic block never exceeds it
+
+
+class CapacityError(UserError):
+    """A cap that cannot hold what was asked of it; the message gives the numbers and the fixes."""
+
+
 def check_keep(keep: int, tokens_per_frame: int) -> None:
     """Reject a K that cannot hold even one frame of visual tokens (section 3)."""
     if keep < tokens_per_frame:
-        raise ValueError(
+        raise CapacityError(
             f"the KV budget leaves room for {max(keep, 0)} visual tokens after the prompt, "
             f"the reserve and the incoming block, less than one frame ({tokens_per_frame} "
             "tokens); raise the capacity (--kv-budget/--memory) or lower --block-frames"
         )
+
+
+def auto_block_slots(room: int, tokens_per_frame: int) -> int:
+    """The automatic block: the largest that keeps at least as many frames as it brings.
+
+    room = capacity - reserve - pinned, the visual tokens the cap leaves. Returns
+    min(DEFAULT_BLOCK_SLOTS, room // 2T), so a compression always keeps at least a block's
+    worth of frames; 0 when not even one frame and one kept frame fit.
+    """
+    return min(DEFAULT_BLOCK_SLOTS, room // (2 * tokens_per_frame))
+
+
+def visual_floor(capacity: int, reserve: int, n_system: int, incoming: int, tokens_per_frame: int) -> int:
+    """The least visual memory questions and answers may squeeze the video to.
+
+    Half of what the cap leaves for kept frames beside the system prompt, the reserve and
+    one block, and never less than one frame. Below it, the oldest conversation turns leave
+    the cache instead.
+    """
+    return max(tokens_per_frame, (capacity - reserve - n_system - incoming) // 2)
+
+
+def does_not_fit(capacity: int, reserve: int, n_pinned: int, block_slots: int, tokens_per_frame: int,
+                 fixed_frame_size: bool = False) -> CapacityError:
+    """The error for a cap that cannot hold one block and one kept frame, with the numbers."""
+    block = block_tokens(block_slots, tokens_per_frame)
+    needed = n_pinned + reserve + block + tokens_per_frame
+    lower = ([] if fixed_frame_size else ["--max-pixels"]) + (["--block-frames"] if block_slots > 1 else []) \
+        + (["--reserve"] if reserve else [])
+    fix = "raise --kv-budget (or --memory)"
+    if lower:
+        fix += ", or lower " + (", ".join(lower[:-1]) + " or " if len(lower) > 1 else "") + lower[-1]
+    return CapacityError(
+        f"a KV cap of {capacity} tokens cannot hold the prompt ({n_pinned}), the reserve ({reserve}), "
+        f"a block of {block_slots} frame{'s' * (block_slots > 1)} x {tokens_per_frame} tokens ({block}) "
+        f"and one kept frame ({tokens_per_frame}): {needed} tokens needed; {fix}")
 
 
 def min_capacity(tokens_per_frame: int, block_frames: int, reserve: int, n_pinned: int = 0) -> int:

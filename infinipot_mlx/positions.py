@@ -27,6 +27,39 @@ def text_positions(next_position: int, n: int, axes: int = 3) -> np.ndarray:
     return pos if axes == 1 else np.broadcast_to(pos, (axes, n)).copy()
 
 
+def slot_times(first_slot: int, n_slots: int, second_per_grid: float) -> np.ndarray:
+    """(S,) seconds of uniformly sampled slots from the segment start: slot * second_per_grid."""
+    return np.arange(first_slot, first_slot + n_slots, dtype=np.float64) * second_per_grid
+
+
+def mrope_positions_at(video_start: int, times: np.ndarray, grid_hw: tuple[int, int],
+                       tokens_per_second: float) -> np.ndarray:
+    """M-RoPE positions of S temporal slots shown at `times` seconds from the segment start.
+
+    t = video_start + floor(time * tokens_per_second) (Qwen2.5-VL's absolute time, the
+    product in floating point before the floor), h = video_start + row,
+    w = video_start + col. With uniform sampling, time = slot * second_per_grid and this is
+    Qwen2.5-VL's original rule; with real timestamps (variable frame rate, a slow camera,
+    dropped frames) each slot gets the time its first frame was shown.
+
+    Args:
+        video_start: position the first video token's axes are offset by (the
+            next_position when the video segment opened).
+        times: (S,) float seconds of each slot's first frame from the segment's start.
+        grid_hw: (R, C) merged grid of one slot.
+        tokens_per_second: the vision config's tokens_per_second.
+    Returns:
+        (3, S * R * C) int64, slot-major then row-major (the vision tower's order).
+    """
+    rows, cols = grid_hw
+    n_slots = len(times)
+    t = np.floor(np.asarray(times, np.float64) * tokens_per_second).astype(np.int64)  # (S,)
+    t = np.repeat(t, rows * cols)  # (S*R*C,)
+    h = np.tile(np.repeat(np.arange(rows, dtype=np.int64), cols), n_slots)
+    w = np.tile(np.arange(cols, dtype=np.int64), rows * n_slots)
+    return np.stack([t, h, w]) + video_start  # (3, S*R*C)
+
+
 def mrope_video_positions(
     video_start: int,
     first_slot: int,
@@ -35,30 +68,20 @@ def mrope_video_positions(
     second_per_grid: float,
     tokens_per_second: float,
 ) -> np.ndarray:
-    """M-RoPE positions of S temporal slots of a video, as Qwen2.5-VL's original code.
+    """M-RoPE positions of S uniformly sampled slots, as Qwen2.5-VL's original code.
 
-    t = video_start + floor(slot * second_per_grid * tokens_per_second) (absolute time,
-    product in floating point before the floor), h = video_start + row,
-    w = video_start + col; slot counts from the start of the video segment.
+    t = video_start + floor(slot * second_per_grid * tokens_per_second), slot counting from
+    the start of the video segment (see mrope_positions_at).
 
     Args:
-        video_start: position the first video token's axes are offset by (the
-            next_position when the video segment opened).
         first_slot: index of this block's first slot within the video segment.
         n_slots: S, slots in this block.
-        grid_hw: (R, C) merged grid of one slot.
         second_per_grid: temporal_patch_size / sampling fps.
-        tokens_per_second: the vision config's tokens_per_second.
     Returns:
-        (3, S * R * C) int64, slot-major then row-major (the vision tower's order).
+        (3, S * R * C) int64.
     """
-    rows, cols = grid_hw
-    slots = np.arange(first_slot, first_slot + n_slots, dtype=np.float64)
-    t = np.floor(slots * second_per_grid * tokens_per_second).astype(np.int64)  # (S,)
-    t = np.repeat(t, rows * cols)  # (S*R*C,)
-    h = np.tile(np.repeat(np.arange(rows, dtype=np.int64), cols), n_slots)
-    w = np.tile(np.arange(cols, dtype=np.int64), rows * n_slots)
-    return np.stack([t, h, w]) + video_start  # (3, S*R*C)
+    times = slot_times(first_slot, n_slots, second_per_grid)
+    return mrope_positions_at(video_start, times, grid_hw, tokens_per_second)
 
 
 def mrope_stock_mlx_vlm(video_start: int, n_slots: int, grid_hw: tuple[int, int]) -> np.ndarray:

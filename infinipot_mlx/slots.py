@@ -67,6 +67,23 @@ def kept_slots(frame_ids: np.ndarray, kept) -> np.ndarray:
     return np.nonzero(keep)[1].reshape(n_heads, -1)  # row-major, so ascending per head
 
 
+def slots_without_pinned(frame_ids: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Slots that survive dropping the pinned slots of rank [start, stop) (arrival order).
+
+    Every head holds the same pinned tokens in the same order, so the k-th pinned slot of
+    each head is the same text token.
+
+    Args:
+        frame_ids: (H, n) int, -1 marks pinned slots.
+    Returns:
+        (H, n - (stop - start)) int64 slot indices, ascending per head.
+    """
+    pinned = frame_ids < 0  # (H, n)
+    rank = np.cumsum(pinned, axis=1) - 1  # (H, n) rank of each pinned slot among the pinned
+    keep = ~(pinned & (rank >= start) & (rank < stop))
+    return np.nonzero(keep)[1].reshape(frame_ids.shape[0], -1)
+
+
 class LayerStack:
     """What a stack of per-layer caches answers as a whole, for either backend.
 
@@ -119,6 +136,25 @@ class LayerStack:
         """Move every layer's slots to new positions (see LayerKVCache.rerotate)."""
         for layer in self.layers:
             layer.rerotate(new_positions, rope)
+
+    def drop_pinned(self, start: int, stop: int) -> None:
+        """Remove the pinned (text) tokens of rank [start, stop) from every layer."""
+        for layer in self.layers:
+            layer.drop_pinned(start, stop)
+
+    def snapshot(self) -> tuple:
+        """What restore() needs to undo every later append, compression, drop or rotation.
+
+        Cheap: references to each layer's arrays and counts, no copies. It stays valid
+        because the caches never write below their live length in place: appends write
+        past it, and compress, drop_pinned and rerotate make new arrays.
+        """
+        return self.next_position, [layer.state_refs() for layer in self.layers]
+
+    def restore(self, snapshot: tuple) -> None:
+        self.next_position, states = snapshot
+        for layer, state in zip(self.layers, states):
+            layer.set_state_refs(state)
 
 
 class SlotLabels:
@@ -191,6 +227,30 @@ class SlotLabels:
         self._patch[:, self._n : self._n + len(patch)] = patch
         self._pos[:, self._n : self._n + len(frame)] = PINNED if pos is None else pos
 
+    def state_refs(self) -> tuple:
+        """(keys, values, n, frame, patch, pos) references (see LayerStack.snapshot)."""
+        return self._keys, self._values, self._n, self._frame, self._patch, self._pos
+
+    def set_state_refs(self, state: tuple) -> None:
+        self._keys, self._values, self._n, self._frame, self._patch, self._pos = state
+        self._pending = self._pending_pos = None
+
+    def compress(self, kept) -> None:
+        """Keep the pinned slots and, per head, the visual candidates `kept`.
+
+        Args:
+            kept: (H, K) indices into visual() candidates (a backend array or numpy).
+        """
+        self._keep(kept_slots(self.frame_ids, self._to_host(kept)))
+
+    def drop_pinned(self, start: int, stop: int) -> None:
+        """Remove the pinned tokens of rank [start, stop) (an old conversation turn)."""
+        self._keep(slots_without_pinned(self.frame_ids, start, stop))
+
+    def _keep(self, slots: np.ndarray) -> None:
+        """Keep the stored slots (H, n_new), in that order (the backend's gather)."""
+        raise NotImplementedError
+
     def _keep_labels(self, slots: np.ndarray) -> None:
         """Keep the labels of `slots` (H, n_new), in that order."""
         self._frame = np.take_along_axis(self.frame_ids, slots, axis=1)
@@ -212,4 +272,6 @@ class SlotLabels:
         delta = new - self.positions  # (H, n)
         if delta.any():
             self._keys = rope(self.keys, delta)  # the backend's rotation of its own buffer
-        self._pos[:, : self._n] = new
+        pos = self._pos.copy()  # a new array: a snapshot's labels stay as they were
+        pos[:, : self._n] = new
+        self._pos = pos

@@ -8,6 +8,15 @@ Units: a "frame" in the algorithm's sense is one temporal slot of the vision gri
 (Qwen2.5-VL merges frames_per_slot = 2 sampled frames into one). `block_frames` counts
 slots; add_frames takes sampled frames. T = visual tokens per slot, S = slots in a block.
 
+Memory (ALGORITHM.md section 3): every token that enters the cache is counted, and the
+cap holds after every forward (`check_cap=True`, or INFINIPOT_CHECK_CAP=1, asserts it).
+What gives way when room runs out (the video down to its floor, then old turns) is
+room.py's; the answer loop is answer.py's.
+
+Interrupts: each block, text piece, question and answer token is a transaction. An
+exception inside one (KeyboardInterrupt included) restores the cache and the session's
+counters as they were before it, and the frames of an unfinished block stay queued.
+
 Position policies (ALGORITHM.md section 6): `absolute` keeps every token at the position
 the uncompressed sequence gives it; `compact` (1-D RoPE models only) renumbers the kept
 tokens 0..n-1 in arrival order after every compression, re-rotating their stored keys with
@@ -17,21 +26,29 @@ about to pass the model's max_positions stops with PositionLimitError.
 
 from __future__ import annotations
 
+import copy
+import os
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import plan
+from .answer import AnswerLoop
 from .config import InfiniPotConfig
-from .positions import next_after, text_positions
+from .errors import UserError
+from .positions import next_after, slot_times, text_positions
+from .room import RoomKeeper, Turn
 from .specs import DEFAULT_SYSTEM
 
 
-class PositionLimitError(ValueError):
+class PositionLimitError(UserError):
     """A stream under `absolute` positions would pass the model's trained range."""
+
+
+class CapBrokenError(AssertionError):
+    """The cache held more tokens than the capacity after a forward: a bug, never bad input."""
 
 
 @dataclass
@@ -42,31 +59,41 @@ class StreamStats:
     slots_seen: int = 0  # temporal slots ("frames" of the algorithm)
     compressions: int = 0
     tokens_decoded: int = 0
+    turns_evicted: int = 0  # old conversation turns dropped to keep the video above its floor
+    peak_cached: int = 0  # the most tokens the cache held after any forward
     seconds: dict = field(default_factory=lambda: dict(vision=0.0, prefill=0.0, compress=0.0, decode=0.0))
 
 
-class StreamSessionBase:
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "off", "no")
+
+
+class StreamSessionBase(RoomKeeper, AnswerLoop):
     """Stream frames into a capped KV cache and answer questions, many turns.
 
     Args:
         adapter: the model adapter (adapters/ or reference/adapters/).
         backend: array-library hooks (see session.MLXBackend).
         config: InfiniPotConfig.
-        fps: sampling rate of the frames given to add_frames (positions use absolute time).
+        fps: sampling rate of frames given to add_frames without timestamps.
         system_prompt: the system message (pinned).
         record_kept: keep the (frame, patch) sets of every compression, for parity checks.
+        check_cap: assert n_cached <= capacity after every forward (default: the
+            INFINIPOT_CHECK_CAP environment variable; the tests set it).
     """
 
     def __init__(self, adapter, backend, config: InfiniPotConfig, fps: float = 2.0,
-                 system_prompt: str = DEFAULT_SYSTEM, record_kept: bool = False):
+                 system_prompt: str = DEFAULT_SYSTEM, record_kept: bool = False,
+                 check_cap: bool | None = None):
         self.adapter, self.backend, self.config = adapter, backend, config
         self.spec = adapter.spec
         self.fps = float(fps)
         self.system_prompt = system_prompt
         self.record_kept = record_kept
+        self.check_cap = _env_flag("INFINIPOT_CHECK_CAP") if check_cap is None else check_cap
         if self.policy == "compact" and self.spec.position_axes != 1:
-            raise ValueError(f"the compact position policy needs a 1-D RoPE model (LLaVA-OneVision); "
-                             f"{self.spec.model_type} uses M-RoPE, so use position_policy='absolute'")
+            raise UserError(f"the compact position policy needs a 1-D RoPE model (LLaVA-OneVision); "
+                            f"{self.spec.model_type} uses M-RoPE, so use position_policy='absolute'")
         self.reset()
 
     # ----- conversation state ------------------------------------------------------
@@ -76,25 +103,71 @@ class StreamSessionBase:
         self.counters = StreamStats()
         self.kept_log: list[list[np.ndarray]] = []  # per compression, per layer (H, K, 2)
         self.transcript: list[str] = []  # every pinned text piece and video placeholder
-        self.pending: list[np.ndarray] = []  # sampled frames waiting for a full block
+        self.turns = [Turn(0, 0)]  # turn 0 is the system prompt and is never dropped
+        self.pending: list[tuple[np.ndarray, float | None]] = []  # (frame, timestamp) queued
         self.frame_hw: tuple[int, int] | None = None
+        self.block_slots: int | None = self.config.block_frames  # None: chosen at the first frame
         self.user_turn_open = False
         self.video_start: int | None = None  # position offset of the open video segment
         self.segment_slots = 0  # slots streamed in the open video segment
+        self.segment_t0: float | None = None  # timestamp of the open segment's first frame
+        self.open_answer: list[int] | None = None  # tokens of an answer not yet closed
+        self.unfed: int | None = None  # its last token, when it was never fed to the model
+        self.stop_reason: str | None = None
         self.backend.reset_peak_memory()
         self.add_text(self.spec.pieces.system.format(system=self.system_prompt))
+        self.n_system = self.cache.n_pinned
 
     @property
     def policy(self) -> str:
         policy = self.config.position_policy
         return self.spec.default_policy if policy == "auto" else policy
 
+    @property
+    def frames_per_block(self) -> int | None:
+        """Sampled frames per block (None until the frame size is known, when automatic)."""
+        return None if self.block_slots is None else self.block_slots * self.spec.frames_per_slot
+
+    # ----- transactions --------------------------------------------------------------
+    _STATE = ("transcript", "turns", "pending", "frame_hw", "block_slots", "user_turn_open",
+              "video_start", "segment_slots", "segment_t0", "open_answer", "unfed", "counters")
+
+    @contextmanager
+    def _atomic(self):
+        """All or nothing: an exception inside (Ctrl-C included) restores the state before it."""
+        saved = (self.cache.snapshot(), len(self.kept_log),
+                 {name: copy.copy(getattr(self, name)) for name in self._STATE})
+        saved[2]["counters"].seconds = dict(self.counters.seconds)
+        try:
+            yield
+        except BaseException:
+            cache, kept, state = saved
+            self.cache.restore(cache)
+            del self.kept_log[kept:]
+            for name, value in state.items():
+                setattr(self, name, value)
+            raise
+
     # ----- text ----------------------------------------------------------------------
+    def _encode(self, text: str) -> list[int]:
+        return self.adapter.tokenizer.encode(text, add_special_tokens=False)
+
     def add_text(self, text: str):
         """Prefill pinned text; returns the logits of its last token, shape (V,)."""
-        self.transcript.append(text)
-        ids = self.adapter.tokenizer.encode(text, add_special_tokens=False)
-        return self._prefill_ids(ids) if ids else None  # an empty template piece adds nothing
+        return self._prefill_text(text, self._encode(text))
+
+    def _prefill_text(self, text: str, ids: list[int]):
+        """Pin `text` (tokenized as `ids`) after making room for it under the cap."""
+        with self._atomic():
+            self.transcript.append(text)
+            if not ids:
+                return None  # an empty template piece adds nothing
+            if not self._make_room(len(ids)):
+                raise plan.CapacityError(
+                    f"no room under the KV cap of {self.config.capacity} tokens for {len(ids)} more "
+                    f"pinned tokens ({self.cache.n_pinned} pinned, {self.cache.n_visual} visual at "
+                    "their floor); raise --kv-budget")
+            return self._prefill_ids(ids)
 
     def _prefill_ids(self, ids: list[int]):
         positions = text_positions(self.cache.next_position, len(ids), self.spec.position_axes)
@@ -108,56 +181,77 @@ class StreamSessionBase:
         logits = self.adapter.forward(embeds, positions, self.cache)
         self.backend.sync(logits, self.cache)
         self.cache.next_position = max(self.cache.next_position, next_after(positions))
+        n = self.cache.n_cached
+        self.counters.peak_cached = max(self.counters.peak_cached, n)
+        if self.check_cap and self.config.bounded and n > self.config.capacity:
+            raise CapBrokenError(f"the cache holds {n} tokens, over its capacity of {self.config.capacity}")
         return logits
 
     # ----- frames ----------------------------------------------------------------------
-    def add_frames(self, frames: np.ndarray) -> None:
-        """Queue sampled frames (n, H, W, 3) uint8; every full block is encoded and prefilled."""
+    def open_video(self, source, max_frames: int | None = None, max_pixels: int | None = None):
+        """A VideoSource of a file, camera index or URL at the session's fps, its frames and
+        the block sized for the cap (fit_frame_size)."""
+        from .video import VideoSource
+
+        video = VideoSource.for_model(source, self.spec, fps=self.fps, max_frames=max_frames)
+        video.frame_size = self.fit_frame_size(video.source_size, max_pixels)
+        return video
+
+    def add_video(self, source, max_frames: int | None = None, max_pixels: int | None = None) -> None:
+        """Stream a whole video (open_video), block by block, with its frames' own timestamps."""
+        video = self.open_video(source, max_frames, max_pixels)
+        for block in video.blocks(self.frames_per_block):
+            self.add_frames(block.frames, block.timestamps)
+        self.flush()
+
+    def add_frames(self, frames: np.ndarray, timestamps=None) -> None:
+        """Queue sampled frames (n, H, W, 3) uint8; every full block is encoded and prefilled.
+
+        timestamps: (n,) seconds of each frame (VideoSource's FrameBlock.timestamps); M-RoPE
+        time then follows them. Without them, frames are taken as sampled at `fps`.
+        """
         frames = np.asarray(frames)
         if frames.ndim == 3:
             frames = frames[None]
         self._check_frame_size(frames)
-        self.pending.extend(frames)
-        block = self.config.block_frames * self.spec.frames_per_slot
-        while len(self.pending) >= block:
-            chunk, self.pending = self.pending[:block], self.pending[block:]
-            self._stream_block(np.stack(chunk))
+        stamps = [None] * len(frames) if timestamps is None else [float(t) for t in np.ravel(timestamps)]
+        if len(stamps) != len(frames):
+            raise UserError(f"{len(stamps)} timestamps for {len(frames)} frames")
+        self.pending.extend(zip(frames, stamps))
+        while len(self.pending) >= self.frames_per_block:
+            self._stream_block(self.frames_per_block)
 
     def flush(self) -> None:
         """Encode queued frames that do not fill a block (the last one is repeated to fill a slot)."""
-        if not self.pending:
-            return
-        frames, self.pending = np.stack(self.pending), []
-        pad = -len(frames) % self.spec.frames_per_slot
-        real = len(frames)
-        if pad:
-            frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
-        self._stream_block(frames, real_frames=real)
+        if self.pending:
+            self._stream_block(len(self.pending))
 
     def _check_frame_size(self, frames: np.ndarray) -> None:
         if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"frames must be (n, H, W, 3) RGB, got shape {frames.shape}")
+            raise UserError(f"frames must be (n, H, W, 3) RGB, got shape {frames.shape}")
         hw = tuple(frames.shape[1:3])
         step, fixed = self.spec.pixels_per_token, self.spec.frame_size
         if fixed is not None and hw != tuple(fixed):
-            raise ValueError(f"frame size {hw} is not the model's {tuple(fixed)}; resize with "
-                             f"VideoSource(size={tuple(fixed)})")
+            raise UserError(f"frame size {hw} is not the model's {tuple(fixed)}; resize with "
+                            f"VideoSource(size={tuple(fixed)})")
         if fixed is None and (hw[0] % step or hw[1] % step):
-            raise ValueError(f"frame size {hw} is not a multiple of {step} pixels; resize with VideoSource")
+            raise UserError(f"frame size {hw} is not a multiple of {step} pixels; resize with VideoSource")
         if self.frame_hw is not None and hw != self.frame_hw:
-            raise ValueError(f"frame size changed from {self.frame_hw} to {hw} within a stream")
-        if self.frame_hw is None:  # reject a budget that cannot hold one block, up front
-            self.config.check_fits(self.spec.tokens_per_slot(hw), self.cache.n_pinned)
-        self.frame_hw = hw
+            raise UserError(f"frame size changed from {self.frame_hw} to {hw} within a stream")
+        if self.frame_hw is None:  # choose the block, or reject a cap that cannot hold one, up front
+            self._fit_block(hw)
+            self.frame_hw = hw
 
     def _open_video(self) -> None:
         if self.video_start is not None:
             return
+        self._close_open_answer()
         if not self.user_turn_open:
+            self._begin_turn()
             self.add_text(self.spec.pieces.user_open)
             self.user_turn_open = True
         self.add_text(self.spec.pieces.video_open)
-        self.video_start, self.segment_slots = self.cache.next_position, 0
+        self.video_start, self.segment_slots, self.segment_t0 = self.cache.next_position, 0, None
 
     def _close_video(self) -> None:
         if self.video_start is not None:
@@ -173,34 +267,53 @@ class StreamSessionBase:
         hook = getattr(self.adapter, "video_close_embeds", None)
         embeds = hook() if hook is not None else None
         if embeds is not None:
-            self._forward(embeds, text_positions(self.cache.next_position, embeds.shape[-2],
-                                                 self.spec.position_axes))
-            self.transcript.append("<video_end_embeds>")
+            with self._atomic():
+                if not self._make_room(embeds.shape[-2]):
+                    raise plan.CapacityError("no room under the KV cap to close the video; raise --kv-budget")
+                self._forward(embeds, text_positions(self.cache.next_position, embeds.shape[-2],
+                                                     self.spec.position_axes))
+                self.transcript.append("<video_end_embeds>")
 
-    def _stream_block(self, frames: np.ndarray, real_frames: int | None = None) -> None:
-        """Compress if the block would overflow, then vision on the block, then prefill it."""
-        self._open_video()
-        grid = self.spec.slot_grid(self.frame_hw)
-        T, S = grid[0] * grid[1], len(frames) // self.spec.frames_per_slot
-        if self.config.bounded and plan.needs_compression(
-            self.cache.n_cached, S * T, self.config.capacity, self.config.reserve
-        ):  # first, so that `compact` positions are known before the block's are computed
-            self.compress(plan.keep_target(self.config.capacity, self.config.reserve,
-                                           self.cache.n_pinned, S * T), T)
-        positions = self.adapter.video_positions(self.video_start, self.segment_slots, S, grid, self.fps)
-        self._check_position_range(positions)
-        with self._timed("vision"):
-            embeds = self.adapter.encode_slots(frames)
-            self.backend.sync(embeds)
-        first = self.counters.slots_seen
-        frame_ids = np.repeat(np.arange(first, first + S, dtype=np.int32), T)  # (S*T,)
-        patch_ids = np.tile(np.arange(T, dtype=np.int32), S)  # (S*T,)
-        with self._timed("prefill"):
-            self._forward(embeds, positions, frame_ids, patch_ids)
-        self.transcript.append(f"<video:{S}x{T}>")
-        self.segment_slots += S
-        self.counters.slots_seen += S
-        self.counters.frames_seen += real_frames if real_frames is not None else len(frames)
+    def _stream_block(self, n_frames: int) -> None:
+        """The first n_frames queued frames as one block: make room, vision, prefill (atomic)."""
+        with self._atomic():
+            items, self.pending = self.pending[:n_frames], self.pending[n_frames:]
+            frames = np.stack([f for f, _ in items])
+            pad = -len(frames) % self.spec.frames_per_slot  # repeat the last frame to fill a slot
+            frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)]) if pad else frames
+            self._open_video()
+            grid = self.spec.slot_grid(self.frame_hw)
+            T, S = grid[0] * grid[1], len(frames) // self.spec.frames_per_slot
+            self._room_for_block(S, T)
+            times = self._slot_times([t for _, t in items], S)
+            positions = self.adapter.video_positions(self.video_start, self.segment_slots, times, grid)
+            self._check_position_range(positions)
+            with self._timed("vision"):
+                embeds = self.adapter.encode_slots(frames)
+                self.backend.sync(embeds)
+            first = self.counters.slots_seen
+            frame_ids = np.repeat(np.arange(first, first + S, dtype=np.int32), T)  # (S*T,)
+            patch_ids = np.tile(np.arange(T, dtype=np.int32), S)  # (S*T,)
+            with self._timed("prefill"):
+                self._forward(embeds, positions, frame_ids, patch_ids)
+            self.transcript.append(f"<video:{S}x{T}>")
+            self.segment_slots += S
+            self.counters.slots_seen += S
+            self.counters.frames_seen += len(items)
+
+    def _slot_times(self, stamps: list[float | None], S: int) -> np.ndarray:
+        """(S,) seconds of each slot's first frame from the segment's first frame.
+
+        Real timestamps when every frame has one; otherwise uniform sampling at `fps`
+        (slot * frames_per_slot / fps, Qwen2.5-VL's own rule).
+        """
+        per = self.spec.frames_per_slot
+        if any(t is None for t in stamps):
+            return slot_times(self.segment_slots, S, per / self.fps)
+        firsts = np.asarray(stamps[::per][:S], np.float64)
+        if self.segment_t0 is None:
+            self.segment_t0 = float(firsts[0])
+        return np.maximum(firsts - self.segment_t0, 0.0)
 
     def _check_position_range(self, positions) -> None:
         """PositionLimitError before any token would get a position past max_positions."""
@@ -222,7 +335,7 @@ class StreamSessionBase:
         plan.check_keep(keep, tokens_per_frame)
         cfg, layers = self.config, self.cache.layers
         kept_sets = []
-        with self._timed("compress"):
+        with self._atomic(), self._timed("compress"):
             for layer_idx, layer in enumerate(layers):
                 _, keys, values, frame_ids, patch_ids = layer.visual()
                 if keys.shape[1] <= keep:
@@ -241,9 +354,9 @@ class StreamSessionBase:
             if self.policy == "compact":
                 self._compact_positions()
             self.backend.sync(None, self.cache)
-        self.counters.compressions += 1
-        if self.record_kept:
-            self.kept_log.append(kept_sets)
+            self.counters.compressions += 1
+            if self.record_kept:
+                self.kept_log.append(kept_sets)
 
     def _compact_positions(self) -> None:
         """`compact`: renumber the n kept slots 0..n-1 in arrival order (every head), re-rotate keys."""
@@ -253,79 +366,6 @@ class StreamSessionBase:
         self.cache.next_position = n
         if self.video_start is not None:  # the open segment's origin moves with its tokens
             self.video_start += shift
-
-    # ----- questions ---------------------------------------------------------------------
-    def ask(self, question: str, max_tokens: int = 256, temperature: float = 0.0,
-            top_p: float = 1.0, stop: tuple[str, ...] = ()) -> Iterator[str]:
-        """Ask about everything streamed so far; yields the answer's text as it is decoded.
-
-        The question and the answer are pinned; frames may keep arriving afterwards.
-        Greedy by default; temperature > 0 samples (top_p < 1 for nucleus sampling).
-        """
-        if not question or not question.strip():
-            raise ValueError("the question is empty; type a question about the video")
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
-        self.flush()
-        self._close_video()
-        pieces = self.spec.pieces
-        text = ("" if self.user_turn_open else pieces.user_open) + question.strip() + pieces.question_close
-        ids = self.adapter.tokenizer.encode(text, add_special_tokens=False)
-        self._make_room(len(ids) + max_tokens)
-        tail = self.adapter.tokenizer.encode(pieces.answer_close, add_special_tokens=False)
-        self._check_position_range([self.cache.next_position + len(ids) + max_tokens + len(tail) - 1])
-        self.transcript.append(text)
-        self.user_turn_open = False
-        return self._generate(ids, max_tokens, temperature, top_p, stop)
-
-    def _make_room(self, needed: int) -> None:
-        """Compress before a question if it and its answer would pass the cap."""
-        cfg = self.config
-        if cfg.bounded and self.cache.n_cached + needed > cfg.capacity and self.cache.n_visual:
-            T = self.spec.tokens_per_slot(self.frame_hw)
-            self.compress(cfg.capacity - self.cache.n_pinned - needed, T)
-
-    def _generate(self, ids, max_tokens, temperature, top_p, stop) -> Iterator[str]:
-        tok = self.adapter.tokenizer
-        eos = set(self.backend.eos_ids(tok, self.spec.pieces.eos))
-        sampler = self.backend.make_sampler(temperature, top_p)
-        logits = self._prefill_ids(ids)
-        self.question_logits = self.backend.to_numpy(logits)  # (V,), kept for parity checks
-        answer: list[int] = []
-        shown, last, finished_by_eos = "", None, False  # shown: the text yielded so far
-        try:
-            for _ in range(max_tokens):
-                with self._timed("decode"):
-                    token = sampler(logits)
-                if token in eos:
-                    finished_by_eos = True
-                    break
-                answer.append(token)
-                text = tok.decode(answer, skip_special_tokens=True)
-                cut = _first_stop(text, stop)
-                if cut is not None or len(answer) == max_tokens:
-                    last = token
-                    yield text[:cut][len(shown):]
-                    shown = text[:cut]
-                    break
-                if not text.endswith("\ufffd"):  # hold back a partial UTF-8 character
-                    yield text[len(shown):]
-                    shown = text
-                with self._timed("decode"):
-                    logits = self._prefill_ids([token])
-                self.counters.tokens_decoded += 1
-            if finished_by_eos and answer:
-                yield tok.decode(answer, skip_special_tokens=True)[len(shown):]
-        finally:
-            self._close_answer(last, finished_by_eos, answer)
-
-    def _close_answer(self, last, finished_by_eos: bool, answer: list[int]) -> None:
-        """Pin the answer's end so the next turn sees a well-formed conversation."""
-        tail = self.adapter.tokenizer.encode(self.spec.pieces.answer_close, add_special_tokens=False)
-        if last is not None and not finished_by_eos:
-            tail = [last] + tail
-        self.transcript.append(self.adapter.tokenizer.decode(answer) + self.spec.pieces.answer_close)
-        self._prefill_ids(tail)
 
     # ----- reporting ------------------------------------------------------------------------
     @contextmanager
@@ -344,17 +384,12 @@ class StreamSessionBase:
             frames_seen=s.frames_seen, slots_seen=s.slots_seen, compressions=s.compressions,
             tokens_cached=self.cache.n_cached, tokens_pinned=self.cache.n_pinned,
             tokens_visual=self.cache.n_visual, capacity=self.config.capacity,
+            peak_cached=s.peak_cached, turns_evicted=s.turns_evicted, frames_queued=len(self.pending),
             kv_bytes=self.cache.nbytes, next_position=self.cache.next_position,
             active_memory_bytes=active, peak_memory_bytes=peak, tokens_decoded=s.tokens_decoded,
             seconds=dict(s.seconds), method=self.config.method, position_policy=self.policy,
         )
 
     def prompt_text(self) -> str:
-        """Everything pinned so far, with each video block shown as <video:SxT>."""
+        """Everything pinned now, with each video block shown as <video:SxT>."""
         return "".join(self.transcript)
-
-
-def _first_stop(text: str, stop: tuple[str, ...]) -> int | None:
-    """Index where the earliest stop string starts in text, or None."""
-    hits = [text.find(s) for s in stop if s and s in text]
-    return min(hits) if hits else None

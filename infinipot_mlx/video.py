@@ -259,6 +259,13 @@ class VideoSource:
         self.source_size: tuple[int, int] = self._first.shape[:2]  # (h, w) as decoded
         self.frame_size: tuple[int, int] = self._output_size(*self.source_size)  # (H, W)
 
+    @classmethod
+    def for_model(cls, source, spec, fps: float | None = 2.0, max_frames: int | None = None) -> VideoSource:
+        """A source within a model's video limits (a ModelSpec); a session's fit_frame_size
+        then sets `frame_size` for its cap (StreamSessionBase.open_video does both)."""
+        return cls(source, fps=fps, max_frames=max_frames, min_pixels=spec.min_pixels,
+                   max_pixels=spec.max_pixels, factor=spec.pixels_per_token, size=spec.frame_size)
+
     # -- container facts ------------------------------------------------------------------
     @property
     def source_fps(self) -> float | None:

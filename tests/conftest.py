@@ -1,8 +1,16 @@
-"""Shared fixtures. Importing infinipot_mlx first loads the optimized BLAS before mlx."""
+"""Shared fixtures. Importing infinipot_mlx first loads the optimized BLAS before mlx.
 
-import infinipot_mlx  # noqa: F401  (must precede any mlx import)
+Every session in the tests, in-process or in a CLI subprocess, asserts the cap invariant
+n_cached <= capacity after every forward (INFINIPOT_CHECK_CAP, StreamSessionBase.check_cap).
+"""
 
-import importlib.util
+import os
+
+os.environ["INFINIPOT_CHECK_CAP"] = "1"
+
+import infinipot_mlx  # noqa: E402,F401  (must precede any mlx import)
+
+import importlib.util  # noqa: E402
 from pathlib import Path
 
 import pytest
@@ -29,6 +37,13 @@ def build_tiny():
 def tiny_qwen_dir(build_tiny, tmp_path_factory) -> Path:
     """Tiny random Qwen2.5-VL in the Qwen/Qwen2.5-VL-7B-Instruct layout, float32, seed 0."""
     return build_tiny("qwen2_5_vl", tmp_path_factory.mktemp("tiny_qwen"), "float32", 0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_published_dir(build_tiny, tmp_path_factory) -> Path:
+    """The tiny Qwen2.5-VL (seed 0) with the published checkpoint's pixel limits: image
+    max_pixels 12,845,056 and the video processor's 128 .. 768 tokens per frame."""
+    return build_tiny("qwen2_5_vl", tmp_path_factory.mktemp("tiny_qwen_published"), "float32", 0, "published")
 
 
 @pytest.fixture(scope="session")

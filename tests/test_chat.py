@@ -55,7 +55,9 @@ def test_bad_videos_exit_2(tmp_path, video, tiny_qwen_dir, make, message):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--kv-budget", 300], "less than one frame"),  # 300 - 512 reserve... cannot hold a block
+    # explicitly impossible: 8 slots of 24 tokens (112x168) and one kept frame need 236 + the prompt
+    (["--kv-budget", 300, "--block-frames", 8, "--max-pixels", 112 * 168],
+     "cannot hold the prompt"),
     (["--kv-budget", 0], "--kv-budget must be a positive integer"),
     (["-q", "   "], "question is empty"),
     (["--fps", 0], "--fps must be positive"),

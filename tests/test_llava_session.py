@@ -143,11 +143,14 @@ def test_compact_needs_a_capacity_inside_the_trained_range(short_range):
             session.add_frames(frames_for(2))
 
 
-def test_question_past_the_trained_range_is_refused_up_front(short_range):
+def test_answer_stops_before_the_trained_range_and_a_question_past_it_is_refused(short_range):
     session = session_for(short_range, capacity=None, method="full", block_frames=2, position_policy="absolute")
-    session.add_frames(frames_for(28))  # 448 visual tokens: the question's answer would pass 512
-    with pytest.raises(PositionLimitError, match="512"):
-        session.ask(QUESTION, max_tokens=64)
+    session.add_frames(frames_for(28))  # 448 visual tokens: a 64-token answer would pass 512
+    "".join(session.ask(QUESTION, max_tokens=64))
+    assert session.stop_reason == "positions"
+    assert session.cache.next_position <= 512 and session.counters.tokens_decoded < 63
+    with pytest.raises(PositionLimitError, match="512"):  # no room left for another question
+        session.ask(QUESTION * 3, max_tokens=1)
 
 
 def test_quantized_bfloat16_model_streams_in_its_own_dtype(tiny_llava_dir):

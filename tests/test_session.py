@@ -130,7 +130,8 @@ def test_ask_validates_and_stops(tiny):
 
 def test_budget_that_cannot_hold_a_block_is_rejected(tiny):
     session = session_for(tiny, capacity=100, block_frames=8, reserve=16)
-    with pytest.raises(ValueError, match="less than one frame"):
+    with pytest.raises(ValueError, match=r"cap of 100 tokens cannot hold .* 189 tokens needed; raise "
+                       r"--kv-budget \(or --memory\), or lower --max-pixels, --block-frames or --reserve"):
         session.add_frames(frames_for(2))
 
 

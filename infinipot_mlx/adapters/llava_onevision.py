@@ -23,6 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ..errors import UserError
 from ..pixels import siglip_frames
 from ..positions import text_positions
 from ..specs import ModelSpec
@@ -33,7 +34,7 @@ class KeyRotation:
 
     def __init__(self, rope: nn.Module):
         if type(rope) is not nn.RoPE:
-            raise ValueError(f"the compact position policy supports plain RoPE only, not "
+            raise UserError(f"the compact position policy supports plain RoPE only, not "
                              f"{type(rope).__name__}; use position_policy='absolute'")
         self.rope = rope
 
@@ -74,11 +75,14 @@ class LlavaOnevisionAdapter:
         embed = self.lm.model.embed_tokens
         return getattr(embed, "scales", embed.weight).dtype
 
-    def video_positions(self, video_start: int, first_slot: int, n_slots: int,
-                        grid_hw: tuple[int, int], fps: float) -> np.ndarray:
-        """(S*T,) 1-D positions: one per token, after those of the segment's earlier frames."""
+    def video_positions(self, video_start: int, first_slot: int, times: np.ndarray,
+                        grid_hw: tuple[int, int]) -> np.ndarray:
+        """(S*T,) 1-D positions: one per token, after those of the segment's earlier frames.
+
+        times: (S,) seconds of the slots; 1-D RoPE has no time axis, only their count counts.
+        """
         per_frame = grid_hw[0] * grid_hw[1]
-        return text_positions(video_start + first_slot * per_frame, n_slots * per_frame, axes=1)
+        return text_positions(video_start + first_slot * per_frame, len(times) * per_frame, axes=1)
 
     def embed_tokens(self, ids: list[int]) -> mx.array:
         """Token ids -> (1, L, E) embeddings."""

@@ -21,6 +21,7 @@ Notation: H KV heads, n stored tokens per layer.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 from mlx_vlm.models.cache import QuantizedKVCache, RotatingKVCache
@@ -54,6 +55,18 @@ class VLMCacheList(LayerStack):
 
     def label_next(self, frame_ids, patch_ids) -> None:
         """mlx-vlm caches keep no (frame, patch) labels."""
+
+    def snapshot(self) -> tuple:
+        """Shallow copies of the layer caches (their counters; the arrays are shared).
+
+        Best effort, for the session's transactions: mlx-vlm's caches write in place, so a
+        RotatingKVCache that has wrapped around cannot be rolled back exactly. The benchmark
+        never interrupts a session.
+        """
+        return self.next_position, [copy.copy(c) for c in self.layers]
+
+    def restore(self, snapshot: tuple) -> None:
+        self.next_position, self.layers = snapshot[0], list(snapshot[1])
 
 
 def stored_tokens(cache) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from ..slots import LayerStack, SlotLabels, kept_slots, visual_slots
+from ..slots import LayerStack, SlotLabels, visual_slots
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -166,13 +166,8 @@ class LayerKVCache(SlotLabels, CacheLayerMixin):
         patches = np.take_along_axis(self.patch_ids, slots, axis=1)
         return slots, keys, values, frames, patches
 
-    def compress(self, kept) -> None:
-        """Keep the pinned slots and, per head, the visual candidates `kept`.
-
-        Args:
-            kept: (H, K) indices into visual() candidates (tensor or numpy).
-        """
-        slots = kept_slots(self.frame_ids, _as_numpy(kept))  # (H, n_new)
+    def _keep(self, slots: np.ndarray) -> None:
+        """Keep the stored slots (H, n_new) in that order: one gather per buffer."""
         idx = torch.as_tensor(slots, device=self._keys.device)[None, :, :, None]  # (1, H, n_new, 1)
         keys, values = self.keys, self.values
         self._keys = torch.gather(keys, 2, idx.expand(-1, -1, -1, keys.shape[-1]))

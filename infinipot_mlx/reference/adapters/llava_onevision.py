@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from transformers.models.qwen2.modeling_qwen2 import rotate_half
 
+from ...errors import UserError
 from ...pixels import siglip_frames
 from ...positions import text_positions
 from ...specs import ModelSpec
@@ -29,7 +30,7 @@ class KeyRotation:
     def __init__(self, rotary_emb: torch.nn.Module):
         rope_type = getattr(rotary_emb, "rope_type", "default")
         if rope_type not in ("default", "linear") or getattr(rotary_emb, "attention_scaling", 1.0) != 1.0:
-            raise ValueError(f"the compact position policy supports plain RoPE only, not {rope_type!r}; "
+            raise UserError(f"the compact position policy supports plain RoPE only, not {rope_type!r}; "
                              "use position_policy='absolute'")
         self.rotary_emb = rotary_emb
 
@@ -67,11 +68,14 @@ class LlavaOnevisionAdapter:
         """(1, 1, E) image_newline, placed once after a video segment."""
         return self.model.model.image_newline[None, None].to(self.lm.embed_tokens.weight.dtype)
 
-    def video_positions(self, video_start: int, first_slot: int, n_slots: int,
-                        grid_hw: tuple[int, int], fps: float) -> np.ndarray:
-        """(S*T,) 1-D positions: one per token, after those of the segment's earlier frames."""
+    def video_positions(self, video_start: int, first_slot: int, times: np.ndarray,
+                        grid_hw: tuple[int, int]) -> np.ndarray:
+        """(S*T,) 1-D positions: one per token, after those of the segment's earlier frames.
+
+        times: (S,) seconds of the slots; 1-D RoPE has no time axis, only their count counts.
+        """
         per_frame = grid_hw[0] * grid_hw[1]
-        return text_positions(video_start + first_slot * per_frame, n_slots * per_frame, axes=1)
+        return text_positions(video_start + first_slot * per_frame, len(times) * per_frame, axes=1)
 
     @torch.no_grad()
     def embed_tokens(self, ids: list[int]) -> torch.Tensor:

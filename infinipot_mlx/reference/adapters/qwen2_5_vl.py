@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ...pixels import qwen_patchify
-from ...positions import mrope_video_positions
+from ...positions import mrope_positions_at
 from ...specs import ModelSpec
 
 
@@ -45,12 +45,13 @@ class Qwen2_5_VLAdapter:
         grid = torch.tensor([grid_thw], dtype=torch.long, device=self.device)  # (1, 3)
         return visual(pixels, grid_thw=grid).pooler_output  # (S*T, E), merged patches
 
-    def video_positions(self, video_start: int, first_slot: int, n_slots: int,
-                        grid_hw: tuple[int, int], fps: float) -> np.ndarray:
-        """(3, S*T) M-RoPE positions with absolute time (ALGORITHM.md section 6)."""
-        second_per_grid = self.spec.frames_per_slot / fps
-        return mrope_video_positions(video_start, first_slot, n_slots, grid_hw,
-                                     second_per_grid, self.spec.tokens_per_second)
+    def video_positions(self, video_start: int, first_slot: int, times: np.ndarray,
+                        grid_hw: tuple[int, int]) -> np.ndarray:
+        """(3, S*T) M-RoPE positions with absolute time (ALGORITHM.md section 6).
+
+        times: (S,) seconds of each slot's first frame from the segment's start.
+        """
+        return mrope_positions_at(video_start, times, grid_hw, self.spec.tokens_per_second)
 
     @torch.no_grad()
     def embed_tokens(self, ids: list[int]) -> torch.Tensor:

@@ -1,0 +1,154 @@
+"""The answer loop of a stream session: a question in, the answer's text out, under the cap.
+
+A mixin of stream.StreamSessionBase, backend-agnostic like it. Every token is counted:
+the question with its template pieces, each answer token, and the closing piece
+(`<|im_end|>\\n`) that is pinned after the answer. `max_tokens` caps an answer's length and
+never shrinks the video memory by itself. Before each token the session makes room for it
+and for the closing piece; when the cap is full, visual tokens are compressed (down to the
+visual floor) and the oldest conversation turns leave the cache (stream.py), and only
+when neither can free a token does the answer stop, with `stop_reason == "cap"`.
+
+stop_reason after an answer: "eos" (the model ended it), "max_tokens", "stop" (a stop
+string), "cap" (the memory cap was full), "positions" (the model's trained range of
+positions ran out), or "interrupted" (KeyboardInterrupt or an error while decoding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .errors import UserError
+
+STOP_NOTES = {
+    "cap": "[answer stopped: the KV cap is full; raise --kv-budget or --reserve for longer answers]",
+    "positions": "[answer stopped: the model's trained range of positions is used up]",
+}
+
+
+class QuestionTooLongError(UserError):
+    """A question that cannot fit under the cap even with the video at its floor."""
+
+
+class AnswerLoop:
+    """ask(): prefill a question, decode greedily or by sampling, pin the answer."""
+
+    def ask(self, question: str, max_tokens: int = 256, temperature: float = 0.0,
+            top_p: float = 1.0, stop: tuple[str, ...] = ()) -> Iterator[str]:
+        """Ask about everything streamed so far; yields the answer's text as it is decoded.
+
+        The question and the answer are pinned; frames may keep arriving afterwards.
+        Greedy by default; temperature > 0 samples (top_p < 1 for nucleus sampling).
+        Raises QuestionTooLongError (nothing changed) when the question cannot fit.
+        """
+        if not question or not question.strip():
+            raise UserError("the question is empty; type a question about the video")
+        if max_tokens < 1:
+            raise UserError(f"max_tokens must be at least 1, got {max_tokens}")
+        self._close_open_answer()
+        self.check_question(question)
+        self.flush()
+        self._close_video()
+        pieces = self.spec.pieces
+        text = ("" if self.user_turn_open else pieces.user_open) + question.strip() + pieces.question_close
+        ids = self._encode(text)
+        return self._generate(text, ids, max_tokens, temperature, top_p, stop)
+
+    def check_question(self, question: str) -> None:
+        """QuestionTooLongError when `question` and one answer token cannot fit under the cap.
+
+        Counts what must stay: the system prompt, the open turn's pinned tokens, the video
+        at its floor, the question's template pieces and the answer's closing piece.
+        """
+        pieces = self.spec.pieces
+        ids = self._encode(pieces.user_open + question.strip() + pieces.question_close)
+        need = len(ids) + 1 + len(self._answer_tail())
+        self._check_position_range([self.cache.next_position + need + len(self.pending)])
+        most = self.question_room()
+        if need > most:
+            raise QuestionTooLongError(
+                f"the question takes {need} tokens with its template and one answer token, but the "
+                f"KV cap of {self.config.capacity} leaves at most {most} beside the system prompt "
+                "and the video's floor; shorten the question or raise --kv-budget")
+
+    def _answer_tail(self) -> list[int]:
+        return self._encode(self.spec.pieces.answer_close)
+
+    def _generate(self, text, ids, max_tokens, temperature, top_p, stop) -> Iterator[str]:
+        tok, tail = self.adapter.tokenizer, self._answer_tail()
+        eos = set(self.backend.eos_ids(tok, self.spec.pieces.eos))
+        sampler = self.backend.make_sampler(temperature, top_p)
+        with self._atomic():  # the question is asked whole, or not at all
+            if not self.user_turn_open:
+                self._begin_turn()
+            if not self._make_room(len(ids) + 1 + len(tail), slack=self.config.reserve):
+                raise QuestionTooLongError(
+                    f"the question takes {len(ids) + 1 + len(tail)} tokens with its template and one "
+                    f"answer token, more than the KV cap of {self.config.capacity} can free; shorten "
+                    "the question or raise --kv-budget")
+            logits = self._prefill_text(text, ids)
+            self.user_turn_open = False
+            self.open_answer = []
+        self.question_logits = self.backend.to_numpy(logits)  # (V,), kept for parity checks
+        self.stop_reason = "interrupted"
+        shown = ""  # the text yielded so far
+        try:
+            for step in range(max_tokens):
+                with self._timed("decode"):
+                    token = sampler(logits)
+                if token in eos:
+                    self.stop_reason = "eos"
+                    break
+                with self._atomic():
+                    reason = self._room_for_token(len(tail))
+                if reason:
+                    self.stop_reason = reason
+                    break
+                answer = self.open_answer + [token]
+                text = tok.decode(answer, skip_special_tokens=True)
+                cut = _first_stop(text, stop)
+                if cut is not None or step == max_tokens - 1:
+                    self.open_answer, self.unfed = answer, token  # fed with the closing piece
+                    self.stop_reason = "max_tokens" if cut is None else "stop"
+                    yield text[:cut][len(shown):]
+                    return
+                with self._atomic(), self._timed("decode"):
+                    logits = self._prefill_ids([token])
+                    self.open_answer = answer
+                    self.counters.tokens_decoded += 1
+                if not text.endswith("\ufffd"):  # hold back a partial UTF-8 character
+                    yield text[len(shown):]
+                    shown = text
+            if self.stop_reason == "eos" and self.open_answer:
+                yield tok.decode(self.open_answer, skip_special_tokens=True)[len(shown):]
+        finally:
+            self._close_open_answer()
+
+    def _room_for_token(self, tail: int) -> str | None:
+        """None when one more answer token and the closing piece fit; else why not."""
+        limit = self.spec.max_positions
+        if limit is not None and self.cache.next_position + 1 + tail > limit:
+            return "positions"
+        if not self._make_room(1 + tail, slack=max(1, self.config.reserve // 2)):
+            return "cap"
+        return None
+
+    def _close_open_answer(self) -> None:
+        """Pin the open answer's end (its last token when unfed, then `<|im_end|>\\n`).
+
+        Runs when an answer ends, and again before the next turn if an interrupt stopped it.
+        """
+        if self.open_answer is None:
+            return
+        tail = self._answer_tail()
+        if self.unfed is not None:
+            tail = [self.unfed] + tail
+        with self._atomic():
+            text = self.adapter.tokenizer.decode(self.open_answer) + self.spec.pieces.answer_close
+            self._prefill_text(text, tail)
+            self.open_answer, self.unfed = None, None
+
+
+def _first_stop(text: str, stop: tuple[str, ...]) -> int | None:
+    """Index where the earliest stop string starts in text, or None."""
+    hits = [text.find(s) for s in stop if s and s in text]
+    return min(hits) if hits else None
