@@ -168,3 +168,43 @@ def test_ctrl_c_while_streaming_keeps_what_was_seen_and_answers(tmp_path, tiny_q
     assert "stopped at frame" in err and "Traceback" not in err
     frames = int(re.search(r"frames (\d+) \|", out).group(1))
     assert 0 < frames < 1200
+
+
+def test_an_answer_past_the_cap_compresses_the_video_and_goes_on(tiny_qwen_dir):
+    """max_tokens far above the room: the video gives way while the answer is decoded, then
+    an old turn leaves, and only then does an answer stop, at the cap, with its reason."""
+    from infinipot_mlx.session import load
+
+    session = load(str(tiny_qwen_dir), InfiniPotConfig(capacity=400, reserve=32), check_cap=True)
+    session.add_frames(np.random.default_rng(0).integers(0, 256, (40, 112, 112, 3), dtype=np.uint8))
+    "".join(session.ask("Describe everything that happened.", max_tokens=150))
+    assert session.stop_reason == "max_tokens" and session.counters.tokens_decoded == 149
+    assert session.counters.compressions > 0 and session.counters.peak_cached <= 400
+    "".join(session.ask("And more?", max_tokens=400))
+    assert session.stop_reason == "cap" and session.counters.turns_evicted == 1
+    assert session.cache.n_visual == session.visual_floor() and session.cache.n_cached <= 400
+    "".join(session.ask("Still there?", max_tokens=4))  # the session goes on
+    assert session.cache.n_cached <= 400
+
+
+def test_positions_follow_each_frames_own_timestamp(tmp_path, tiny_qwen_dir):
+    """A variable-frame-rate file: each slot's M-RoPE time is its first frame's real time."""
+    from infinipot_mlx.session import load
+    from infinipot_mlx.video import VideoSource
+
+    path, _ = videos.vfr_video(tmp_path / "vfr.mp4", (1 / 30, 1 / 10, 0.9), n=45, height=112, width=112)
+    session = load(str(tiny_qwen_dir), InfiniPotConfig(capacity=None, method="full"), fps=2.0)
+    times = []
+    positions = session.adapter.video_positions
+
+    def record(start, first, slot_times, grid):
+        times.extend(slot_times)
+        return positions(start, first, slot_times, grid)
+
+    session.adapter.video_positions = record
+    session.add_video(path)
+    _, stamps = VideoSource(path, fps=2.0).read()
+    expected = stamps[::2] - stamps[0]  # each slot's first sampled frame
+    np.testing.assert_allclose(times, expected, atol=1e-3)
+    uniform = np.arange(len(expected)) * 2 / 2.0  # what index / fps would have said
+    assert np.abs(np.asarray(times) - uniform).max() > 0.5
