@@ -44,7 +44,7 @@ CASES = {
     "non-UTF-8 path of a missing file": (_missing_non_utf8, {}, "not found"),
     "a folder as video": (lambda s: [s["dir"], "--model", s["model"], "-q", "hi"], {}, "is not a file"),
     "a text file as video": (lambda s: [s["notes"], "--model", s["model"], "-q", "hi"], {}, "could not open"),
-    "no camera": (lambda s: ["7", "--model", s["model"], "-q", "hi"], {}, "camera 7"),
+    "no camera": (lambda s: ["0", "--model", s["model"], "-q", "hi"], {}, "camera 0"),
     "corrupt config": (lambda s: [s["video"], "--model", s["corrupt"], "-q", "hi"], {}, "config.json is not valid JSON"),
     "missing weights": (lambda s: [s["video"], "--model", s["no_weights"], "-q", "hi"], {}, "no *.safetensors"),
     "missing model folder": (lambda s: [s["video"], "--model", s["dir"] + "/nope", "-q", "hi"], {}, "does not exist"),

@@ -208,3 +208,16 @@ def test_positions_follow_each_frames_own_timestamp(tmp_path, tiny_qwen_dir):
     np.testing.assert_allclose(times, expected, atol=1e-3)
     uniform = np.arange(len(expected)) * 2 / 2.0  # what index / fps would have said
     assert np.abs(np.asarray(times) - uniform).max() > 0.5
+
+
+def test_a_video_whose_name_is_not_utf8_streams(video_files, tiny_qwen_published_dir, tmp_path):
+    """Such names once crashed OpenCV with SIGSEGV; the file is a video like any other."""
+    name = os.path.join(os.fsencode(tmp_path), b"holiday \xff\xfe clip.mp4")
+    with open(video_files["480p-60fps-mp4v"], "rb") as src, open(name, "wb") as dst:
+        dst.write(src.read())
+    env = dict(os.environ, HF_HUB_OFFLINE="1", INFINIPOT_CHECK_CAP="1")
+    out = subprocess.run([sys.executable, "-m", "infinipot_mlx.chat", name, "--model",
+                          str(tiny_qwen_published_dir), "-q", QUESTIONS[0]], capture_output=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr.decode("utf-8", "replace")[-2000:]
+    assert out.stdout.decode("utf-8", "replace").count("A: ") == 1
