@@ -17,12 +17,21 @@ whole in an unbroken run from the newest one. When even the newest frame is not 
 Dense grid (VaN pooling). Each head's tokens are scattered into a (G, rows, cols) grid:
 G = the largest number of distinct frame ids present in any head, a head's present
 frames fill the grid's first frame slots in frame-id order (frames absent from a head
-leave no gap), and a missing patch or unused trailing frame slot is a zero hole.
+leave no gap), and a missing patch or unused trailing frame slot is a hole.
+
+Pooling with holes (pool_layout). A window's mean is sum(present values) / count, where
+count = k_total - (holes inside the grid in that window): a hole adds neither to the sum
+nor to the count, while a cell beyond the grid's edge counts as a zero, as in torch's
+AvgPool with count_include_pad=True. The backends pool the zero-filled grid with that
+AvgPool (sum / k_total) and multiply by scale = k_total / count, computed here; scale is
+exactly 1 for a window without holes, so a hole-free grid (the first compression) pools
+exactly as the authors' AvgPool.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -179,6 +188,65 @@ def pool_kernel(layer_idx: int, num_layers: int, view: tuple[int, ...]) -> tuple
         return ()
     sizes = (math.prod(view),) if n_axes == 1 else view[-n_axes:]
     return tuple(min(kernel, s if s % 2 else s - 1) for s in sizes)
+
+
+@dataclass(frozen=True)
+class PoolLayout:
+    """How one layer pools each head's VaN map (module docstring: dense grid, holes).
+
+    slots: (H, N) int64 index of every candidate into its head's flattened grid.
+    view: the per-head grid to pool, (G, rows, cols), or (G * rows * cols,) for 1-D.
+    kernel: one odd size per trailing axis of view that is pooled (pool_kernel).
+    scale: (H, N) float32 k_total / count of each candidate's window (1 without holes).
+    """
+
+    slots: np.ndarray
+    view: tuple[int, ...]
+    kernel: tuple[int, ...]
+    scale: np.ndarray
+
+    @property
+    def size(self) -> int:
+        """Cells in one head's grid, G * rows * cols."""
+        return math.prod(self.view)
+
+
+def pool_layout(frame_ids: np.ndarray, patch_ids: np.ndarray, grid_hw: tuple[int, int],
+                layer_idx: int, num_layers: int) -> PoolLayout | None:
+    """The pooling plan of one layer, None in the last quarter (no pooling).
+
+    Args:
+        frame_ids, patch_ids: (H, N) ints. grid_hw: (rows, cols) of a frame.
+        layer_idx, num_layers: choose the kernel by quarter (pool_kernel).
+    """
+    rows, cols = grid_hw
+    slots, n_frames = dense_layout(frame_ids, patch_ids, rows * cols)
+    kernel = pool_kernel(layer_idx, num_layers, (n_frames, rows, cols))
+    if not kernel:
+        return None
+    view = (n_frames, rows, cols) if len(kernel) > 1 else (n_frames * rows * cols,)
+    holes = np.ones((slots.shape[0], math.prod(view)), dtype=np.int64)
+    np.put_along_axis(holes, slots, 0, axis=1)  # (H, G*T): 1 at in-grid cells without a token
+    holes = window_sum(holes.reshape(-1, *view), kernel).reshape(len(slots), -1)
+    k_total = math.prod(kernel)
+    count = np.maximum(k_total - np.take_along_axis(holes, slots, axis=1), 1)  # >= 1 anyway
+    scale = (k_total / count).astype(np.float32)  # float64 quotient, exactly 1 without holes
+    return PoolLayout(slots, view, kernel, scale)
+
+
+def window_sum(x: np.ndarray, kernel: tuple[int, ...]) -> np.ndarray:
+    """Stride-1 box sums centred on each element over the trailing len(kernel) axes.
+
+    Zeros beyond the ends (padding k // 2 per side); same shape as x.
+    """
+    for axis, k in zip(range(x.ndim - len(kernel), x.ndim), kernel):
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (k // 2 + 1, k // 2)  # one extra zero in front for the running sum
+        run = np.cumsum(np.pad(x, widths), axis=axis)
+        length = x.shape[axis]
+        x = (np.take(run, np.arange(k, k + length), axis=axis)
+             - np.take(run, np.arange(length), axis=axis))
+    return x
 
 
 def uniform_indices(n_cand: int, keep: int) -> np.ndarray:

@@ -9,13 +9,15 @@ T = tokens per frame, G = frame extent of the dense pooling grid. Metadata
 rule and the dense grid.
 
 VaN pooling with holes: each head's VaN map is scattered into a dense (G, rows, cols)
-grid (its present frames in frame-id order, zeros at missing patches and unused frame
-slots), average-pooled there with stride 1, zero padding of k // 2 and divisor k per
-pooled axis (torch AvgPool with count_include_pad=True), then gathered back to the
-candidates. Kernels shrink per axis to the largest odd size that fits G, rows, cols
-(the 1-D kernel: G * T). On a full grid in arrival order this is exactly torch's avg_pool3d (first
-quarter of the layers), avg_pool2d per frame (second) or avg_pool1d along the token
-sequence (third).
+grid (its present frames in frame-id order, zeros at the holes: missing patches and
+unused frame slots), summed over a stride-1 box with zero padding of k // 2 and divided
+by k per pooled axis (torch AvgPool with count_include_pad=True), gathered back to the
+candidates and multiplied by candidates.PoolLayout.scale = k_total / count. So a hole
+adds neither to a window's sum nor to its count, while padding beyond the grid's edge
+counts as zeros; without holes this is exactly torch's avg_pool3d (first quarter of the
+layers), avg_pool2d per frame (second) or avg_pool1d along the token sequence (third).
+Kernels shrink per axis to the largest odd size that fits G, rows, cols (the 1-D kernel:
+G * T).
 """
 
 from __future__ import annotations
@@ -70,18 +72,16 @@ def pool_value_norm(van: mx.array, frame_ids: np.ndarray, patch_ids: np.ndarray,
     Returns:
         (H, N) pooled VaN (van itself in the last quarter of the layers).
     """
-    rows, cols = grid_hw
-    slots, n_frames = candidates.dense_layout(frame_ids, patch_ids, rows * cols)
-    kernel = candidates.pool_kernel(layer_idx, num_layers, (n_frames, rows, cols))
-    if not kernel:
+    layout = candidates.pool_layout(frame_ids, patch_ids, grid_hw, layer_idx, num_layers)
+    if layout is None:
         return van
     n_heads = van.shape[0]
-    slots = mx.array(slots)
-    dense = mx.zeros((n_heads, n_frames * rows * cols), dtype=van.dtype)
+    slots = mx.array(layout.slots)
+    dense = mx.zeros((n_heads, layout.size), dtype=van.dtype)
     dense = mx.put_along_axis(dense, slots, van, axis=1)  # (H, G*T), zeros at holes
-    view = (n_frames, rows, cols) if len(kernel) > 1 else (n_frames * rows * cols,)
-    pooled = _box_mean(dense.reshape(n_heads, *view), kernel)
-    return mx.take_along_axis(pooled.reshape(n_heads, -1), slots, axis=1)
+    pooled = _box_mean(dense.reshape(n_heads, *layout.view), layout.kernel)
+    pooled = mx.take_along_axis(pooled.reshape(n_heads, -1), slots, axis=1)  # (H, N)
+    return pooled * mx.array(layout.scale).astype(pooled.dtype)
 
 
 def _box_mean(x: mx.array, kernel: tuple[int, ...]) -> mx.array:

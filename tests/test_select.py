@@ -6,16 +6,15 @@ c * e_0 so that VaN is c. Expected kept sets are written out from the rules of
 ALGORITHM.md section 5, not computed by the code.
 """
 
-import math
-
 import mlx.core as mx
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from infinipot_mlx import candidates, plan
+from infinipot_mlx import candidates
 from infinipot_mlx.scoring import pool_value_norm, temporal_redundancy, value_norm
 from infinipot_mlx.select import select_tokens, top_k_latest
+from test_pooling import oracle_pool
 
 E = np.eye(4, dtype=np.float32)
 T = 4
@@ -155,10 +154,11 @@ def test_pooling_3d():
 
 
 def test_pooling_1d_over_dense_grid_with_holes_and_last_quarter_identity():
-    # frames 0 and 5 present; frame 0 misses patch 2: dense slots 0 1 [hole] 3 | 4 5 6 7
+    # frames 0 and 5 present; frame 0 misses patch 2: dense slots 0 1 [hole] 3 | 4 5 6 7.
+    # The hole counts in neither sum nor divisor; the edge padding counts as zeros.
     fi, pi = [0, 0, 0, 5, 5, 5, 5], [0, 1, 3, 0, 1, 2, 3]
     got = pool([3] * 7, layer_idx=2, grid_hw=(2, 2), frame_ids=fi, patch_ids=pi)
-    assert got == [2, 2, 2, 3, 3, 3, 2]
+    assert got == [2, 3, 3, 3, 3, 3, 2]
     assert pool([3] * 7, layer_idx=3, grid_hw=(2, 2), frame_ids=fi, patch_ids=pi) == [3] * 7
 
 
@@ -192,6 +192,8 @@ def test_pooling_needs_grid_for_non_square_frames():
 
 
 # ---------------------------------------------------------------- hypothesis properties
+# The oracles below compute every rule and score from ALGORITHM.md's definitions in plain
+# numpy float64 and import nothing from the package (oracle_pool: tests/test_pooling.py).
 
 @st.composite
 def selection_case(draw):
@@ -214,10 +216,16 @@ def selection_case(draw):
         van_pooling=draw(st.booleans()), layer_idx=draw(st.integers(0, 7)), num_layers=8)
 
 
+def oracle_tar_share(keep, tar_ratio):
+    """K_tar = K - round((1 - tar_ratio) * K), Python's round."""
+    return keep - round((1.0 - tar_ratio) * keep)
+
+
 def oracle_recent(frame_ids, tokens, recent_ratio):
-    """Recent mask straight from the rule: newest r frames by id, clamped to whole ones."""
+    """Recent mask straight from the rule: newest r = max(1, floor(F * ratio)) frames by id,
+    clamped to the unbroken run of whole ones; the newest frame alone if it is not whole."""
     mask = np.zeros(frame_ids.shape, bool)
-    r = plan.recent_count(frame_ids.shape[1] // tokens, recent_ratio)
+    r = max(1, int(frame_ids.shape[1] // tokens * recent_ratio))
     for h, ids in enumerate(frame_ids):
         newest_first = sorted(set(ids.tolist()), reverse=True)
         whole = 0
@@ -228,10 +236,37 @@ def oracle_recent(frame_ids, tokens, recent_ratio):
     return mask
 
 
-def top_latest(scores, allowed, count):
-    """Set of the `count` highest scores among allowed indices, ties to the later index."""
-    idx = [n for n in range(len(scores)) if allowed[n]]
-    return set(sorted(idx, key=lambda n: (-scores[n], -n))[:count])
+def oracle_tar(keys, patch_ids, recent):
+    """TaR (H, N) float64: -mean over the recent tokens r of the same patch of
+    cos(k_n, k_r) = k_n.k_r / ((|k_n| + 1e-9)(|k_r| + 1e-9)); 0 without such tokens."""
+    keys = keys.astype(np.float64)
+    unit = keys / (np.linalg.norm(keys, axis=-1, keepdims=True) + 1e-9)
+    out = np.zeros(patch_ids.shape)
+    for h, n in np.ndindex(*patch_ids.shape):
+        same = recent[h] & (patch_ids[h] == patch_ids[h, n])
+        out[h, n] = -np.mean(unit[h, same] @ unit[h, n]) if same.any() else 0.0
+    return out
+
+
+def oracle_van(case):
+    """VaN (H, N) float64: the value norm, pooled as test_pooling.oracle_pool defines when
+    van_pooling is on; the quarter (layer_idx * 4) // num_layers pools 3, 2, 1, 0 axes."""
+    van = np.linalg.norm(case["values"].astype(np.float64), axis=-1)
+    axes = 3 - (case["layer_idx"] * 4) // case["num_layers"]
+    if not case["van_pooling"] or axes == 0:
+        return van
+    return oracle_pool(van, case["frame_ids"], case["patch_ids"], case["grid_hw"], axes)
+
+
+def assert_top(kept, scores, allowed, count, tol=1e-5):
+    """kept is `count` of the allowed indices, none outranked by one left out: a higher
+    score (beyond tol: the package scores in float32) or an equal one arrived later."""
+    allowed = set(np.flatnonzero(allowed).tolist())
+    assert kept <= allowed and len(kept) == min(count, len(allowed))
+    for a in kept:
+        for b in allowed - kept:
+            assert scores[b] <= scores[a] + tol, (a, b, scores[a], scores[b])
+            assert not (scores[b] == scores[a] and b > a), (a, b, scores[a])
 
 
 @settings(max_examples=150, deadline=None)
@@ -242,24 +277,21 @@ def test_infinipot_v_properties(case):
     keep, tokens = case["keep"], case["tokens_per_frame"]
     assert out.shape == (heads, keep)
     assert np.all(np.diff(out, axis=1) > 0) and out.min() >= 0 and out.max() < n_cand
-    k_tar = plan.tar_share(keep, case["tar_ratio"])
+    k_tar = oracle_tar_share(keep, case["tar_ratio"])
     recent = oracle_recent(case["frame_ids"], tokens, case["recent_ratio"])
-    tar = np.array(temporal_redundancy(mx.array(case["keys"]), case["patch_ids"], recent, tokens))
-    van = value_norm(mx.array(case["values"]))
-    if case["van_pooling"]:
-        van = pool_value_norm(van, case["frame_ids"], case["patch_ids"], case["grid_hw"],
-                              case["layer_idx"], case["num_layers"])
-    van = np.array(van)
+    tar = oracle_tar(case["keys"], case["patch_ids"], recent)
+    van = oracle_van(case)
     for h in range(heads):
         kept = set(out[h].tolist())
-        rec = [n for n in range(n_cand) if recent[h, n]]
+        rec = np.flatnonzero(recent[h]).tolist()
         forced = set(rec[max(0, len(rec) - k_tar):]) if k_tar else set()
         assert forced <= kept  # recent frames kept as far as the TaR share allows
-        tar_pick = top_latest(tar[h], ~recent[h], k_tar - len(forced))
-        assert tar_pick <= kept  # the rest of the TaR share: top TaR among non-recent
+        tar_count = k_tar - len(forced)  # the TaR picks: the kept non-recent tokens of top TaR
+        tar_pick = set(sorted(kept - set(rec), key=lambda n: (-tar[h, n], -n))[:tar_count])
+        assert_top(tar_pick, tar[h], ~recent[h], tar_count)  # top TaR among non-recent
         first = forced | tar_pick
-        rest = [n not in first for n in range(n_cand)]
-        assert kept - first == top_latest(van[h], rest, keep - k_tar)  # VaN share
+        rest = np.array([n not in first for n in range(n_cand)])
+        assert_top(kept - first, van[h], rest, keep - k_tar)  # VaN share
 
 
 @settings(max_examples=60, deadline=None)
@@ -267,13 +299,11 @@ def test_infinipot_v_properties(case):
 def test_scores_match_their_definitions(case):
     tokens = case["tokens_per_frame"]
     recent = oracle_recent(case["frame_ids"], tokens, case["recent_ratio"])
-    keys = case["keys"].astype(np.float64)
-    unit = keys / (np.linalg.norm(keys, axis=-1, keepdims=True) + 1e-9)
     got = np.array(temporal_redundancy(mx.array(case["keys"]), case["patch_ids"], recent, tokens))
-    for h in range(unit.shape[0]):
-        for n in range(unit.shape[1]):
-            same = recent[h] & (case["patch_ids"][h] == case["patch_ids"][h, n])
-            want = -np.mean(unit[h, same] @ unit[h, n]) if same.any() else 0.0
-            assert math.isclose(got[h, n], want, abs_tol=1e-5)
-    np.testing.assert_allclose(np.array(value_norm(mx.array(case["values"]))),
-                               np.linalg.norm(case["values"], axis=-1), rtol=1e-5)
+    np.testing.assert_allclose(got, oracle_tar(case["keys"], case["patch_ids"], recent),
+                               atol=1e-5)
+    van = value_norm(mx.array(case["values"]))
+    if case["van_pooling"]:
+        van = pool_value_norm(van, case["frame_ids"], case["patch_ids"], case["grid_hw"],
+                              case["layer_idx"], case["num_layers"])
+    np.testing.assert_allclose(np.array(van), oracle_van(case), rtol=1e-5)

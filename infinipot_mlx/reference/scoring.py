@@ -9,12 +9,17 @@ T = tokens per frame, G = frame extent of the dense pooling grid. Metadata
 rule and the dense grid.
 
 VaN pooling with holes: each head's VaN map is scattered into a dense (G, rows, cols)
-grid (its present frames in frame-id order, zeros at missing patches and unused frame
-slots), pooled with torch.nn.functional.avg_pool3d (first quarter of the layers),
-avg_pool2d per frame (second) or avg_pool1d along the flattened token sequence (third),
-stride 1, padding k // 2, count_include_pad=True, then gathered back to the candidates.
-Kernels shrink per axis to the largest odd size that fits G, rows, cols (the 1-D kernel:
-G * T).
+grid (its present frames in frame-id order, zeros at the holes: missing patches and
+unused frame slots), pooled with torch.nn.functional.avg_pool3d (first quarter of the
+layers), avg_pool2d per frame (second) or avg_pool1d along the flattened token sequence
+(third), stride 1, padding k // 2, count_include_pad=True, gathered back to the
+candidates and multiplied by candidates.PoolLayout.scale = k_total / count. So a hole
+adds neither to a window's sum nor to its count, while padding beyond the grid's edge
+counts as zeros; without holes (scale 1) this is exactly the authors' AvgPool. Kernels
+shrink per axis to the largest odd size that fits G, rows, cols (the 1-D kernel: G * T).
+
+Devices: tensors built from host metadata are moved to the device of the tensor they
+meet (keys for TaR, the VaN map for pooling), so the scorers run on CPU, CUDA or meta.
 """
 
 from __future__ import annotations
@@ -28,6 +33,12 @@ from .. import candidates
 EPS = 1e-9  # cos(a, b) = a.b / ((|a| + EPS)(|b| + EPS))
 
 AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}  # pooled axes -> torch op
+
+
+def on_device(array: np.ndarray, like: torch.Tensor, dtype: torch.dtype | None = None
+              ) -> torch.Tensor:
+    """Host numpy -> tensor on like's device (and dtype when given)."""
+    return torch.from_numpy(array).to(device=like.device, dtype=dtype)
 
 
 def value_norm(values: torch.Tensor) -> torch.Tensor:
@@ -52,11 +63,11 @@ def temporal_redundancy(keys: torch.Tensor, patch_ids: np.ndarray, recent_mask: 
     src, weight, rows = candidates.reference_layout(patch_ids, recent_mask, tokens_per_frame)
     dim = keys.shape[-1]
     keys = keys.float()
-    recent = keys.reshape(-1, dim)[torch.from_numpy(src.reshape(-1))]
+    recent = keys.reshape(-1, dim)[on_device(src.reshape(-1), keys)]
     recent = recent.reshape(*src.shape, dim)  # (H, C, T, D)
     recent = recent / (torch.linalg.vector_norm(recent, dim=-1, keepdim=True) + EPS)
-    ref = torch.sum(recent * torch.from_numpy(weight)[..., None], dim=1)  # (H, T, D) mean unit key
-    ref = ref.reshape(-1, dim)[torch.from_numpy(rows)]  # (H, N, D) per candidate
+    ref = torch.sum(recent * on_device(weight, keys)[..., None], dim=1)  # (H, T, D) mean unit key
+    ref = ref.reshape(-1, dim)[on_device(rows, keys)]  # (H, N, D) per candidate
     return -torch.sum(keys * ref, dim=-1) / (torch.linalg.vector_norm(keys, dim=-1) + EPS)
 
 
@@ -72,18 +83,15 @@ def pool_value_norm(van: torch.Tensor, frame_ids: np.ndarray, patch_ids: np.ndar
     Returns:
         (H, N) pooled VaN (van itself in the last quarter of the layers).
     """
-    rows, cols = grid_hw
-    slots, n_frames = candidates.dense_layout(frame_ids, patch_ids, rows * cols)
-    kernel = candidates.pool_kernel(layer_idx, num_layers, (n_frames, rows, cols))
-    if not kernel:
+    layout = candidates.pool_layout(frame_ids, patch_ids, grid_hw, layer_idx, num_layers)
+    if layout is None:
         return van
-    n_heads = van.shape[0]
-    slots = torch.from_numpy(slots)
-    dense = torch.zeros((n_heads, n_frames * rows * cols), dtype=van.dtype)
+    n_heads, kernel = van.shape[0], layout.kernel
+    slots = on_device(layout.slots, van)
+    dense = torch.zeros((n_heads, layout.size), dtype=van.dtype, device=van.device)
     dense = dense.scatter(1, slots, van)  # (H, G*T), zeros at holes
-    view = (n_frames, rows, cols) if len(kernel) > 1 else (n_frames * rows * cols,)
-    pooled_axes = view[len(view) - len(kernel):]
-    grid = dense.reshape(-1, 1, *pooled_axes)  # (batch, channel=1, *pooled axes)
+    grid = dense.reshape(-1, 1, *layout.view[len(layout.view) - len(kernel):])  # (B, 1, *axes)
     pooled = AVG_POOL[len(kernel)](grid, kernel, stride=1, padding=[k // 2 for k in kernel],
                                    count_include_pad=True)
-    return torch.gather(pooled.reshape(n_heads, -1), 1, slots)
+    pooled = torch.gather(pooled.reshape(n_heads, -1), 1, slots)  # (H, N)
+    return pooled * on_device(layout.scale, pooled, pooled.dtype)

@@ -27,6 +27,9 @@ latest arrivals. The TaR share is filled with the highest-TaR non-recent tokens,
 the VaN share with the highest-VaN tokens not kept yet. K_tar = 0 skips TaR entirely.
 Every top-k breaks ties towards the later arrival (higher index): scores are reversed
 along N and sorted descending with torch.sort(stable=True).
+
+Devices: masks and indices built from host metadata go to the keys' device, and the
+returned indices live there too (CPU, CUDA or meta alike).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import numpy as np
 import torch
 
 from .. import candidates, plan
-from .scoring import pool_value_norm, temporal_redundancy, value_norm
+from .scoring import on_device, pool_value_norm, temporal_redundancy, value_norm
 
 
 @dataclass(frozen=True)
@@ -69,48 +72,51 @@ def infinipot_v(req: Request) -> torch.Tensor:
     """The selection step: recent frames + TaR share, then VaN share. Returns (H, K)."""
     n_heads, n_cand = req.frame_ids.shape
     k_tar = plan.tar_share(req.keep, req.tar_ratio)
-    picks, taken = [], torch.zeros((n_heads, n_cand), dtype=torch.bool)
+    device = req.keys.device
+    picks, taken = [], torch.zeros((n_heads, n_cand), dtype=torch.bool, device=device)
     if k_tar > 0:
         recent = candidates.recent_mask(req.frame_ids, req.tokens_per_frame, req.recent_ratio)
         forced = candidates.newest(recent, k_tar)  # all of R, or its k_tar latest arrivals
         tar = temporal_redundancy(req.keys, req.patch_ids, recent, req.tokens_per_frame)
         # forced first, then non-recent by TaR; recent tokens beyond k_tar wait for VaN
-        inf = torch.tensor(float("inf"))
-        priority = torch.where(torch.from_numpy(forced), inf,
-                               torch.where(torch.from_numpy(recent), -inf, tar))
+        inf = torch.full((), float("inf"), dtype=tar.dtype, device=device)
+        priority = torch.where(on_device(forced, tar), inf,
+                               torch.where(on_device(recent, tar), -inf, tar))
         picks.append(top_k_latest(priority, k_tar))
         taken = taken.scatter(1, picks[-1], True)
     if req.keep > k_tar:
-        van = value_norm(req.values)
+        van = value_norm(req.values).to(device)
         if req.van_pooling:
             van = pool_value_norm(van, req.frame_ids, req.patch_ids, req.grid_hw,
                                   req.layer_idx, req.num_layers)
-        van = torch.where(taken, torch.tensor(float("-inf")), van)
+        minus_inf = torch.full((), float("-inf"), dtype=van.dtype, device=device)
+        van = torch.where(taken, minus_inf, van)
         picks.append(top_k_latest(van, req.keep - k_tar))
     return torch.sort(torch.cat(picks, dim=1), dim=1).values
 
 
 def uniform(req: Request) -> torch.Tensor:
     """Indices floor(i * N / K), the same on every head. Returns (H, K)."""
-    n_heads, n_cand = req.frame_ids.shape
-    return _broadcast(candidates.uniform_indices(n_cand, req.keep), n_heads)
+    n_cand = req.frame_ids.shape[1]
+    return _broadcast(candidates.uniform_indices(n_cand, req.keep), req)
 
 
 def sliding_window(req: Request) -> torch.Tensor:
     """The K latest arrivals, the same on every head. Returns (H, K)."""
-    n_heads, n_cand = req.frame_ids.shape
-    return _broadcast(np.arange(n_cand - req.keep, n_cand), n_heads)
+    n_cand = req.frame_ids.shape[1]
+    return _broadcast(np.arange(n_cand - req.keep, n_cand), req)
 
 
 def full(req: Request) -> torch.Tensor:
     """No compression: every index. Returns (H, N)."""
-    n_heads, n_cand = req.frame_ids.shape
-    return _broadcast(np.arange(n_cand), n_heads)
+    n_cand = req.frame_ids.shape[1]
+    return _broadcast(np.arange(n_cand), req)
 
 
-def _broadcast(indices: np.ndarray, n_heads: int) -> torch.Tensor:
-    """(K,) host indices -> (H, K) int64."""
-    return torch.from_numpy(indices.astype(np.int64)).expand(n_heads, -1).contiguous()
+def _broadcast(indices: np.ndarray, req: Request) -> torch.Tensor:
+    """(K,) host indices -> (H, K) int64 on the keys' device."""
+    n_heads = req.frame_ids.shape[0]
+    return on_device(indices.astype(np.int64), req.keys).expand(n_heads, -1).contiguous()
 
 
 METHODS = {"infinipot_v": infinipot_v, "uniform": uniform,
