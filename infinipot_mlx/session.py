@@ -12,6 +12,7 @@ import mlx.core as mx
 import numpy as np
 
 from .adapters import adapter_class
+from .answer import eos_ids
 from .cache import StreamCache
 from .config import InfiniPotConfig
 from .model_path import ModelPathError, resolve_model_path  # noqa: F401  (re-exported)
@@ -26,6 +27,7 @@ class MLXBackend:
     """The array-library hooks the shared streaming loop needs, for MLX."""
 
     select_tokens = staticmethod(select_tokens)
+    eos_ids = staticmethod(eos_ids)  # (tokenizer, spec) -> sorted stop ids, shared (answer.py)
 
     def new_cache(self, num_layers: int) -> StreamCache:
         return StreamCache(num_layers)
@@ -58,12 +60,6 @@ class MLXBackend:
             return int(sample((logits - mx.logsumexp(logits))[None])[0].item())  # log-probabilities
 
         return draw
-
-    def eos_ids(self, tokenizer, eos_text: str) -> list[int]:
-        ids = {tokenizer.convert_tokens_to_ids(eos_text)}
-        if tokenizer.eos_token_id is not None:
-            ids.add(tokenizer.eos_token_id)
-        return sorted(i for i in ids if i is not None)
 
     def memory(self) -> tuple[int, int]:
         """(active, peak) bytes held by MLX."""

@@ -1,12 +1,14 @@
 """Backend-agnostic facts about each supported model: template pieces, grid, positions.
 
-A ModelSpec is read from a checkpoint folder's config.json and preprocessor_config.json
-(the published hub layout) and is shared by the MLX and the PyTorch adapters, so both
-backends build the same token sequence with the same positions.
+A ModelSpec is read from a checkpoint folder's config.json, preprocessor_config.json and
+generation_config.json (the published hub layout) and is shared by the MLX and the PyTorch
+adapters, so both backends build the same token sequence with the same positions and stop
+an answer on the same token ids.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -65,6 +67,7 @@ class ModelSpec:
     pieces: ChatPieces = ChatPieces()
     frame_size: tuple[int, int] | None = None  # fixed (H, W) of every frame (LLaVA-OV), else any
     token_grid: tuple[int, int] | None = None  # fixed (rows, cols) of a slot's tokens (LLaVA-OV)
+    eos_token_ids: tuple[int, ...] = ()  # generation_config.json's eos_token_id (Qwen: im_end, endoftext)
 
     def slot_grid(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
         """Merged grid (rows, cols) of one temporal slot for frames of size (H, W)."""
@@ -123,13 +126,39 @@ def load_spec(model_dir: str | Path) -> ModelSpec:
     video_path = model_dir / "video_preprocessor_config.json"  # transformers' video processor
     pre = {**pre, "video": read_json(video_path) if video_path.exists() else {}}
     try:
-        return SPEC_READERS[model_type](config, pre)
+        spec = SPEC_READERS[model_type](config, pre)
     except KeyError as err:
         raise CheckpointConfigError(f"{config_path} lacks the key {err.args[0]!r} that a {model_type} "
                                     f"config needs; {_FIX}") from None
     except (TypeError, AttributeError, ValueError) as err:  # a section or value of the wrong type
         raise CheckpointConfigError(f"{config_path} or {pre_path.name} has a malformed {model_type} "
                                     f"entry ({err}); {_FIX}") from None
+    return dataclasses.replace(spec, eos_token_ids=read_eos_ids(model_dir, config))
+
+
+def read_eos_ids(model_dir: Path, config: dict) -> tuple[int, ...]:
+    """The ids that end an answer, as transformers' generate reads them: generation_config.json's
+    `eos_token_id` (an int or a list), else config.json's (top level or text_config), else ().
+
+    Qwen2.5-VL-7B-Instruct lists [151645, 151643]: `<|im_end|>` and `<|endoftext|>`.
+    """
+    path = model_dir / "generation_config.json"
+    generation = read_json(path) if path.exists() else {}
+    if generation.get("eos_token_id") is not None:
+        return _eos_tuple(generation["eos_token_id"], path)
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    value = config.get("eos_token_id")
+    value = text.get("eos_token_id") if value is None else value
+    return () if value is None else _eos_tuple(value, model_dir / "config.json")
+
+
+def _eos_tuple(value, path: Path) -> tuple[int, ...]:
+    """An eos_token_id entry (int or list of ints) as a tuple; CheckpointConfigError otherwise."""
+    ids = value if isinstance(value, list) else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise CheckpointConfigError(f"{path} has eos_token_id {value!r}; expected a token id or a "
+                                    f"list of token ids; {_FIX}")
+    return tuple(ids)
 
 
 def video_pixels(video: dict, key: str, size_key: str, default: int) -> int:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from infinipot_mlx import cache as mlx_cache
 from infinipot_mlx.reference import cache as ref_cache
+from infinipot_mlx.reference.adapters import cache_keyword
 
 BACKENDS = {
     "mlx": (mlx_cache, mx.array, np.asarray),
@@ -309,7 +310,7 @@ def torch_model(request):
     def forward(a, b, cache):
         with torch.no_grad():
             out = model(input_ids=torch.from_numpy(ids[:, a:b]), position_ids=torch.from_numpy(pos[..., a:b]),
-                        past_key_values=cache, use_cache=True)
+                        **{cache_keyword(model): cache}, use_cache=True)
         return out.logits.numpy()
 
     return forward

@@ -116,7 +116,9 @@ def test_multi_turn_prompt_contains_first_answer(tiny):
     assert text.index(first) < text.index("And then?")
     assert text.count("<|vision_start|>") == 2  # the new frames opened a second video segment
     assert session.cache.n_pinned > pinned_after_first
-    assert isinstance(second, str)
+    pieces = tiny[2].pieces
+    assert first and second  # each answer decoded visible text
+    assert text.endswith("And then?" + pieces.question_close + second + pieces.answer_close)
 
 
 def test_ask_validates_and_stops(tiny):
@@ -124,8 +126,19 @@ def test_ask_validates_and_stops(tiny):
     session.add_frames(frames_for(4))
     with pytest.raises(ValueError, match="empty"):
         session.ask("   ")
-    pieces = list(session.ask("Describe it.", max_tokens=3))
-    assert session.counters.tokens_decoded <= 3 and len(pieces) <= 3
+    tok, spec = tiny[1], tiny[2]
+    count = lambda text: len(tok.encode(text, add_special_tokens=False))  # noqa: E731
+    before = session.cache.n_cached
+    answer = "".join(session.ask("Describe it.", max_tokens=3))
+    assert session.stop_reason == "max_tokens"
+    assert session.counters.tokens_decoded == 2  # the third token is pinned with the closing piece
+    # every token is counted: the video's close, the question, 3 answer tokens, the closing piece
+    question = spec.pieces.video_close + "Describe it." + spec.pieces.question_close
+    assert session.cache.n_cached - before == count(question) + 3 + count(spec.pieces.answer_close)
+    longer = session_for(tiny, capacity=600, block_frames=2, reserve=128)  # the same greedy answer,
+    longer.add_frames(frames_for(4))  # with room for more: max_tokens is what cut it
+    more = "".join(longer.ask("Describe it.", max_tokens=12))
+    assert answer and more.startswith(answer) and len(more) > len(answer)
 
 
 def test_budget_that_cannot_hold_a_block_is_rejected(tiny):

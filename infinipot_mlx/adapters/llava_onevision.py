@@ -100,7 +100,8 @@ class LlavaOnevisionAdapter:
         cache.place_next(positions)  # the cache's offset becomes positions[0] for this forward
         if embeds.ndim == 2:
             embeds = embeds[None]  # (1, L, E)
-        hidden = self.lm.model(None, cache=cache, input_embeddings=embeds)
+        hidden = self.lm.model(None, cache=cache, input_embeddings=embeds)  # (1, L, E)
+        hidden = hidden[:, -1:]  # only the last token's logits are ever used: (1, 1, E)
         if self.lm.config.tie_word_embeddings:
             return self.lm.model.embed_tokens.as_linear(hidden)
         return self.lm.lm_head(hidden)

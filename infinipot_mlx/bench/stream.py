@@ -53,7 +53,7 @@ class BenchBackend(MLXBackend):
     def new_cache(self, num_layers: int):
         return self.cache_factory(num_layers) if self.cache_factory else StreamCache(num_layers)
 
-    def eos_ids(self, tokenizer, eos_text: str) -> list[int]:
+    def eos_ids(self, tokenizer, spec) -> list[int]:
         return []
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..answer import eos_ids
 from ..config import InfiniPotConfig
 from ..model_path import resolve_model_path
 from ..specs import load_spec
@@ -42,6 +43,7 @@ class TorchBackend:
     """The array-library hooks the shared streaming loop needs, for PyTorch."""
 
     select_tokens = staticmethod(select_tokens)
+    eos_ids = staticmethod(eos_ids)  # (tokenizer, spec) -> sorted stop ids, shared (answer.py)
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
@@ -69,12 +71,6 @@ class TorchBackend:
         if temperature <= 0:
             return lambda logits: int(torch.argmax(logits).item())
         return lambda logits: _sample(logits, temperature, top_p)
-
-    def eos_ids(self, tokenizer, eos_text: str) -> list[int]:
-        ids = {tokenizer.convert_tokens_to_ids(eos_text)}
-        if tokenizer.eos_token_id is not None:
-            ids.add(tokenizer.eos_token_id)
-        return sorted(i for i in ids if i is not None)
 
     def memory(self) -> tuple[int, int]:
         """(active, peak) bytes: CUDA tensor bytes, or process RSS on CPU (module docstring)."""
@@ -176,7 +172,7 @@ def load_model(path_or_repo: str, device: str = "auto", dtype: str | None = None
     # the model_type's *ForConditionalGeneration (Qwen2.5-VL, LLaVA-OneVision)
     model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch_dtype, attn_implementation=ATTENTION)
     model = model.to(torch_device).eval().requires_grad_(False)
-    # AutoTokenizer, not AutoProcessor: importing mlx-vlm patches AutoProcessor (FIXTURES.md)
+    # AutoTokenizer, not AutoProcessor: importing mlx-vlm patches AutoProcessor
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return model, tokenizer, spec, path
 

@@ -21,3 +21,15 @@ def adapter_class(model_type: str):
         raise ValueError(f"no reference adapter for model type {model_type!r}; supported: {', '.join(ADAPTERS)}")
     module, name = ADAPTERS[model_type]
     return getattr(importlib.import_module(module), name)
+
+
+def cache_keyword(module) -> str:
+    """transformers' name for the KV-cache argument of `module.forward`.
+
+    `cache` since transformers 5.24 (where `past_key_values` warns as deprecated, to be removed
+    in 5.40), `past_key_values` before it. Passing `cache=` to an older model would not fail:
+    it would vanish into **kwargs and the model would run without our cache, so ask the signature.
+    """
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"

@@ -4,9 +4,10 @@ The mirror of infinipot_mlx/adapters/llava_onevision.py. Vision goes through tra
 own `get_video_features` (SigLIP, projector, 2x2 bilinear pooling with ceil), whose one
 `image_newline` per call is dropped per block and given back once after the video segment
 by `video_close_embeds`. The inner Qwen2Model is called with inputs_embeds, explicit
-position_ids (1, L) and our StreamCache; `place_next` records the positions in the cache
-for the `compact` policy, whose key re-rotation (`key_rotation`) uses the model's own
-rotary embedding (Qwen2: rotate-half, rope_theta).
+position_ids (1, L) and our StreamCache as its cache argument (`cache_keyword`);
+`place_next` records the positions in the cache for the `compact` policy, whose key
+re-rotation (`key_rotation`) uses the model's own rotary embedding (Qwen2: rotate-half,
+rope_theta).
 
 Notation: n frames (one slot each), T tokens per frame, L new tokens, E hidden size,
 V vocabulary, H KV heads, D head dim.
@@ -22,6 +23,7 @@ from ...errors import UserError
 from ...pixels import siglip_frames
 from ...positions import text_positions
 from ...specs import ModelSpec
+from . import cache_keyword
 
 
 class KeyRotation:
@@ -51,6 +53,7 @@ class LlavaOnevisionAdapter:
         self.spec = spec
         self.lm = model.model.language_model  # Qwen2Model
         self.device = next(model.parameters()).device
+        self.cache_keyword = cache_keyword(self.lm)  # "cache" (transformers >= 5.24) or "past_key_values"
 
     @torch.no_grad()
     def encode_slots(self, frames: np.ndarray) -> torch.Tensor:
@@ -95,5 +98,5 @@ class LlavaOnevisionAdapter:
         if embeds.ndim == 2:
             embeds = embeds[None]  # (1, L, E)
         out = self.lm(inputs_embeds=embeds.to(self.lm.embed_tokens.weight.dtype),
-                      position_ids=position_ids, past_key_values=cache, use_cache=True)
+                      position_ids=position_ids, use_cache=True, **{self.cache_keyword: cache})
         return self.model.lm_head(out.last_hidden_state[:, -1:])  # only the last is used: (1, 1, V)

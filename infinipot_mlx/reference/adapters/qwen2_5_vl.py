@@ -2,11 +2,12 @@
 
 The mirror of infinipot_mlx/adapters/qwen2_5_vl.py. The inner text model
 (Qwen2_5_VLTextModel) is called with inputs_embeds, explicit position_ids (3, 1, L) and
-our StreamCache as past_key_values, so transformers' own position code (get_rope_index,
-rope_deltas, mm_token_type_ids) is never used: every prefill and decode position comes
-from infinipot_mlx.positions. The causal mask is built by transformers from the cache:
-query offset = n_cached and (kv_length, kv_offset) = (n_cached + L, 0), which makes every
-cached slot visible and the L new tokens causal among themselves.
+our StreamCache as its cache argument (`cache`; `past_key_values` before transformers
+5.24), so transformers' own position code (get_rope_index, rope_deltas, mm_token_type_ids)
+is never used: every prefill and decode position comes from infinipot_mlx.positions. The
+causal mask is built by transformers from the cache: query offset = n_cached and
+(kv_length, kv_offset) = (n_cached + L, 0), which makes every cached slot visible and the
+L new tokens causal among themselves.
 
 Notation: n sampled frames, S = n / 2 temporal slots, T tokens per slot, L new tokens,
 E hidden size, V vocabulary.
@@ -20,6 +21,7 @@ import torch
 from ...pixels import qwen_patchify
 from ...positions import mrope_positions_at
 from ...specs import ModelSpec
+from . import cache_keyword
 
 
 class Qwen2_5_VLAdapter:
@@ -31,6 +33,7 @@ class Qwen2_5_VLAdapter:
         self.spec = spec
         self.lm = model.model.language_model  # Qwen2_5_VLTextModel
         self.device = next(model.parameters()).device
+        self.cache_keyword = cache_keyword(self.lm)  # "cache" (transformers >= 5.24) or "past_key_values"
 
     @torch.no_grad()
     def encode_slots(self, frames: np.ndarray) -> torch.Tensor:
@@ -65,5 +68,5 @@ class Qwen2_5_VLAdapter:
         if embeds.ndim == 2:
             embeds = embeds[None]  # (1, L, E)
         out = self.lm(inputs_embeds=embeds.to(self.lm.embed_tokens.weight.dtype),
-                      position_ids=position_ids, past_key_values=cache, use_cache=True)
+                      position_ids=position_ids, use_cache=True, **{self.cache_keyword: cache})
         return self.model.lm_head(out.last_hidden_state[:, -1:])  # only the last is used: (1, 1, V)
