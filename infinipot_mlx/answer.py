@@ -62,7 +62,8 @@ class AnswerLoop:
         pieces = self.spec.pieces
         ids = self._encode(pieces.user_open + question.strip() + pieces.question_close)
         need = len(ids) + 1 + len(self._answer_tail())
-        self._check_position_range([self.cache.next_position + need + len(self.pending)])
+        if self.policy != "compact":  # `compact` renumbers when the range runs out
+            self._check_position_range([self.cache.next_position + need + len(self.pending)])
         most = self.question_room()
         if need > most:
             raise QuestionTooLongError(
@@ -75,7 +76,7 @@ class AnswerLoop:
 
     def _generate(self, text, ids, max_tokens, temperature, top_p, stop) -> Iterator[str]:
         tok, tail = self.adapter.tokenizer, self._answer_tail()
-        eos = set(self.backend.eos_ids(tok, self.spec.pieces.eos))
+        eos = set(self.backend.eos_ids(tok, self.spec))  # eos_ids below (a bench may override)
         sampler = self.backend.make_sampler(temperature, top_p)
         with self._atomic():  # the question is asked whole, or not at all
             if not self.user_turn_open:
@@ -126,6 +127,7 @@ class AnswerLoop:
     def _room_for_token(self, tail: int) -> str | None:
         """None when one more answer token and the closing piece fit; else why not."""
         limit = self.spec.max_positions
+        self._renumber_if_needed(1 + tail)  # `compact`: renumbers when the range runs out
         if limit is not None and self.cache.next_position + 1 + tail > limit:
             return "positions"
         if not self._make_room(1 + tail, slack=max(1, self.config.reserve // 2)):
@@ -146,6 +148,14 @@ class AnswerLoop:
             text = self.adapter.tokenizer.decode(self.open_answer) + self.spec.pieces.answer_close
             self._prefill_text(text, tail)
             self.open_answer, self.unfed = None, None
+
+
+def eos_ids(tokenizer, spec) -> list[int]:
+    """The token ids that end an answer, sorted: the chat template's end token (`<|im_end|>`),
+    the checkpoint's generation_config eos_token_id list (spec.eos_token_ids; Qwen2.5-VL adds
+    `<|endoftext|>`) and the tokenizer's eos_token_id. Both backends use this one function."""
+    ids = {tokenizer.convert_tokens_to_ids(spec.pieces.eos), tokenizer.eos_token_id, *spec.eos_token_ids}
+    return sorted(i for i in ids if i is not None)
 
 
 def _first_stop(text: str, stop: tuple[str, ...]) -> int | None:

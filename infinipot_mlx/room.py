@@ -86,8 +86,6 @@ class RoomKeeper:
         self.turns = [self.turns[0]] + [Turn(t.pinned_start - pinned, t.transcript_start - pieces)
                                         for t in self.turns[2:]]
         self.counters.turns_evicted += 1
-        if self.policy == "compact":
-            self._compact_positions()
         self.backend.sync(None, self.cache)
         return True
 

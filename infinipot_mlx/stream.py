@@ -170,6 +170,7 @@ class StreamSessionBase(RoomKeeper, AnswerLoop):
             return self._prefill_ids(ids)
 
     def _prefill_ids(self, ids: list[int]):
+        self._renumber_if_needed(len(ids))
         positions = text_positions(self.cache.next_position, len(ids), self.spec.position_axes)
         logits = self._forward(self.adapter.embed_tokens(ids), positions)
         return logits[0, -1]
@@ -270,6 +271,7 @@ class StreamSessionBase(RoomKeeper, AnswerLoop):
             with self._atomic():
                 if not self._make_room(embeds.shape[-2]):
                     raise plan.CapacityError("no room under the KV cap to close the video; raise --kv-budget")
+                self._renumber_if_needed(embeds.shape[-2])
                 self._forward(embeds, text_positions(self.cache.next_position, embeds.shape[-2],
                                                      self.spec.position_axes))
                 self.transcript.append("<video_end_embeds>")
@@ -285,6 +287,7 @@ class StreamSessionBase(RoomKeeper, AnswerLoop):
             grid = self.spec.slot_grid(self.frame_hw)
             T, S = grid[0] * grid[1], len(frames) // self.spec.frames_per_slot
             self._room_for_block(S, T)
+            self._renumber_if_needed(S * T)
             times = self._slot_times([t for _, t in items], S)
             positions = self.adapter.video_positions(self.video_start, self.segment_slots, times, grid)
             self._check_position_range(positions)
@@ -351,12 +354,17 @@ class StreamSessionBase(RoomKeeper, AnswerLoop):
                     kept_sets.append(np.stack([np.take_along_axis(frame_ids, kept_np, 1),
                                                np.take_along_axis(patch_ids, kept_np, 1)], -1))
                 layer.compress(kept)
-            if self.policy == "compact":
-                self._compact_positions()
             self.backend.sync(None, self.cache)
             self.counters.compressions += 1
             if self.record_kept:
                 self.kept_log.append(kept_sets)
+
+    def _renumber_if_needed(self, incoming: int) -> None:
+        """`compact`: renumber only when `incoming` more positions would pass the model's
+        trained range, so that stored keys are re-rotated, and rounded again, rarely."""
+        limit = self.spec.max_positions
+        if self.policy == "compact" and limit is not None and self.cache.next_position + incoming > limit:
+            self._compact_positions()
 
     def _compact_positions(self) -> None:
         """`compact`: renumber the n kept slots 0..n-1 in arrival order (every head), re-rotate keys."""

@@ -119,21 +119,23 @@ def test_absolute_stops_before_the_trained_range(short_range):
     assert session.counters.compressions >= 1  # the cap held, but positions kept growing
 
 
-def test_compact_runs_past_the_trained_range_with_bounded_positions(short_range):
-    capacity, block = 256, 2 * T
+def test_compact_runs_past_the_trained_range_renumbering_only_when_it_must(short_range):
+    """~1000 positions in a 512-position model: positions stay inside the range, and the
+    kept keys are renumbered (re-rotated, rounded again) a few times, not at every compression."""
+    capacity = 256
     session = session_for(short_range, capacity=capacity, reserve=64, block_frames=2)
     assert session.policy == "compact"
-    highest = 0
+    renumbered, last = 0, 0
     for i in range(30):  # 60 frames = 960 visual tokens: ~1000 positions under `absolute`
         session.add_frames(frames_for(2, seed=i))
-        highest = max(highest, *(int(layer.positions.max()) for layer in session.cache))
-        assert session.cache.next_position == session.cache.n_cached  # compact: 0..n-1
-    answer = "".join(session.ask(QUESTION, max_tokens=8))
-    assert session.counters.compressions >= 10 and isinstance(answer, str)
-    assert highest < capacity + block and session.stats()["next_position"] <= capacity
-    for layer in session.cache:  # every head: consecutive positions in arrival order
-        np.testing.assert_array_equal(layer.positions, np.broadcast_to(np.arange(layer.n_cached),
-                                                                       layer.positions.shape))
+        assert max(int(layer.positions.max()) for layer in session.cache) < 512
+        renumbered += session.cache.next_position < last
+        last = session.cache.next_position
+    "".join(session.ask(QUESTION, max_tokens=8))
+    assert session.counters.compressions >= 10 and 1 <= renumbered <= 3
+    assert session.stats()["next_position"] <= 512
+    for layer in session.cache:  # every head: increasing positions in arrival order
+        assert np.all(np.diff(layer.positions, axis=1) > 0)
 
 
 def test_compact_needs_a_capacity_inside_the_trained_range(short_range):
@@ -163,6 +165,7 @@ def test_quantized_bfloat16_model_streams_in_its_own_dtype(tiny_llava_dir):
     nn.quantize(model.language_model, group_size=64, bits=4)
     session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=200, reserve=40, block_frames=2))
     session.add_frames(frames_for(12))
-    answer = "".join(session.ask(QUESTION, max_tokens=4))
-    assert isinstance(answer, str) and session.counters.compressions >= 1
+    "".join(session.ask(QUESTION, max_tokens=4))
+    assert session.counters.compressions >= 1 and session.stop_reason in ("eos", "max_tokens")
+    assert np.all(np.isfinite(session.question_logits))
     assert session.cache[0].keys.dtype == mx.bfloat16 and session.question_logits.dtype == np.float32
