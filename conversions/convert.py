@@ -5,7 +5,7 @@
 
 mlx_vlm.convert does the conversion (loading, casting, quantizing, saving). Afterwards the
 source's processor_config.json is put back: mlx-vlm writes an mlx-only one that transformers
-cannot open (FIXTURES.md). Unless --no-verify, one prompt with frames runs through the source
+cannot open. Unless --no-verify, one prompt with frames runs through the source
 in transformers (float32) and through the result in mlx_vlm, with the same token ids, the same
 pixel values (pixels.py: qwen_patchify for Qwen, normalize for LLaVA-OV) and, for Qwen, the
 same M-RoPE positions (positions.py). It prints the max |logit difference|, top-1 agreement,

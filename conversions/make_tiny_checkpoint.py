@@ -74,7 +74,7 @@ def _save_weights(model, model_type: str, out_dir: Path, dtype: str) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    model.to(getattr(torch, dtype))  # one dtype for every sub-model (see FIXTURES.md)
+    model.to(getattr(torch, dtype))  # one dtype for every sub-model (transformers keeps some in float32)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         state = load_file(str(Path(tmp) / "model.safetensors"))

@@ -2,7 +2,7 @@
 
 MLX's Linux CPU wheel links netlib's reference BLAS; a 1k float32 matmul takes ~400 ms
 there against ~11 ms with OpenBLAS. Loading a system OpenBLAS with RTLD_GLOBAL before
-libmlx is loaded makes libmlx bind cblas_* to it (see shared/PERFORMANCE.md).
+libmlx is loaded makes libmlx bind cblas_* to it (1k matmul: ~400 ms -> ~11 ms on 2 cores).
 
 INFINIPOT_BLAS=off disables this; INFINIPOT_BLAS=/path/to/libcblas.so names a library.
 When a named library cannot be loaded, blas_error says why and what to do: library users

@@ -4,7 +4,7 @@ Writes folders laid out like Qwen/Qwen2.5-VL-7B-Instruct and llava-hf/llava-onev
 so that both mlx_vlm.load and transformers' from_pretrained / processors open them offline.
 Sizes are arguments, so the same writers serve the tiny test checkpoints
 (conversions/make_tiny_checkpoint.py) and small trained models. Weights are written elsewhere
-(this module imports neither torch nor mlx). See /work/shared/FIXTURES.md for the pitfalls.
+(this module imports neither torch nor mlx).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _token_id(ids: dict[str, int], token: str) -> int:
 def _qwen_vision_config(depth: int, hidden_size: int, num_heads: int, intermediate_size: int,
                        out_hidden_size: int, window_size: int, fullatt_block_indexes: list[int] | None,
                        tokens_per_second: int) -> dict:
-    """vision_config of Qwen2.5-VL; model_type "qwen2_5_vl" as on the hub (FIXTURES.md)."""
+    """vision_config of Qwen2.5-VL; model_type "qwen2_5_vl" as on the hub."""
     return {
         "model_type": "qwen2_5_vl",
         "depth": depth,

@@ -1,7 +1,7 @@
 """One preprocessing path from RGB frames to vision-tower inputs, shared by both backends.
 
-Feeding both backends the same pixel values is what makes parity exact (FIXTURES.md:
-the frameworks' own resizers differ). Frames are already resized by video.py.
+Feeding both backends the same pixel values is what makes parity exact (the
+frameworks' own resizers differ). Frames are already resized by video.py.
 
 Notation: n = frames, H x W pixels, C = 3 channels, p = patch size, tp = temporal patch
 size, m = spatial merge size.

@@ -1,0 +1,28 @@
+"""The docs the code cites are in the repository: every "ALGORITHM.md section N" resolves to
+a section of docs/ALGORITHM.md, and no file names a document or a path outside the repo."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [p for d in ("infinipot_mlx", "conversions", "tests") for p in (ROOT / d).rglob("*.py")]
+
+
+def test_every_algorithm_citation_resolves():
+    sections = set(re.findall(r"^## (\d+)\. ", (ROOT / "docs" / "ALGORITHM.md").read_text(), re.M))
+    cited = {}
+    for path in SOURCES + [ROOT / "README.md"]:
+        for match in re.finditer(r"ALGORITHM\.md sections? (\d+)(?:\s*(?:-|and)\s*(\d+))?", path.read_text()):
+            for number in filter(None, match.groups()):
+                cited.setdefault(number, []).append(path.name)
+    assert cited, "no citation found: the pattern is wrong"
+    missing = {n: files for n, files in cited.items() if n not in sections}
+    assert not missing, missing
+
+
+def test_no_file_names_a_document_or_path_outside_the_repo():
+    outside = re.compile(r"/work/|/root/|/home/|shared/|FIXTURES\.md|PERFORMANCE\.md|ORGANISM\.md|DESIGN\.md")
+    hits = [f"{p.relative_to(ROOT)}:{i}" for p in SOURCES + [ROOT / "README.md"]
+            for i, line in enumerate(p.read_text().splitlines(), 1)
+            if outside.search(line) and p.name != "test_docs.py"]
+    assert not hits, hits
