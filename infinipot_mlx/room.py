@@ -99,8 +99,12 @@ class RoomKeeper:
         checkpoint's video limits. Without an explicit max_pixels, frames shrink further
         until a block and one kept frame fit under the cap; an explicit max_pixels is kept
         as given. Raises plan.CapacityError (with the numbers and the fixes) when nothing fits.
+        Once frames have been streamed, every later video is resized to the same frame size
+        (a slot's token grid must not change within a session; reset() forgets it).
         """
         spec = self.spec
+        if self.frame_hw is not None and self.counters.slots_seen:
+            return self.frame_hw
         if spec.frame_size is not None:
             hw = tuple(spec.frame_size)
         else:

@@ -226,3 +226,16 @@ def test_a_video_whose_name_is_not_utf8_streams(video_files, tiny_qwen_published
                          timeout=300)
     assert out.returncode == 0, out.stderr.decode("utf-8", "replace")[-2000:]
     assert out.stdout.decode("utf-8", "replace").count("A: ") == 1
+
+
+def test_a_second_video_of_another_size_joins_the_same_memory(video_files, tiny_qwen_published_dir):
+    """The API: a vertical clip after a landscape one is resized to the session's frame size."""
+    from infinipot_mlx.session import load
+
+    session = load(str(tiny_qwen_published_dir), InfiniPotConfig(capacity=2000, reserve=128), check_cap=True)
+    session.add_video(video_files["720p-30fps-h264"])
+    size = session.frame_hw
+    session.add_video(video_files["vertical-1080x1920-30fps"])
+    assert session.frame_hw == size and session.counters.frames_seen == 6 + 4
+    "".join(session.ask("What changed?", max_tokens=4))
+    assert session.stop_reason in ("eos", "max_tokens") and session.counters.peak_cached <= 2000
