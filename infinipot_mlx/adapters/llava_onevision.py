@@ -39,11 +39,14 @@ class KeyRotation:
         self.rope = rope
 
     def __call__(self, keys: mx.array, delta: np.ndarray) -> mx.array:
-        """keys (1, H, n, D) at positions p -> keys at p + delta; delta (H, n) ints."""
+        """keys (1, H, n, D) at positions p -> keys at p + delta; delta (H, n) ints.
+
+        Computed in float32 and rounded once to the keys' dtype (bfloat16 keys would
+        otherwise be rounded at every step of the rotation)."""
         _, heads, n, dim = keys.shape
-        flat = keys.reshape(heads * n, 1, 1, dim)  # one batch row per slot: its own offset
-        offsets = mx.array(np.asarray(delta, np.int32).reshape(-1))  # (H*n,)
-        return self.rope(flat, offset=offsets).reshape(1, heads, n, dim)
+        flat = keys.reshape(heads * n, 1, 1, dim).astype(mx.float32)  # one batch row per slot
+        offsets = mx.array(np.asarray(delta, np.int32).reshape(-1))  # (H*n,) its own offset each
+        return self.rope(flat, offset=offsets).reshape(1, heads, n, dim).astype(keys.dtype)
 
 
 class LlavaOnevisionAdapter:

@@ -38,10 +38,14 @@ class KeyRotation:
 
     @torch.no_grad()
     def __call__(self, keys: torch.Tensor, delta: np.ndarray) -> torch.Tensor:
-        """keys (1, H, n, D) at positions p -> keys at p + delta; delta (H, n) ints."""
+        """keys (1, H, n, D) at positions p -> keys at p + delta; delta (H, n) ints.
+
+        Computed in float32 and rounded once to the keys' dtype (bfloat16 keys would
+        otherwise be rounded at every step of the rotation)."""
         delta = torch.from_numpy(np.asarray(delta, np.int64)).to(keys.device)  # (H, n)
-        cos, sin = self.rotary_emb(keys, delta)  # (H, n, D) each
-        return keys * cos[None] + rotate_half(keys) * sin[None]
+        wide = keys.float()
+        cos, sin = self.rotary_emb(wide, delta)  # (H, n, D) each, float32
+        return (wide * cos[None] + rotate_half(wide) * sin[None]).to(keys.dtype)
 
 
 class LlavaOnevisionAdapter:
