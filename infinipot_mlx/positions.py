@@ -12,8 +12,6 @@ M-RoPE positions are (3, L) int64 arrays (t, h, w axes); 1-D RoPE positions are 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 
@@ -95,13 +93,3 @@ def mrope_stock_mlx_vlm(video_start: int, n_slots: int, grid_hw: tuple[int, int]
 def next_after(positions: np.ndarray) -> int:
     """The next text position after a span: max over every axis and token, plus one."""
     return int(positions.max()) + 1
-
-
-def absolute_limit_reached(next_position: int, incoming_span: int, max_positions: int | None) -> bool:
-    """True when `incoming_span` more positions would pass the model's trained range."""
-    return max_positions is not None and next_position + incoming_span > max_positions
-
-
-def video_time_span(n_slots: int, second_per_grid: float, tokens_per_second: float) -> int:
-    """Positions the t axis advances over n_slots slots (for range checks)."""
-    return int(math.floor(n_slots * second_per_grid * tokens_per_second)) + 1

@@ -35,10 +35,8 @@ class MLXBackend:
     def sync(self, output, cache: StreamCache | None = None) -> None:
         """Materialize lazy arrays so timings and memory are real."""
         arrays = [] if output is None else [output]
-        if cache is not None and not isinstance(cache, mx.array):
+        if cache is not None:
             arrays += [a for layer in cache.layers for a in (layer.keys, layer.values) if a is not None]
-        elif cache is not None:
-            arrays.append(cache)
         mx.eval(*arrays)
 
     def to_numpy(self, x) -> np.ndarray:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from infinipot_mlx.bench import accuracy
-from infinipot_mlx.demo import first_word, organism_config
+from infinipot_mlx.organism.session import first_word, organism_config
 
 
 def test_organism_cap_leaves_the_requested_share_and_never_less_than_two_slots():

@@ -65,7 +65,7 @@ def selection(args) -> tuple[list[float], list[str], list[str]]:
 
 def run_one(model_bundle, frames: np.ndarray, qa, method: str, budget: float) -> dict:
     """Stream one video under one config; per-question correctness and cache facts."""
-    from ..demo import first_word, organism_config
+    from ..organism.session import first_word, organism_config
     from ..session import StreamSession
 
     model, tok, spec, pinned = model_bundle
@@ -85,7 +85,7 @@ def run_one(model_bundle, frames: np.ndarray, qa, method: str, budget: float) ->
 
 def load_bundle():
     """(model, tokenizer, spec, pinned prompt tokens before the first frame) of the organism."""
-    from ..demo import open_organism
+    from ..organism.session import open_organism
 
     probe = open_organism(method="full")
     a = probe.adapter
