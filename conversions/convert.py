@@ -31,7 +31,7 @@ import infinipot_mlx  # noqa: F401  (BLAS preload; must precede any mlx import)
 import numpy as np
 from infinipot_mlx._blas import check_blas
 from infinipot_mlx.errors import OneLineParser, UserError, report
-from infinipot_mlx.model_path import require_weights
+from infinipot_mlx.model_path import require_weights, resolve_model_path
 from infinipot_mlx.specs import load_spec, read_json
 
 SUPPORTED = ("qwen2_5_vl", "llava_onevision")
@@ -39,7 +39,6 @@ FLOAT32_TOLERANCE = 1e-4
 EXIT_MISMATCH, EXIT_BAD_INPUT = 1, 2
 QUESTION = "Describe the video."
 # what mlx_vlm.utils.get_model_path downloads
-HUB_PATTERNS = ["*.json", "*.jsonl", "*.safetensors", "*.py", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
 FPS = 2.0
 VERIFY_KEYS = {  # config.json entries the verification inputs read (section.key)
     "qwen2_5_vl": ("video_token_id", "vision_config.patch_size", "vision_config.temporal_patch_size",
@@ -68,20 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ----- paths and configs ----------------------------------------------------------------------------
 def resolve_source(hf_path: str) -> Path:
     """The local folder of --hf-path: the folder itself, or the hub snapshot of a repo id."""
-    path = Path(hf_path).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ConversionError(f"{path} has no config.json; pass --hf-path a Hugging Face checkpoint folder")
-        return path
-    if hf_path.startswith((".", "/", "~")) or hf_path.count("/") != 1:
-        raise ConversionError(f"--hf-path {hf_path} does not exist; pass a checkpoint folder or a hub repo id")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id=hf_path, allow_patterns=HUB_PATTERNS))
-    except Exception as err:  # offline, unknown repo, gated: all mean "not available here"
-        raise ConversionError(f"cannot download {hf_path} from the Hugging Face hub ({type(err).__name__}); "
-                              "offline, pass --hf-path a local checkpoint folder") from None
+    return resolve_model_path(hf_path, flag="--hf-path")
 
 
 def read_config(source: Path) -> dict:

@@ -18,24 +18,27 @@ class ModelPathError(UserError):
     """The model path does not exist locally, cannot be fetched, or holds no weights."""
 
 
-def resolve_model_path(path_or_repo: str) -> Path:
-    """A local checkpoint folder, or the hub snapshot of a repo id (ModelPathError offline)."""
+def resolve_model_path(path_or_repo: str, flag: str = "--model") -> Path:
+    """A local checkpoint folder, or the hub snapshot of a repo id (ModelPathError offline).
+
+    flag: the option the user gave it with, named in the messages (convert.py: --hf-path).
+    """
     path = Path(path_or_repo).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise ModelPathError(f"{path} has no config.json; pass --model a folder with an MLX or HF checkpoint")
+            raise ModelPathError(f"{path} has no config.json; pass {flag} a folder with an MLX or HF checkpoint")
         return path
     if path_or_repo.startswith((".", "/", "~")) or path_or_repo.count("/") != 1:
-        raise ModelPathError(f"model folder {path_or_repo} does not exist; pass --model an existing folder")
+        raise ModelPathError(f"model folder {path_or_repo} does not exist; pass {flag} an existing folder "
+                             "or a hub repo id")
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id=path_or_repo, allow_patterns=HUB_PATTERNS))
     except Exception as err:  # hub errors vary by version; all mean "not available here"
-        raise ModelPathError(
-            f"cannot fetch {path_or_repo} ({type(err).__name__}); offline, pass --model a local "
-            "checkpoint folder (python conversions/convert.py makes one), or run --demo"
-        ) from None
+        more = " (python conversions/convert.py makes one), or run --demo" if flag == "--model" else ""
+        raise ModelPathError(f"cannot fetch {path_or_repo} from the Hugging Face hub ({type(err).__name__}); "
+                             f"offline, pass {flag} a local checkpoint folder{more}") from None
 
 
 def require_weights(path: Path, patterns: tuple[str, ...] = ("*.safetensors",)) -> None:
