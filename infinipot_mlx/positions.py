@@ -82,6 +82,26 @@ def mrope_video_positions(
     return mrope_positions_at(video_start, times, grid_hw, tokens_per_second)
 
 
+def video_positions(spec, video_start: int, first_slot: int, times: np.ndarray,
+                    grid_hw: tuple[int, int]) -> np.ndarray:
+    """Positions of S slots of a video segment, for the model a ModelSpec describes.
+
+    M-RoPE (spec.position_axes == 3): mrope_positions_at, (3, S*T), time from `times`.
+    1-D RoPE: one position per token after the segment's earlier slots, (S*T,); a slot's
+    time plays no part, only the count of slots (first_slot of them before this block).
+
+    Args:
+        video_start: the position at which the video segment opened.
+        first_slot: slots of the segment before this block.
+        times: (S,) seconds of each slot's first frame from the segment's first frame.
+        grid_hw: (R, C) merged grid of one slot; T = R * C.
+    """
+    if spec.position_axes == 3:
+        return mrope_positions_at(video_start, times, grid_hw, spec.tokens_per_second)
+    per_slot = grid_hw[0] * grid_hw[1]
+    return text_positions(video_start + first_slot * per_slot, len(times) * per_slot, axes=1)
+
+
 def mrope_stock_mlx_vlm(video_start: int, n_slots: int, grid_hw: tuple[int, int]) -> np.ndarray:
     """What stock mlx-vlm's get_rope_index gives a video (t = slot, no time scaling).
 

@@ -38,7 +38,7 @@ from . import plan
 from .answer import AnswerLoop
 from .config import InfiniPotConfig
 from .errors import UserError
-from .positions import next_after, slot_times, text_positions
+from .positions import next_after, slot_times, text_positions, video_positions
 from .room import RoomKeeper, Turn
 from .specs import DEFAULT_SYSTEM
 
@@ -289,7 +289,7 @@ class StreamSessionBase(RoomKeeper, AnswerLoop):
             self._room_for_block(S, T)
             self._renumber_if_needed(S * T)
             times = self._slot_times([t for _, t in items], S)
-            positions = self.adapter.video_positions(self.video_start, self.segment_slots, times, grid)
+            positions = video_positions(self.spec, self.video_start, self.segment_slots, times, grid)
             self._check_position_range(positions)
             with self._timed("vision"):
                 embeds = self.adapter.encode_slots(frames)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx.positions import text_positions
+from infinipot_mlx.positions import text_positions, video_positions
 
 TEXT = "Hello! How can I help you today?"
 FRAME_SIDE = {"qwen2_5_vl": 112, "llava_onevision": 98}  # 4 x 4 merged tokens per slot in both
@@ -91,7 +91,7 @@ def test_a_block_of_frames_returns_one_row_of_logits(case):
     grid = spec.slot_grid(frames.shape[1:3])
     slots = len(frames) // spec.frames_per_slot
     embeds = adapter.encode_slots(frames)  # (S*T, E)
-    positions = adapter.video_positions(0, 0, np.arange(slots, dtype=np.float64), grid)
+    positions = video_positions(spec, 0, 0, np.arange(slots, dtype=np.float64), grid)
     logits = adapter.forward(embeds, positions, cache)
     assert embeds.shape[0] == slots * grid[0] * grid[1] > 1
     assert tuple(logits.shape) == (1, 1, vocab)

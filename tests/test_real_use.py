@@ -192,21 +192,22 @@ def test_an_answer_past_the_cap_compresses_the_video_and_goes_on(tiny_qwen_dir):
     assert session.cache.n_cached <= 400
 
 
-def test_positions_follow_each_frames_own_timestamp(tmp_path, tiny_qwen_dir):
+def test_positions_follow_each_frames_own_timestamp(tmp_path, tiny_qwen_dir, monkeypatch):
     """A variable-frame-rate file: each slot's M-RoPE time is its first frame's real time."""
+    from infinipot_mlx import stream
     from infinipot_mlx.session import load
     from infinipot_mlx.video import VideoSource
 
     path, _ = videos.vfr_video(tmp_path / "vfr.mp4", (1 / 30, 1 / 10, 0.9), n=45, height=112, width=112)
     session = load(str(tiny_qwen_dir), InfiniPotConfig(capacity=None, method="full"), fps=2.0)
     times = []
-    positions = session.adapter.video_positions
+    positions = stream.video_positions
 
-    def record(start, first, slot_times, grid):
+    def record(spec, start, first, slot_times, grid):  # the positions the session computes
         times.extend(slot_times)
-        return positions(start, first, slot_times, grid)
+        return positions(spec, start, first, slot_times, grid)
 
-    session.adapter.video_positions = record
+    monkeypatch.setattr(stream, "video_positions", record)
     session.add_video(path)
     _, stamps = VideoSource(path, fps=2.0).read()
     expected = stamps[::2] - stamps[0]  # each slot's first sampled frame

@@ -25,7 +25,6 @@ import numpy as np
 
 from ..errors import UserError
 from ..pixels import siglip_frames
-from ..positions import text_positions
 from ..specs import ModelSpec
 
 
@@ -77,15 +76,6 @@ class LlavaOnevisionAdapter:
         """dtype of the token embeddings (quantized embeddings compute in their scales' dtype)."""
         embed = self.lm.model.embed_tokens
         return getattr(embed, "scales", embed.weight).dtype
-
-    def video_positions(self, video_start: int, first_slot: int, times: np.ndarray,
-                        grid_hw: tuple[int, int]) -> np.ndarray:
-        """(S*T,) 1-D positions: one per token, after those of the segment's earlier frames.
-
-        times: (S,) seconds of the slots; 1-D RoPE has no time axis, only their count counts.
-        """
-        per_frame = grid_hw[0] * grid_hw[1]
-        return text_positions(video_start + first_slot * per_frame, len(times) * per_frame, axes=1)
 
     def embed_tokens(self, ids: list[int]) -> mx.array:
         """Token ids -> (1, L, E) embeddings."""

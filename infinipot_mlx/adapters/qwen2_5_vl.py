@@ -14,7 +14,6 @@ import mlx.core as mx
 import numpy as np
 
 from ..pixels import qwen_patchify
-from ..positions import mrope_positions_at
 from ..specs import ModelSpec
 
 
@@ -37,14 +36,6 @@ class Qwen2_5_VLAdapter:
         dtype = self.model.vision_tower.patch_embed.proj.weight.dtype
         grid = mx.array([grid_thw], dtype=mx.int32)  # (1, 3)
         return self.model.vision_tower(mx.array(pixels).astype(dtype), grid, output_hidden_states=False)
-
-    def video_positions(self, video_start: int, first_slot: int, times: np.ndarray,
-                        grid_hw: tuple[int, int]) -> np.ndarray:
-        """(3, S*T) M-RoPE positions with absolute time (ALGORITHM.md section 6).
-
-        times: (S,) seconds of each slot's first frame from the segment's start.
-        """
-        return mrope_positions_at(video_start, times, grid_hw, self.spec.tokens_per_second)
 
     def embed_tokens(self, ids: list[int]) -> mx.array:
         """Token ids -> (1, L, E) embeddings."""

@@ -21,7 +21,6 @@ from transformers.models.qwen2.modeling_qwen2 import rotate_half
 
 from ...errors import UserError
 from ...pixels import siglip_frames
-from ...positions import text_positions
 from ...specs import ModelSpec
 from . import cache_keyword
 
@@ -74,15 +73,6 @@ class LlavaOnevisionAdapter:
     def video_close_embeds(self) -> torch.Tensor:
         """(1, 1, E) image_newline, placed once after a video segment."""
         return self.model.model.image_newline[None, None].to(self.lm.embed_tokens.weight.dtype)
-
-    def video_positions(self, video_start: int, first_slot: int, times: np.ndarray,
-                        grid_hw: tuple[int, int]) -> np.ndarray:
-        """(S*T,) 1-D positions: one per token, after those of the segment's earlier frames.
-
-        times: (S,) seconds of the slots; 1-D RoPE has no time axis, only their count counts.
-        """
-        per_frame = grid_hw[0] * grid_hw[1]
-        return text_positions(video_start + first_slot * per_frame, len(times) * per_frame, axes=1)
 
     @torch.no_grad()
     def embed_tokens(self, ids: list[int]) -> torch.Tensor:

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from ...pixels import qwen_patchify
-from ...positions import mrope_positions_at
 from ...specs import ModelSpec
 from . import cache_keyword
 
@@ -47,14 +46,6 @@ class Qwen2_5_VLAdapter:
         pixels = torch.from_numpy(pixels).to(self.device, visual.dtype)  # (S*4T, C*tp*p*p)
         grid = torch.tensor([grid_thw], dtype=torch.long, device=self.device)  # (1, 3)
         return visual(pixels, grid_thw=grid).pooler_output  # (S*T, E), merged patches
-
-    def video_positions(self, video_start: int, first_slot: int, times: np.ndarray,
-                        grid_hw: tuple[int, int]) -> np.ndarray:
-        """(3, S*T) M-RoPE positions with absolute time (ALGORITHM.md section 6).
-
-        times: (S,) seconds of each slot's first frame from the segment's start.
-        """
-        return mrope_positions_at(video_start, times, grid_hw, self.spec.tokens_per_second)
 
     @torch.no_grad()
     def embed_tokens(self, ids: list[int]) -> torch.Tensor:
