@@ -72,8 +72,8 @@ class StreamSessionBase(RoomKeeper, AnswerLoop):
     """Stream frames into a capped KV cache and answer questions, many turns.
 
     Args:
-        adapter: the model adapter (adapters/ or reference/adapters/).
-        backend: array-library hooks (see session.MLXBackend).
+        adapter: the model adapter (adapters/ or reference/adapters/; protocols.Adapter).
+        backend: array-library hooks (session.MLXBackend or TorchBackend; protocols.Backend).
         config: InfiniPotConfig.
         fps: sampling rate of frames given to add_frames without timestamps.
         system_prompt: the system message (pinned).
@@ -261,12 +261,8 @@ class StreamSessionBase(RoomKeeper, AnswerLoop):
             self.video_start = None
 
     def _prefill_video_tail(self) -> None:
-        """Pinned embeddings the model puts once after a video (LLaVA-OV: image_newline).
-
-        An optional adapter hook, `video_close_embeds() -> (1, L, E) or None`.
-        """
-        hook = getattr(self.adapter, "video_close_embeds", None)
-        embeds = hook() if hook is not None else None
+        """Pinned embeddings the model puts once after a video (LLaVA-OV: image_newline)."""
+        embeds = self.adapter.video_close_embeds()  # (1, L, E) or None
         if embeds is not None:
             with self._atomic():
                 if not self._make_room(embeds.shape[-2]):

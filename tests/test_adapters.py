@@ -122,3 +122,21 @@ def test_reference_stream_raises_no_deprecation_warning(model_type, tiny_qwen_di
     assert session.counters.compressions >= 1 and session.stop_reason in ("eos", "max_tokens")
     deprecations = [r.getMessage() for r in records if "deprecat" in r.getMessage().lower()]
     assert not deprecations, deprecations
+
+
+def test_adapters_and_backends_implement_the_protocols(case):
+    """What stream.py asks of them (protocols.py), in both backends; Qwen2.5-VL answers the
+    hooks it has no use for: nothing after a video, no `compact` key rotation."""
+    from infinipot_mlx.errors import UserError
+    from infinipot_mlx.protocols import Adapter, Backend
+
+    module, (model, tok, spec, _), _, model_type, backend = case
+    adapter, _ = adapter_and_cache(case)
+    session_backend = module.MLXBackend() if backend == "mlx" else module.TorchBackend("cpu")
+    assert isinstance(adapter, Adapter) and isinstance(session_backend, Backend)
+    if model_type == "qwen2_5_vl":
+        assert adapter.video_close_embeds() is None
+        with pytest.raises(UserError, match="compact position policy needs a 1-D RoPE model"):
+            adapter.key_rotation()
+    else:
+        assert tuple(adapter.video_close_embeds().shape)[:2] == (1, 1)

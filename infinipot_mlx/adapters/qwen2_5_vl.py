@@ -13,6 +13,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
+from ..errors import UserError
 from ..pixels import qwen_patchify
 from ..specs import ModelSpec
 
@@ -36,6 +37,15 @@ class Qwen2_5_VLAdapter:
         dtype = self.model.vision_tower.patch_embed.proj.weight.dtype
         grid = mx.array([grid_thw], dtype=mx.int32)  # (1, 3)
         return self.model.vision_tower(mx.array(pixels).astype(dtype), grid, output_hidden_states=False)
+
+    def video_close_embeds(self) -> None:
+        """Qwen2.5-VL puts nothing after a video but its <|vision_end|> text token."""
+        return None
+
+    def key_rotation(self):
+        """M-RoPE keys are not renumbered: Qwen2.5-VL streams under `absolute` positions."""
+        raise UserError("the compact position policy needs a 1-D RoPE model (LLaVA-OneVision); "
+                        f"{self.spec.model_type} uses M-RoPE, so use position_policy='absolute'")
 
     def embed_tokens(self, ids: list[int]) -> mx.array:
         """Token ids -> (1, L, E) embeddings."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...errors import UserError
 from ...pixels import qwen_patchify
 from ...specs import ModelSpec
 from . import cache_keyword
@@ -46,6 +47,15 @@ class Qwen2_5_VLAdapter:
         pixels = torch.from_numpy(pixels).to(self.device, visual.dtype)  # (S*4T, C*tp*p*p)
         grid = torch.tensor([grid_thw], dtype=torch.long, device=self.device)  # (1, 3)
         return visual(pixels, grid_thw=grid).pooler_output  # (S*T, E), merged patches
+
+    def video_close_embeds(self) -> None:
+        """Qwen2.5-VL puts nothing after a video but its <|vision_end|> text token."""
+        return None
+
+    def key_rotation(self):
+        """M-RoPE keys are not renumbered: Qwen2.5-VL streams under `absolute` positions."""
+        raise UserError("the compact position policy needs a 1-D RoPE model (LLaVA-OneVision); "
+                        f"{self.spec.model_type} uses M-RoPE, so use position_policy='absolute'")
 
     @torch.no_grad()
     def embed_tokens(self, ids: list[int]) -> torch.Tensor:

@@ -1,0 +1,67 @@
+"""What the streaming loop (stream.py) asks of a model adapter and of an array backend.
+
+Both backends implement these, name for name: `adapters/` and `session.MLXBackend` (MLX),
+`reference/adapters/` and `reference.session.TorchBackend` (PyTorch). Arrays are the
+backend's own (mx.array or torch.Tensor); positions and labels are numpy. Notation: n
+frames, S slots, T tokens per slot, L new tokens, E hidden size, V vocabulary, H KV heads,
+n_c cached slots, D head dim. No array library is imported here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """Embeds frames and text and runs the LM over new tokens; knows nothing of compression."""
+
+    spec: Any  # specs.ModelSpec
+    tokenizer: Any
+
+    def encode_slots(self, frames: np.ndarray) -> Any:
+        """Vision tower on one block: (n, H, W, 3) uint8 -> (S*T, E) embeddings."""
+
+    def embed_tokens(self, ids: list[int]) -> Any:
+        """Token ids -> (1, L, E) embeddings."""
+
+    def forward(self, embeds: Any, positions: np.ndarray, cache: Any) -> Any:
+        """The LM over L new tokens at explicit positions, through the cache -> logits (1, 1, V)."""
+
+    def video_close_embeds(self) -> Any | None:
+        """(1, L, E) embeddings the model puts once after a video (LLaVA-OV: image_newline), or None."""
+
+    def key_rotation(self) -> Callable[[Any, np.ndarray], Any]:
+        """The model's RoPE as rope(keys (1, H, n_c, D), delta (H, n_c)) for `compact` positions;
+        a UserError for models that cannot be renumbered (M-RoPE)."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The array-library hooks of a session: cache, selection, sampling, memory."""
+
+    def new_cache(self, num_layers: int) -> Any:
+        """An empty StreamCache of num_layers layers."""
+
+    def select_tokens(self, keys: Any, values: Any, **kwargs) -> Any:
+        """The one selection step: (H, K) indices of the visual tokens to keep (select.py)."""
+
+    def sync(self, output: Any, cache: Any = None) -> None:
+        """Wait for the output (and the cache) to be computed, so timings and memory are real."""
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """A host copy; half-precision floats become float32."""
+
+    def make_sampler(self, temperature: float, top_p: float) -> Callable[[Any], int]:
+        """logits (V,) -> a token id: greedy at temperature 0."""
+
+    def eos_ids(self, tokenizer: Any, spec: Any) -> list[int]:
+        """The token ids that end an answer (answer.eos_ids)."""
+
+    def memory(self) -> tuple[int, int]:
+        """(active, peak) bytes."""
+
+    def reset_peak_memory(self) -> None:
+        """Start the peak over."""
