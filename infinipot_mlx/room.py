@@ -23,8 +23,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import plan
 from .specs import DEFAULT_FRAME_PIXELS
+
+
+def compress_layers(cache, select, keep: int, tokens_per_frame: int, config, grid_hw: tuple[int, int],
+                    to_numpy=None) -> list:
+    """The compression step (ALGORITHM.md sections 4-5): keep `keep` visual tokens per head in
+    every layer that holds more, with the backend's `select` (select_tokens).
+
+    The session's compress() and `bench kv` run exactly this. Returns, when `to_numpy` is
+    given, the kept (frame, patch) pairs of every compressed layer, (H, K, 2) each.
+    """
+    kept_sets = []
+    for layer_idx, layer in enumerate(cache.layers):
+        _, keys, values, frame_ids, patch_ids = layer.visual()  # (H, N, D), labels (H, N)
+        if keys.shape[1] <= keep:
+            continue
+        kept = select(keys, values, tokens_per_frame=tokens_per_frame, keep=keep, method=config.method,
+                      tar_ratio=config.tar_ratio, recent_ratio=config.recent_ratio, frame_ids=frame_ids,
+                      patch_ids=patch_ids, van_pooling=config.van_pooling, layer_idx=layer_idx,
+                      num_layers=len(cache.layers), grid_hw=grid_hw)  # (H, K)
+        if to_numpy is not None:
+            kept_np = to_numpy(kept)
+            kept_sets.append(np.stack([np.take_along_axis(frame_ids, kept_np, 1),
+                                       np.take_along_axis(patch_ids, kept_np, 1)], -1))
+        layer.compress(kept)
+    return kept_sets
 
 
 @dataclass(frozen=True)

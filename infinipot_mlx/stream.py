@@ -39,7 +39,7 @@ from .answer import AnswerLoop
 from .config import InfiniPotConfig
 from .errors import UserError
 from .positions import next_after, slot_times, text_positions, video_positions
-from .room import RoomKeeper, Turn
+from .room import RoomKeeper, Turn, compress_layers
 from .specs import DEFAULT_SYSTEM
 
 
@@ -332,24 +332,10 @@ class StreamSessionBase(RoomKeeper, AnswerLoop):
     def compress(self, keep: int, tokens_per_frame: int) -> None:
         """Keep `keep` visual tokens per head in every layer (ALGORITHM.md sections 4-5)."""
         plan.check_keep(keep, tokens_per_frame)
-        cfg, layers = self.config, self.cache.layers
-        kept_sets = []
         with self._atomic(), self._timed("compress"):
-            for layer_idx, layer in enumerate(layers):
-                _, keys, values, frame_ids, patch_ids = layer.visual()
-                if keys.shape[1] <= keep:
-                    continue
-                kept = self.backend.select_tokens(
-                    keys, values, tokens_per_frame=tokens_per_frame, keep=keep, method=cfg.method,
-                    tar_ratio=cfg.tar_ratio, recent_ratio=cfg.recent_ratio,
-                    frame_ids=frame_ids, patch_ids=patch_ids, van_pooling=cfg.van_pooling,
-                    layer_idx=layer_idx, num_layers=len(layers), grid_hw=self.spec.slot_grid(self.frame_hw),
-                )
-                if self.record_kept:
-                    kept_np = self.backend.to_numpy(kept)
-                    kept_sets.append(np.stack([np.take_along_axis(frame_ids, kept_np, 1),
-                                               np.take_along_axis(patch_ids, kept_np, 1)], -1))
-                layer.compress(kept)
+            kept_sets = compress_layers(self.cache, self.backend.select_tokens, keep, tokens_per_frame,
+                                        self.config, self.spec.slot_grid(self.frame_hw),
+                                        self.backend.to_numpy if self.record_kept else None)
             self.backend.sync(None, self.cache)
             self.counters.compressions += 1
             if self.record_kept:

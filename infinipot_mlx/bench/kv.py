@@ -2,7 +2,8 @@
 
 `python -m infinipot_mlx.bench kv [--minutes 60 | --frames N]` appends blocks of random
 keys and values to our StreamCache (no model) as the session would, compressing with
-select_tokens whenever a block would pass capacity - reserve (ALGORITHM.md section 3):
+the session's compression step (room.compress_layers) whenever a block would pass
+capacity - reserve (ALGORITHM.md section 3):
 28 layers, 4 KV heads, 128 dims, T = 256 tokens per frame, float16, blocks of 8 frames,
 capacity = 32 frames' worth + prompt + reserve, 1 frame per second for an hour (3600
 frames). "Frame" here is one temporal slot of T tokens (ALGORITHM.md section 1).
@@ -32,6 +33,7 @@ import numpy as np
 from .. import plan
 from ..cache import StreamCache
 from ..config import InfiniPotConfig
+from ..room import compress_layers
 from ..select import select_tokens
 from ..errors import UserError
 from .common import environment, load_average, print_environment, require_positive, write_json
@@ -94,17 +96,9 @@ def _append(cache: StreamCache, source: Source, n: int, labels=None) -> None:
 
 
 def _compress(cache: StreamCache, keep: int, T: int, config: InfiniPotConfig, grid) -> float:
-    """Keep `keep` visual tokens per head in every layer (as StreamSessionBase.compress); ms."""
+    """The session's own compression step (room.compress_layers) on every layer, synced; ms."""
     start = time.perf_counter()
-    n_layers = len(cache.layers)
-    for i, layer in enumerate(cache.layers):
-        _, keys, values, frame_ids, patch_ids = layer.visual()
-        kept = select_tokens(keys, values, tokens_per_frame=T, keep=keep, method=config.method,
-                             tar_ratio=config.tar_ratio, recent_ratio=config.recent_ratio,
-                             frame_ids=frame_ids, patch_ids=patch_ids,
-                             van_pooling=config.van_pooling, layer_idx=i, num_layers=n_layers,
-                             grid_hw=grid)
-        layer.compress(kept)
+    compress_layers(cache, select_tokens, keep, T, config, grid)
     mx.eval([a for layer in cache.layers for a in (layer.keys, layer.values)])
     return (time.perf_counter() - start) * 1e3
 
