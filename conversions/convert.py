@@ -32,19 +32,13 @@ import numpy as np
 from infinipot_mlx._blas import check_blas
 from infinipot_mlx.errors import OneLineParser, UserError, report
 from infinipot_mlx.model_path import require_weights, resolve_model_path
-from infinipot_mlx.specs import load_spec, read_json
+from infinipot_mlx.specs import MODEL_TYPES, load_spec, read_json
 
-SUPPORTED = ("qwen2_5_vl", "llava_onevision")
 FLOAT32_TOLERANCE = 1e-4
 EXIT_MISMATCH, EXIT_BAD_INPUT = 1, 2
 QUESTION = "Describe the video."
 # what mlx_vlm.utils.get_model_path downloads
 FPS = 2.0
-VERIFY_KEYS = {  # config.json entries the verification inputs read (section.key)
-    "qwen2_5_vl": ("video_token_id", "vision_config.patch_size", "vision_config.temporal_patch_size",
-                   "vision_config.spatial_merge_size"),
-    "llava_onevision": ("video_token_index", "vision_config.image_size", "vision_config.patch_size"),
-}
 
 
 class ConversionError(UserError):
@@ -74,11 +68,11 @@ def read_config(source: Path) -> dict:
     """config.json of a supported model with every key the conversion needs; UserError otherwise
     (a file that is not JSON or lacks a key is named by specs.read_json / load_spec)."""
     config = read_json(source / "config.json")
-    if config.get("model_type") not in SUPPORTED:
+    if config.get("model_type") not in MODEL_TYPES:
         raise ConversionError(f"{source} holds a {config.get('model_type')!r} model; this script converts "
-                              f"{' and '.join(SUPPORTED)}")
+                              f"{' and '.join(MODEL_TYPES)}")
     load_spec(source)  # the keys the session reads
-    for key in VERIFY_KEYS[config["model_type"]]:
+    for key in MODEL_TYPES[config["model_type"]].verify_keys:  # what the check reads
         section, _, name = key.rpartition(".")
         if name not in (config.get(section, {}) if section else config):
             raise ConversionError(f"{source / 'config.json'} lacks the key {key!r}; re-download the checkpoint")

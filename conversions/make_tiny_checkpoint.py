@@ -55,9 +55,9 @@ def tiny_config(model_type: str, tokenizer, dtype: str) -> dict:
 def _model_class(model_type: str):
     import transformers
 
-    name = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-            "llava_onevision": "LlavaOnevisionForConditionalGeneration"}[model_type]
-    return getattr(transformers, name)
+    from infinipot_mlx.specs import MODEL_TYPES
+
+    return getattr(transformers, MODEL_TYPES[model_type].hf_class)
 
 
 def hub_key(model_type: str, key: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from .hub_tokenizer import CHAT_TEMPLATES, build_tokenizer, special_token_ids, tokenizer_config
+from .specs import MODEL_TYPES as _REGISTRY
 
 __all__ = [
     "MODEL_TYPES", "build_tokenizer", "special_token_ids", "write_tokenizer_files",
@@ -22,7 +23,7 @@ __all__ = [
     "write_processor_configs", "write_json", "write_hub_files",
 ]
 
-MODEL_TYPES = ("qwen2_5_vl", "llava_onevision")
+MODEL_TYPES = tuple(_REGISTRY)  # the supported model types (specs.MODEL_TYPES)
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 SIGLIP_MEAN = [0.5, 0.5, 0.5]

@@ -117,16 +117,16 @@ def load_spec(model_dir: str | Path) -> ModelSpec:
     config_path = model_dir / "config.json"
     config = read_json(config_path)
     model_type = config.get("model_type")
-    if not isinstance(model_type, str) or model_type not in SPEC_READERS:
+    if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
         raise UserError(
-            f"{model_dir} holds a {model_type!r} model; supported: {', '.join(SPEC_READERS)}"
+            f"{model_dir} holds a {model_type!r} model; supported: {', '.join(MODEL_TYPES)}"
         )
     pre_path = model_dir / "preprocessor_config.json"
     pre = read_json(pre_path) if pre_path.exists() else {}
     video_path = model_dir / "video_preprocessor_config.json"  # transformers' video processor
     pre = {**pre, "video": read_json(video_path) if video_path.exists() else {}}
     try:
-        spec = SPEC_READERS[model_type](config, pre)
+        spec = MODEL_TYPES[model_type].read_spec(config, pre)
     except KeyError as err:
         raise CheckpointConfigError(f"{config_path} lacks the key {err.args[0]!r} that a {model_type} "
                                     f"config needs; {_FIX}") from None
@@ -221,4 +221,50 @@ def llava_onevision_spec(config: dict, pre: dict) -> ModelSpec:
     )
 
 
-SPEC_READERS = {"qwen2_5_vl": qwen2_5_vl_spec, "llava_onevision": llava_onevision_spec}
+@dataclass(frozen=True)
+class ModelType:
+    """Everything that differs per supported model_type, in one place (MODEL_TYPES).
+
+    read_spec: config.json and processor dicts -> ModelSpec.  mlx_adapter and
+    reference_adapter: (module, class) of the two backends' adapters.  hf_class: the
+    transformers class (the reference loads through AutoModelForImageTextToText; the tiny
+    checkpoint builder instantiates it).  verify_keys: config.json entries that
+    conversions/convert.py's check reads ("section.key").
+    """
+
+    name: str
+    read_spec: object
+    mlx_adapter: tuple[str, str]
+    reference_adapter: tuple[str, str]
+    hf_class: str
+    verify_keys: tuple[str, ...]
+
+
+MODEL_TYPES = {t.name: t for t in (
+    ModelType("qwen2_5_vl", qwen2_5_vl_spec,
+              ("infinipot_mlx.adapters.qwen2_5_vl", "Qwen2_5_VLAdapter"),
+              ("infinipot_mlx.reference.adapters.qwen2_5_vl", "Qwen2_5_VLAdapter"),
+              "Qwen2_5_VLForConditionalGeneration",
+              ("video_token_id", "vision_config.patch_size", "vision_config.temporal_patch_size",
+               "vision_config.spatial_merge_size")),
+    ModelType("llava_onevision", llava_onevision_spec,
+              ("infinipot_mlx.adapters.llava_onevision", "LlavaOnevisionAdapter"),
+              ("infinipot_mlx.reference.adapters.llava_onevision", "LlavaOnevisionAdapter"),
+              "LlavaOnevisionForConditionalGeneration",
+              ("video_token_index", "vision_config.image_size", "vision_config.patch_size")),
+)}
+
+
+def model_type(name: str) -> ModelType:
+    """The registry entry of a model_type; UserError naming the supported ones otherwise."""
+    if name not in MODEL_TYPES:
+        raise UserError(f"no support for model type {name!r}; supported: {', '.join(MODEL_TYPES)}")
+    return MODEL_TYPES[name]
+
+
+def load_class(where: tuple[str, str]):
+    """(module, class name) -> the class, imported on first use (no backend imported before)."""
+    import importlib
+
+    module, name = where
+    return getattr(importlib.import_module(module), name)

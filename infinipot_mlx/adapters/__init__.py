@@ -1,4 +1,4 @@
-"""Model adapters (MLX): one file per model_type, found by `adapter_for`.
+"""Model adapters (MLX): one file per model_type, found through specs.MODEL_TYPES.
 
 An adapter turns frames and text into embeddings and runs the language model over them
 with explicit positions and a cache. It knows nothing of compression.
@@ -6,17 +6,10 @@ with explicit positions and a cache. It knows nothing of compression.
 
 from __future__ import annotations
 
-ADAPTERS = {
-    "qwen2_5_vl": ("infinipot_mlx.adapters.qwen2_5_vl", "Qwen2_5_VLAdapter"),
-    "llava_onevision": ("infinipot_mlx.adapters.llava_onevision", "LlavaOnevisionAdapter"),
-}
-
 
 def adapter_class(model_type: str):
-    """The MLX adapter class for a model_type (ValueError if unsupported)."""
-    import importlib
+    """The MLX adapter class of a model_type, from the registry (specs.MODEL_TYPES)."""
+    from ..specs import load_class
+    from ..specs import model_type as registered
 
-    if model_type not in ADAPTERS:
-        raise ValueError(f"no MLX adapter for model type {model_type!r}; supported: {', '.join(ADAPTERS)}")
-    module, name = ADAPTERS[model_type]
-    return getattr(importlib.import_module(module), name)
+    return load_class(registered(model_type).mlx_adapter)

@@ -1,4 +1,4 @@
-"""Model adapters (PyTorch reference): one file per model_type, found by `adapter_class`.
+"""Model adapters (PyTorch reference): one file per model_type, found through specs.MODEL_TYPES.
 
 The mirror of infinipot_mlx/adapters: the same class names and methods on transformers'
 models. An adapter turns frames and text into embeddings and runs the language model over
@@ -7,20 +7,13 @@ them with explicit positions and a cache. It knows nothing of compression.
 
 from __future__ import annotations
 
-ADAPTERS = {
-    "qwen2_5_vl": ("infinipot_mlx.reference.adapters.qwen2_5_vl", "Qwen2_5_VLAdapter"),
-    "llava_onevision": ("infinipot_mlx.reference.adapters.llava_onevision", "LlavaOnevisionAdapter"),
-}
-
 
 def adapter_class(model_type: str):
-    """The reference adapter class for a model_type (ValueError if unsupported)."""
-    import importlib
+    """The reference adapter class of a model_type, from the registry (specs.MODEL_TYPES)."""
+    from ...specs import load_class
+    from ...specs import model_type as registered
 
-    if model_type not in ADAPTERS:
-        raise ValueError(f"no reference adapter for model type {model_type!r}; supported: {', '.join(ADAPTERS)}")
-    module, name = ADAPTERS[model_type]
-    return getattr(importlib.import_module(module), name)
+    return load_class(registered(model_type).reference_adapter)
 
 
 def cache_keyword(module) -> str:
