@@ -17,14 +17,13 @@ is below plan.min_capacity (one block, one kept frame, the prompt and the reserv
 and the message states the minimum budget. Notation: S slots (frames) per block, T tokens per
 frame, L = S x T, E hidden size, Hq query heads, H_kv KV heads, D head dim, V vocabulary.
 
-The arithmetic is pure Python (numbers and a config.json dict); only the probes, the weight
-count and the limits import mlx, lazily. Sizes print in decimal units (1 GB = 1e9 bytes).
+This module is pure arithmetic (numbers and a config.json dict); the MLX side (live probes,
+the measured weights, the limits, the calibration block and plan_session) is memory.py. Sizes print in decimal units (1 GB = 1e9 bytes).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
 
@@ -256,127 +255,3 @@ def _gb(n: float) -> str:
     gb = n / 1e9
     scale = 10 ** (2 - math.floor(math.log10(gb))) if gb > 0 else 1
     return f"{math.ceil(gb * scale) / scale:.3g}"
-
-
-# ----- MLX: probes, measured weights, limits, calibration -----------------------------------------
-@dataclass(frozen=True)
-class MemoryReading:
-    """Live figures: MLX active and peak bytes, unified/system memory, whether Metal runs."""
-
-    active: int
-    peak: int
-    total: int
-    metal: bool
-
-
-def memory_probe() -> MemoryReading:
-    """mx.get_active_memory / get_peak_memory, and the machine's memory (Metal, psutil, sysconf)."""
-    import mlx.core as mx
-
-    metal = _metal_available(mx)
-    if metal:
-        total = int(_device_info(mx)["memory_size"])
-    else:
-        try:
-            import psutil
-
-            total = int(psutil.virtual_memory().total)
-        except ImportError:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return MemoryReading(mx.get_active_memory(), mx.get_peak_memory(), total, metal)
-
-
-def _metal_available(mx) -> bool:
-    metal = getattr(mx, "metal", None)
-    try:
-        return bool(metal is not None and metal.is_available())
-    except Exception:  # builds without Metal may raise instead of answering False
-        return False
-
-
-def _device_info(mx) -> dict:
-    """mx.device_info (mlx >= 0.30), or mx.metal.device_info on older releases."""
-    info = getattr(mx, "device_info", None) or mx.metal.device_info
-    return dict(info())
-
-
-def weight_bytes(model) -> int:
-    """Measured bytes of the model's parameters (quantized weights, scales and biases included)."""
-    from mlx.utils import tree_flatten
-
-    return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
-
-
-def compute_dtype_bytes(model) -> int:
-    """Bytes per element of the model's compute dtype: its floating dtype holding the most bytes
-    (a quantized model's scales and norms; its uint32 packed weights are not floating)."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
-    held: dict = {}
-    for _, v in tree_flatten(model.parameters()):
-        if mx.issubdtype(v.dtype, mx.floating):
-            held[v.dtype] = held.get(v.dtype, 0) + v.nbytes
-    return max(held, key=held.get).size if held else 4
-
-
-def apply_memory_limits(plan: MemoryPlan) -> bool:
-    """On Metal, cap MLX at the budget and wire the weights and the KV cache; False on CPU."""
-    import mlx.core as mx
-
-    if not _metal_available(mx):
-        return False
-    mx.set_memory_limit(plan.budget_bytes)
-    wired = plan.resident_bytes + plan.kv_bytes
-    max_wired = _device_info(mx).get("max_recommended_working_set_size", wired)
-    mx.set_wired_limit(int(min(wired, max_wired)))
-    return True
-
-
-def measure_block(session, frame_hw: tuple[int, int]) -> int:
-    """Peak bytes one block of blank frames adds through `session`, less the KV it keeps."""
-    import mlx.core as mx
-    import numpy as np
-
-    n = session.config.block_frames * session.spec.frames_per_slot
-    frames = np.zeros((n, *frame_hw, 3), np.uint8)  # (n, H, W, 3)
-    active, kv = mx.get_active_memory(), session.cache.nbytes
-    mx.reset_peak_memory()
-    session.add_frames(frames)
-    measured = mx.get_peak_memory() - active - (session.cache.nbytes - kv)
-    mx.clear_cache()
-    return max(0, int(measured))
-
-
-def plan_session(budget: str | None, model, tokenizer, spec, config: dict, *,
-                 frame_hw: tuple[int, int], block_frames: int, reserve: int,
-                 make_session=None) -> MemoryPlan:
-    """The plan of a loaded MLX model; `make_session(InfiniPotConfig)` enables calibration.
-
-    Args:
-        budget: "6GB", "60%", ... or None (DEFAULT_FRACTION of memory).
-        model, tokenizer, spec: from session.load_model.  config: its config.json dict.
-        frame_hw: (H, W) of the frames that will stream (T = spec.tokens_per_slot(frame_hw)).
-        make_session: builds a StreamSession for a config; one block of blank frames runs
-            through a throwaway session to check the computed activations (None: no check).
-    """
-    from .config import InfiniPotConfig
-    from .specs import DEFAULT_SYSTEM
-
-    probe = memory_probe()
-    pieces = spec.pieces
-    opening = pieces.system.format(system=DEFAULT_SYSTEM) + pieces.user_open + pieces.video_open
-    kwargs = dict(
-        tokens_per_frame=spec.tokens_per_slot(frame_hw), block_frames=block_frames,
-        reserve=reserve, n_pinned=len(tokenizer.encode(opening, add_special_tokens=False)),
-        dtype_bytes=compute_dtype_bytes(model), scores_materialized=not probe.metal,
-        resident_bytes=probe.active)
-    budget_bytes, weights = parse_budget(budget, probe.total), weight_bytes(model)
-    plan = plan_from_config(config, budget_bytes, weights, **kwargs)  # refuse before any block runs
-    if make_session is None:
-        return plan
-    probe_session = make_session(InfiniPotConfig(capacity=None, method="full",
-                                                 block_frames=block_frames, reserve=reserve))
-    measured = measure_block(probe_session, frame_hw)
-    del probe_session
-    return plan_from_config(config, budget_bytes, weights, measured_activation_bytes=measured, **kwargs)

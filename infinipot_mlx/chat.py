@@ -126,7 +126,8 @@ def open_budgeted_session(args, path: str, config, frame_hw: tuple[int, int] | N
     from functools import partial
     from pathlib import Path
 
-    from .budget import apply_memory_limits, memory_probe, parse_budget, plan_session
+    from .budget import parse_budget
+    from .memory import apply_memory_limits, memory_probe, plan_session
     from .plan import DEFAULT_BLOCK_SLOTS
     from .session import StreamSession, load_model
 

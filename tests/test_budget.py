@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from infinipot_mlx import InfiniPotConfig, budget
+from infinipot_mlx import memory as probes
 from infinipot_mlx.specs import qwen2_5_vl_spec
 
 # The numbers the arithmetic reads, from the published config.json files.
@@ -136,7 +137,7 @@ def test_memory_probe_reports_live_figures():
 
     keep = mx.ones((1000, 1000))
     mx.eval(keep)
-    reading = budget.memory_probe()
+    reading = probes.memory_probe()
     assert reading.active >= keep.nbytes and reading.peak >= reading.active
     assert reading.total > 2**30 and reading.metal == mx.metal.is_available()
 
@@ -157,7 +158,7 @@ def tiny_plan(tiny, memory: str, calibrate: bool = True, **shape):
     model, tokenizer, spec, path = tiny
     make = (lambda cfg: StreamSession(model, tokenizer, spec, cfg)) if calibrate else None
     config = json.loads((Path(path) / "config.json").read_text())
-    return budget.plan_session(memory, model, tokenizer, spec, config, make_session=make, **shape)
+    return probes.plan_session(memory, model, tokenizer, spec, config, make_session=make, **shape)
 
 
 SHAPE = dict(frame_hw=(112, 112), block_frames=4, reserve=32)  # T = 16, blocks of 64 tokens
@@ -166,7 +167,7 @@ SHAPE = dict(frame_hw=(112, 112), block_frames=4, reserve=32)  # T = 16, blocks 
 def test_tiny_weights_are_measured(tiny):
     plan = tiny_plan(tiny, "9MB", calibrate=False, **SHAPE)
     on_disk = (Path(tiny[3]) / "model.safetensors").stat().st_size
-    assert plan.weight_bytes == budget.weight_bytes(tiny[0])
+    assert plan.weight_bytes == probes.weight_bytes(tiny[0])
     assert abs(plan.weight_bytes - on_disk) < 0.01 * on_disk  # float32 on disk, float32 loaded
     assert plan.kv_bytes_per_token == 2 * 2 * 2 * 32 * 4  # layers x (K, V) x H_kv x D x float32
 
