@@ -16,7 +16,7 @@ import sys
 from . import _blas  # noqa: F401  (optimized BLAS before mlx)
 from .config import METHODS
 from .console import answer, interactive, stream_frames
-from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, OneLineParser, UserError, report  # noqa: F401
+from .errors import EXIT_INTERRUPTED, OneLineParser, UserError, report
 
 DEFAULT_CAPACITY = 6144
 MIN_PIXELS = 28 * 28  # one merged visual token of every supported model
