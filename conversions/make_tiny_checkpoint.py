@@ -3,7 +3,7 @@
     python conversions/make_tiny_checkpoint.py {qwen2_5_vl,llava_onevision} OUT_DIR \
         [--dtype float32|bfloat16] [--seed N]
 
-Configs, tokenizer and processor files come from infinipot_mlx.checkpoints; the random weights
+Configs, tokenizer and processor files come from infinipot_mlx.hub.checkpoints; the random weights
 come from transformers (the model built from the config, seeded, cast to one dtype, saved as
 safetensors with the hub's key names, then reloaded to check that no key is missing).
 Same seed -> byte-identical model.safetensors. The folder opens with mlx_vlm.load and with
@@ -19,9 +19,7 @@ import tempfile
 from pathlib import Path
 
 import infinipot_mlx  # noqa: F401  (BLAS preload; must precede any mlx import)
-from infinipot_mlx.checkpoints import (
-    MODEL_TYPES, build_tokenizer, llava_onevision_config, qwen2_5_vl_config, write_hub_files,
-)
+from infinipot_mlx.hub.checkpoints import MODEL_TYPES, build_tokenizer, llava_onevision_config, qwen2_5_vl_config, write_hub_files
 
 VOCAB_SIZE = 512
 DTYPES = ("float32", "bfloat16")
@@ -37,7 +35,7 @@ QWEN_PROCESSORS = {
 
 
 def tiny_config(model_type: str, tokenizer, dtype: str) -> dict:
-    """The tiny sizes (see the module docstring of infinipot_mlx.checkpoints for the layouts)."""
+    """The tiny sizes (see the module docstring of infinipot_mlx.hub.checkpoints for the layouts)."""
     if model_type == "qwen2_5_vl":
         return qwen2_5_vl_config(
             tokenizer, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -12,8 +12,8 @@ import sys
 import numpy as np
 
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx import session as mlx
-from infinipot_mlx.reference import session as reference
+from infinipot_mlx.mlx import backend as mlx
+from infinipot_mlx.reference import backend as reference
 
 model_dir, video = sys.argv[1:3] if len(sys.argv) > 2 else ("path/to/hf-checkpoint", "video.mp4")
 config = InfiniPotConfig(capacity=1024, reserve=128, block_frames=2)

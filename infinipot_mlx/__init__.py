@@ -14,9 +14,9 @@ from .config import InfiniPotConfig  # noqa: E402
 __all__ = ["InfiniPotConfig", "select_tokens", "StreamSession", "load"]
 
 _LAZY = {
-    "select_tokens": ("infinipot_mlx.select", "select_tokens"),
+    "select_tokens": ("infinipot_mlx.mlx.select", "select_tokens"),
     "StreamSession": ("infinipot_mlx.session", "StreamSession"),
-    "load": ("infinipot_mlx.session", "load"),
+    "load": ("infinipot_mlx.mlx.backend", "load"),
 }
 
 

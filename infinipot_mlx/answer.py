@@ -1,11 +1,11 @@
 """The answer loop of a stream session: a question in, the answer's text out, under the cap.
 
-A mixin of stream.StreamSessionBase, backend-agnostic like it. Every token is counted:
+A mixin of session.StreamSession, backend-agnostic like it. Every token is counted:
 the question with its template pieces, each answer token, and the closing piece
 (`<|im_end|>\\n`) that is pinned after the answer. `max_tokens` caps an answer's length and
 never shrinks the video memory by itself. Before each token the session makes room for it
 and for the closing piece; when the cap is full, visual tokens are compressed (down to the
-visual floor) and the oldest conversation turns leave the cache (stream.py), and only
+visual floor) and the oldest conversation turns leave the cache (room.py), and only
 when neither can free a token does the answer stop, with `stop_reason == "cap"`.
 
 stop_reason after an answer: "eos" (the model ended it), "max_tokens", "stop" (a stop

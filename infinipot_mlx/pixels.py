@@ -1,7 +1,7 @@
 """One preprocessing path from RGB frames to vision-tower inputs, shared by both backends.
 
 Feeding both backends the same pixel values is what makes parity exact (the
-frameworks' own resizers differ). Frames are already resized by video.py.
+frameworks' own resizers differ). Frames are sized by smart_resize (here) and resized by video.py.
 
 Notation: n = frames, H x W pixels, C = 3 channels, p = patch size, tp = temporal patch
 size, m = spatial merge size.
@@ -9,7 +9,35 @@ size, m = spatial merge size.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from .errors import UserError
+from .specs import QWEN_VIDEO_MAX_PIXELS, QWEN_VIDEO_MIN_PIXELS
+
+
+def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = QWEN_VIDEO_MIN_PIXELS,
+                 max_pixels: int = QWEN_VIDEO_MAX_PIXELS) -> tuple[int, int]:
+    """Qwen2-VL's smart_resize: (H, W) multiples of `factor`, H*W in [min_pixels, max_pixels].
+
+    Same arithmetic as transformers' qwen2_vl smart_resize (round half to even included).
+    """
+    if min(height, width) <= 0:
+        raise UserError(f"frame size {height}x{width} is empty; the source gives no picture.")
+    if max(height, width) / min(height, width) > 200:
+        raise UserError(f"frame size {height}x{width} is too elongated (aspect ratio over 200).")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
 
 
 def normalize(frames: np.ndarray, mean, std) -> np.ndarray:

@@ -1,7 +1,7 @@
-"""What the streaming loop (stream.py) asks of a model adapter and of an array backend.
+"""What the streaming loop (session.py) asks of a model adapter and of an array backend.
 
-Both backends implement these, name for name: `adapters/` and `session.MLXBackend` (MLX),
-`reference/adapters/` and `reference.session.TorchBackend` (PyTorch). Arrays are the
+Both backends implement these, name for name: `mlx/adapters/` and `mlx/backend.MLXBackend`,
+`reference/adapters/` and `reference/backend.TorchBackend` (PyTorch). Arrays are the
 backend's own (mx.array or torch.Tensor); positions and labels are numpy. Notation: n
 frames, S slots, T tokens per slot, L new tokens, E hidden size, V vocabulary, H KV heads,
 n_c cached slots, D head dim. No array library is imported here.
@@ -12,6 +12,9 @@ from __future__ import annotations
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
+
+from .errors import UserError
+from .specs import load_class
 
 
 @runtime_checkable
@@ -40,7 +43,10 @@ class Adapter(Protocol):
 
 @runtime_checkable
 class Backend(Protocol):
-    """The array-library hooks of a session: cache, selection, sampling, memory."""
+    """The array-library hooks of a session: adapter, cache, selection, sampling, memory."""
+
+    def adapter(self, model: Any, tokenizer: Any, spec: Any) -> Adapter:
+        """The model type's adapter on this backend (specs.MODEL_TYPES)."""
 
     def new_cache(self, num_layers: int) -> Any:
         """An empty StreamCache of num_layers layers."""
@@ -65,3 +71,18 @@ class Backend(Protocol):
 
     def reset_peak_memory(self) -> None:
         """Start the peak over."""
+
+
+BACKENDS = {  # name -> (module, class); imported only when asked for
+    "mlx": ("infinipot_mlx.mlx.backend", "MLXBackend"),
+    "reference": ("infinipot_mlx.reference.backend", "TorchBackend"),
+}
+
+
+def make_backend(backend: str | Backend) -> Backend:
+    """A Backend from its name in BACKENDS, or the object itself."""
+    if not isinstance(backend, str):
+        return backend
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return load_class(BACKENDS[backend])()

@@ -1,6 +1,6 @@
 """Room under the cap: the visual floor, old turns leaving, and the block and frame size fitted.
 
-A mixin of stream.StreamSessionBase (ALGORITHM.md section 3). The session decides here
+A mixin of session.StreamSession (ALGORITHM.md section 3). The session decides here
 when to compress and what else may give way; the cache only stores.
 
 - A block compresses the visual tokens so that it fits under capacity - reserve; if the
@@ -135,7 +135,7 @@ class RoomKeeper:
         if spec.frame_size is not None:
             hw = tuple(spec.frame_size)
         else:
-            from .video import smart_resize
+            from .pixels import smart_resize
 
             limit = max_pixels or min(spec.max_pixels, DEFAULT_FRAME_PIXELS)
             step = spec.pixels_per_token

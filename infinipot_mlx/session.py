@@ -1,103 +1,389 @@
-"""StreamSession on MLX: the streaming loop of stream.py with MLX arrays and mlx-vlm models.
+"""The streaming loop of ALGORITHM.md section 7, shared by the MLX and PyTorch sessions.
 
-    session = infinipot_mlx.load("path/to/Qwen2.5-VL", InfiniPotConfig(capacity=6144))
-    session.add_frames(frames)            # (n, H, W, 3) uint8, any number of times
-    for piece in session.ask("What happened?"):
-        print(piece, end="")
+The session decides when to compress; the cache only stores; the adapter only embeds and
+runs the model. Backend specifics (arrays, sampling, memory probes, the adapter class) sit
+behind a small Backend object (protocols.Backend): mlx/backend.py or reference/backend.py.
+
+Units: a "frame" in the algorithm's sense is one temporal slot of the vision grid
+(Qwen2.5-VL merges frames_per_slot = 2 sampled frames into one). `block_frames` counts
+slots; add_frames takes sampled frames. T = visual tokens per slot, S = slots in a block.
+
+Memory (ALGORITHM.md section 3): every token that enters the cache is counted, and the
+cap holds after every forward (`check_cap=True`, or INFINIPOT_CHECK_CAP=1, asserts it).
+What gives way when room runs out (the video down to its floor, then old turns) is
+room.py's; the answer loop is answer.py's.
+
+Interrupts: each block, text piece, question and answer token is a transaction. An
+exception inside one (KeyboardInterrupt included) restores the cache and the session's
+counters as they were before it, and the frames of an unfinished block stay queued.
+
+Position policies (ALGORITHM.md section 6): `absolute` keeps every token at the position
+the uncompressed sequence gives it; `compact` (1-D RoPE models only) renumbers the kept
+tokens 0..n-1 in arrival order after every compression, re-rotating their stored keys with
+the adapter's `key_rotation()`, so positions stay below the capacity. Either way a stream
+about to pass the model's max_positions stops with PositionLimitError.
 """
 
 from __future__ import annotations
 
-import mlx.core as mx
+import copy
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from .adapters import adapter_class
-from .answer import eos_ids
-from .cache import StreamCache
+from . import plan
+from .answer import AnswerLoop
 from .config import InfiniPotConfig
-from .model_path import ModelPathError, resolve_model_path  # noqa: F401  (re-exported)
-from .select import select_tokens
-from .specs import load_spec
-from .stream import StreamSessionBase
-
-DEFAULT_MODEL = "mlx-community/Qwen2.5-VL-7B-Instruct-4bit"
-
-
-class MLXBackend:
-    """The array-library hooks the shared streaming loop needs, for MLX."""
-
-    select_tokens = staticmethod(select_tokens)
-    eos_ids = staticmethod(eos_ids)  # (tokenizer, spec) -> sorted stop ids, shared (answer.py)
-
-    def new_cache(self, num_layers: int) -> StreamCache:
-        return StreamCache(num_layers)
-
-    def sync(self, output, cache: StreamCache | None = None) -> None:
-        """Materialize lazy arrays so timings and memory are real."""
-        arrays = [] if output is None else [output]
-        if cache is not None:
-            arrays += [a for layer in cache.layers for a in (layer.keys, layer.values) if a is not None]
-        mx.eval(*arrays)
-
-    def to_numpy(self, x) -> np.ndarray:
-        """A host numpy copy (bfloat16/float16 logits become float32: numpy has no bfloat16)."""
-        if mx.issubdtype(x.dtype, mx.floating) and x.dtype != mx.float32:
-            x = x.astype(mx.float32)
-        return np.array(x)
-
-    def make_sampler(self, temperature: float, top_p: float):
-        """logits (V,) -> token id; greedy at temperature 0 (mlx-lm's sampler otherwise)."""
-        if temperature <= 0:
-            return lambda logits: int(mx.argmax(logits).item())
-        from mlx_lm.sample_utils import make_sampler
-
-        sample = make_sampler(temp=temperature, top_p=top_p if top_p < 1.0 else 0.0)
-
-        def draw(logits):
-            logits = logits.astype(mx.float32)
-            return int(sample((logits - mx.logsumexp(logits))[None])[0].item())  # log-probabilities
-
-        return draw
-
-    def memory(self) -> tuple[int, int]:
-        """(active, peak) bytes held by MLX."""
-        return mx.get_active_memory(), mx.get_peak_memory()
-
-    def reset_peak_memory(self) -> None:
-        mx.reset_peak_memory()
+from .errors import UserError
+from .positions import next_after, slot_times, text_positions, video_positions
+from .protocols import Backend, make_backend
+from .room import RoomKeeper, Turn, compress_layers
+from .specs import DEFAULT_SYSTEM
 
 
-class StreamSession(StreamSessionBase):
-    """InfiniPot-V streaming session on an mlx-vlm model (see stream.StreamSessionBase)."""
-
-    def __init__(self, model, tokenizer, spec, config: InfiniPotConfig, **kwargs):
-        adapter = adapter_class(spec.model_type)(model, tokenizer, spec)
-        super().__init__(adapter, MLXBackend(), config, **kwargs)
+class PositionLimitError(UserError):
+    """A stream under `absolute` positions would pass the model's trained range."""
 
 
-def load_model(path_or_repo: str):
-    """(model, tokenizer, spec, path) through mlx_vlm.load; UserError for a folder it cannot use."""
-    from mlx_vlm import load as vlm_load
-
-    from . import _blas
-    from .model_path import require_weights
-
-    _blas.warn_blas_error()  # an INFINIPOT_BLAS that failed to load: MLX runs on the slow BLAS
-    path = resolve_model_path(path_or_repo)
-    spec = load_spec(path)
-    require_weights(path)  # mlx_vlm.load answers a folder without weights with a code snippet
-    model, processor = vlm_load(str(path))
-    tokenizer = getattr(processor, "tokenizer", processor)
-    return model, tokenizer, spec, path
+class CapBrokenError(AssertionError):
+    """The cache held more tokens than the capacity after a forward: a bug, never bad input."""
 
 
-def load(path_or_repo: str = DEFAULT_MODEL, config: InfiniPotConfig | None = None, **kwargs) -> StreamSession:
-    """Load a checkpoint and open a StreamSession on it.
+@dataclass
+class StreamStats:
+    """Counters and timers of a session (seconds are wall time on this machine)."""
+
+    frames_seen: int = 0  # sampled frames given to add_frames and encoded
+    slots_seen: int = 0  # temporal slots ("frames" of the algorithm)
+    compressions: int = 0
+    tokens_decoded: int = 0
+    turns_evicted: int = 0  # old conversation turns dropped to keep the video above its floor
+    peak_cached: int = 0  # the most tokens the cache held after any forward
+    seconds: dict = field(default_factory=lambda: dict(vision=0.0, prefill=0.0, compress=0.0, decode=0.0))
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "off", "no")
+
+
+class StreamSession(RoomKeeper, AnswerLoop):
+    """Stream frames into a capped KV cache and answer questions, many turns.
 
     Args:
-        path_or_repo: local folder or hub repo id of a Qwen2.5-VL (or LLaVA-OneVision) model.
-        config: compression settings (default InfiniPotConfig()).
-        **kwargs: fps, system_prompt, record_kept (see StreamSessionBase).
+        model, tokenizer, spec: a loaded checkpoint (mlx.backend.load_model or
+            reference.backend.load_model); the backend wraps them in its adapter.
+        config: InfiniPotConfig (default InfiniPotConfig()).
+        backend: "mlx" (default), "reference", or a protocols.Backend object.
+        fps: sampling rate of frames given to add_frames without timestamps.
+        system_prompt: the system message (pinned).
+        record_kept: keep the (frame, patch) sets of every compression, for parity checks.
+        check_cap: assert n_cached <= capacity after every forward (default: the
+            INFINIPOT_CHECK_CAP environment variable; the tests set it).
     """
-    model, tokenizer, spec, _ = load_model(path_or_repo)
-    return StreamSession(model, tokenizer, spec, config or InfiniPotConfig(), **kwargs)
+
+    def __init__(self, model, tokenizer, spec, config: InfiniPotConfig | None = None,
+                 backend: str | Backend = "mlx", fps: float = 2.0, system_prompt: str = DEFAULT_SYSTEM,
+                 record_kept: bool = False, check_cap: bool | None = None):
+        self.backend = make_backend(backend)
+        self.adapter = self.backend.adapter(model, tokenizer, spec)
+        self.config = config or InfiniPotConfig()
+        self.spec = self.adapter.spec
+        self.fps = float(fps)
+        self.system_prompt = system_prompt
+        self.record_kept = record_kept
+        self.check_cap = _env_flag("INFINIPOT_CHECK_CAP") if check_cap is None else check_cap
+        if self.policy == "compact" and self.spec.position_axes != 1:
+            raise UserError(f"the compact position policy needs a 1-D RoPE model (LLaVA-OneVision); "
+                            f"{self.spec.model_type} uses M-RoPE, so use position_policy='absolute'")
+        self.reset()
+
+    # ----- conversation state ------------------------------------------------------
+    def reset(self) -> None:
+        """Drop everything and start again from the system prompt."""
+        self.cache = self.backend.new_cache(self.spec.num_layers)
+        self.counters = StreamStats()
+        self.kept_log: list[list[np.ndarray]] = []  # per compression, per layer (H, K, 2)
+        self.transcript: list[str] = []  # every pinned text piece and video placeholder
+        self.turns = [Turn(0, 0)]  # turn 0 is the system prompt and is never dropped
+        self.pending: list[tuple[np.ndarray, float | None]] = []  # (frame, timestamp) queued
+        self.frame_hw: tuple[int, int] | None = None
+        self.block_slots: int | None = self.config.block_frames  # None: chosen at the first frame
+        self.user_turn_open = False
+        self.video_start: int | None = None  # position offset of the open video segment
+        self.segment_slots = 0  # slots streamed in the open video segment
+        self.segment_t0: float | None = None  # timestamp of the open segment's first frame
+        self.open_answer: list[int] | None = None  # tokens of an answer not yet closed
+        self.unfed: int | None = None  # its last token, when it was never fed to the model
+        self.stop_reason: str | None = None
+        self.backend.reset_peak_memory()
+        self.add_text(self.spec.pieces.system.format(system=self.system_prompt))
+        self.n_system = self.cache.n_pinned
+
+    @property
+    def policy(self) -> str:
+        policy = self.config.position_policy
+        return self.spec.default_policy if policy == "auto" else policy
+
+    @property
+    def frames_per_block(self) -> int | None:
+        """Sampled frames per block (None until the frame size is known, when automatic)."""
+        return None if self.block_slots is None else self.block_slots * self.spec.frames_per_slot
+
+    # ----- transactions --------------------------------------------------------------
+    _STATE = ("transcript", "turns", "pending", "frame_hw", "block_slots", "user_turn_open",
+              "video_start", "segment_slots", "segment_t0", "open_answer", "unfed", "counters")
+
+    @contextmanager
+    def _atomic(self):
+        """All or nothing: an exception inside (Ctrl-C included) restores the state before it."""
+        saved = (self.cache.snapshot(), len(self.kept_log),
+                 {name: copy.copy(getattr(self, name)) for name in self._STATE})
+        saved[2]["counters"].seconds = dict(self.counters.seconds)
+        try:
+            yield
+        except BaseException:
+            cache, kept, state = saved
+            self.cache.restore(cache)
+            del self.kept_log[kept:]
+            for name, value in state.items():
+                setattr(self, name, value)
+            raise
+
+    # ----- text ----------------------------------------------------------------------
+    def _encode(self, text: str) -> list[int]:
+        return self.adapter.tokenizer.encode(text, add_special_tokens=False)
+
+    def add_text(self, text: str):
+        """Prefill pinned text; returns the logits of its last token, shape (V,)."""
+        return self._prefill_text(text, self._encode(text))
+
+    def _prefill_text(self, text: str, ids: list[int]):
+        """Pin `text` (tokenized as `ids`) after making room for it under the cap."""
+        with self._atomic():
+            self.transcript.append(text)
+            if not ids:
+                return None  # an empty template piece adds nothing
+            if not self._make_room(len(ids)):
+                raise plan.CapacityError(
+                    f"no room under the KV cap of {self.config.capacity} tokens for {len(ids)} more "
+                    f"pinned tokens ({self.cache.n_pinned} pinned, {self.cache.n_visual} visual at "
+                    "their floor); raise --kv-budget")
+            return self._prefill_ids(ids)
+
+    def _prefill_ids(self, ids: list[int]):
+        self._renumber_if_needed(len(ids))
+        positions = text_positions(self.cache.next_position, len(ids), self.spec.position_axes)
+        logits = self._forward(self.adapter.embed_tokens(ids), positions)
+        return logits[0, -1]
+
+    def _forward(self, embeds, positions: np.ndarray, frame_ids=None, patch_ids=None):
+        self._check_position_range(positions)
+        if frame_ids is not None:
+            self.cache.label_next(frame_ids, patch_ids)
+        logits = self.adapter.forward(embeds, positions, self.cache)
+        self.backend.sync(logits, self.cache)
+        self.cache.next_position = max(self.cache.next_position, next_after(positions))
+        n = self.cache.n_cached
+        self.counters.peak_cached = max(self.counters.peak_cached, n)
+        if self.check_cap and self.config.bounded and n > self.config.capacity:
+            raise CapBrokenError(f"the cache holds {n} tokens, over its capacity of {self.config.capacity}")
+        return logits
+
+    # ----- frames ----------------------------------------------------------------------
+    def open_video(self, source, max_frames: int | None = None, max_pixels: int | None = None):
+        """A VideoSource of a file, camera index or URL at the session's fps, its frames and
+        the block sized for the cap (fit_frame_size)."""
+        from .video import VideoSource
+
+        video = VideoSource.for_model(source, self.spec, fps=self.fps, max_frames=max_frames)
+        video.frame_size = self.fit_frame_size(video.source_size, max_pixels)
+        return video
+
+    def add_video(self, source, max_frames: int | None = None, max_pixels: int | None = None) -> None:
+        """Stream a whole video (open_video), block by block, with its frames' own timestamps."""
+        video = self.open_video(source, max_frames, max_pixels)
+        for block in video.blocks(self.frames_per_block):
+            self.add_frames(block.frames, block.timestamps)
+        self.flush()
+
+    def add_frames(self, frames: np.ndarray, timestamps=None) -> None:
+        """Queue sampled frames (n, H, W, 3) uint8; every full block is encoded and prefilled.
+
+        timestamps: (n,) seconds of each frame (VideoSource's FrameBlock.timestamps); M-RoPE
+        time then follows them. Without them, frames are taken as sampled at `fps`.
+        """
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        self._check_frame_size(frames)
+        stamps = [None] * len(frames) if timestamps is None else [float(t) for t in np.ravel(timestamps)]
+        if len(stamps) != len(frames):
+            raise UserError(f"{len(stamps)} timestamps for {len(frames)} frames")
+        self.pending.extend(zip(frames, stamps))
+        while len(self.pending) >= self.frames_per_block:
+            self._stream_block(self.frames_per_block)
+
+    def flush(self) -> None:
+        """Encode queued frames that do not fill a block (the last one is repeated to fill a slot)."""
+        if self.pending:
+            self._stream_block(len(self.pending))
+
+    def _check_frame_size(self, frames: np.ndarray) -> None:
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise UserError(f"frames must be (n, H, W, 3) RGB, got shape {frames.shape}")
+        hw = tuple(frames.shape[1:3])
+        step, fixed = self.spec.pixels_per_token, self.spec.frame_size
+        if fixed is not None and hw != tuple(fixed):
+            raise UserError(f"frame size {hw} is not the model's {tuple(fixed)}; resize with "
+                            f"VideoSource(size={tuple(fixed)})")
+        if fixed is None and (hw[0] % step or hw[1] % step):
+            raise UserError(f"frame size {hw} is not a multiple of {step} pixels; resize with VideoSource")
+        if self.frame_hw is not None and hw != self.frame_hw:
+            raise UserError(f"frame size changed from {self.frame_hw} to {hw} within a stream")
+        if self.frame_hw is None:  # choose the block, or reject a cap that cannot hold one, up front
+            self._fit_block(hw)
+            self.frame_hw = hw
+
+    def _open_video(self) -> None:
+        if self.video_start is not None:
+            return
+        self._close_open_answer()
+        if not self.user_turn_open:
+            self._begin_turn()
+            self.add_text(self.spec.pieces.user_open)
+            self.user_turn_open = True
+        self.add_text(self.spec.pieces.video_open)
+        self.video_start, self.segment_slots, self.segment_t0 = self.cache.next_position, 0, None
+
+    def _close_video(self) -> None:
+        if self.video_start is not None:
+            self._prefill_video_tail()
+            self.add_text(self.spec.pieces.video_close)
+            self.video_start = None
+
+    def _prefill_video_tail(self) -> None:
+        """Pinned embeddings the model puts once after a video (LLaVA-OV: image_newline)."""
+        embeds = self.adapter.video_close_embeds()  # (1, L, E) or None
+        if embeds is not None:
+            with self._atomic():
+                if not self._make_room(embeds.shape[-2]):
+                    raise plan.CapacityError("no room under the KV cap to close the video; raise --kv-budget")
+                self._renumber_if_needed(embeds.shape[-2])
+                self._forward(embeds, text_positions(self.cache.next_position, embeds.shape[-2],
+                                                     self.spec.position_axes))
+                self.transcript.append("<video_end_embeds>")
+
+    def _stream_block(self, n_frames: int) -> None:
+        """The first n_frames queued frames as one block: make room, vision, prefill (atomic)."""
+        with self._atomic():
+            items, self.pending = self.pending[:n_frames], self.pending[n_frames:]
+            frames = np.stack([f for f, _ in items])
+            pad = -len(frames) % self.spec.frames_per_slot  # repeat the last frame to fill a slot
+            frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)]) if pad else frames
+            self._open_video()
+            grid = self.spec.slot_grid(self.frame_hw)
+            T, S = grid[0] * grid[1], len(frames) // self.spec.frames_per_slot
+            self._room_for_block(S, T)
+            self._renumber_if_needed(S * T)
+            times = self._slot_times([t for _, t in items], S)
+            positions = video_positions(self.spec, self.video_start, self.segment_slots, times, grid)
+            self._check_position_range(positions)
+            with self._timed("vision"):
+                embeds = self.adapter.encode_slots(frames)
+                self.backend.sync(embeds)
+            first = self.counters.slots_seen
+            frame_ids = np.repeat(np.arange(first, first + S, dtype=np.int32), T)  # (S*T,)
+            patch_ids = np.tile(np.arange(T, dtype=np.int32), S)  # (S*T,)
+            with self._timed("prefill"):
+                self._forward(embeds, positions, frame_ids, patch_ids)
+            self.transcript.append(f"<video:{S}x{T}>")
+            self.segment_slots += S
+            self.counters.slots_seen += S
+            self.counters.frames_seen += len(items)
+
+    def _slot_times(self, stamps: list[float | None], S: int) -> np.ndarray:
+        """(S,) seconds of each slot's first frame from the segment's first frame.
+
+        Real timestamps when every frame has one; otherwise uniform sampling at `fps`
+        (slot * frames_per_slot / fps, Qwen2.5-VL's own rule).
+        """
+        per = self.spec.frames_per_slot
+        if any(t is None for t in stamps):
+            return slot_times(self.segment_slots, S, per / self.fps)
+        firsts = np.asarray(stamps[::per][:S], np.float64)
+        if self.segment_t0 is None:
+            self.segment_t0 = float(firsts[0])
+        return np.maximum(firsts - self.segment_t0, 0.0)
+
+    def _check_position_range(self, positions) -> None:
+        """PositionLimitError before any token would get a position past max_positions."""
+        limit = self.spec.max_positions
+        if limit is None or int(np.max(positions)) < limit:
+            return
+        if self.policy == "compact":
+            hint = "lower the capacity (--kv-budget) below that range"
+        elif self.spec.position_axes == 1:
+            hint = "stop here, or use the compact position policy (the default for this model)"
+        else:
+            hint = "stop here or lower --fps"
+        raise PositionLimitError(f"the stream would reach position {int(np.max(positions))}, past the "
+                                 f"model's trained range of {limit} positions; {hint}")
+
+    # ----- compression -----------------------------------------------------------------
+    def compress(self, keep: int, tokens_per_frame: int) -> None:
+        """Keep `keep` visual tokens per head in every layer (ALGORITHM.md sections 4-5)."""
+        plan.check_keep(keep, tokens_per_frame)
+        with self._atomic(), self._timed("compress"):
+            kept_sets = compress_layers(self.cache, self.backend.select_tokens, keep, tokens_per_frame,
+                                        self.config, self.spec.slot_grid(self.frame_hw),
+                                        self.backend.to_numpy if self.record_kept else None)
+            self.backend.sync(None, self.cache)
+            self.counters.compressions += 1
+            if self.record_kept:
+                self.kept_log.append(kept_sets)
+
+    def _renumber_if_needed(self, incoming: int) -> None:
+        """`compact`: renumber only when `incoming` more positions would pass the model's
+        trained range, so that stored keys are re-rotated, and rounded again, rarely."""
+        limit = self.spec.max_positions
+        if self.policy == "compact" and limit is not None and self.cache.next_position + incoming > limit:
+            self._compact_positions()
+
+    def _compact_positions(self) -> None:
+        """`compact`: renumber the n kept slots 0..n-1 in arrival order (every head), re-rotate keys."""
+        n = self.cache.n_cached
+        shift = n - self.cache.next_position  # <= 0: every position moves down by the same rule
+        self.cache.rerotate(np.arange(n), self.adapter.key_rotation())
+        self.cache.next_position = n
+        if self.video_start is not None:  # the open segment's origin moves with its tokens
+            self.video_start += shift
+
+    # ----- reporting ------------------------------------------------------------------------
+    @contextmanager
+    def _timed(self, what: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.counters.seconds[what] += time.perf_counter() - start
+
+    def stats(self) -> dict:
+        """Frames seen, tokens cached, compressions, memory and time per phase."""
+        active, peak = self.backend.memory()
+        s = self.counters
+        return dict(
+            frames_seen=s.frames_seen, slots_seen=s.slots_seen, compressions=s.compressions,
+            tokens_cached=self.cache.n_cached, tokens_pinned=self.cache.n_pinned,
+            tokens_visual=self.cache.n_visual, capacity=self.config.capacity,
+            peak_cached=s.peak_cached, turns_evicted=s.turns_evicted, frames_queued=len(self.pending),
+            kv_bytes=self.cache.nbytes, next_position=self.cache.next_position,
+            active_memory_bytes=active, peak_memory_bytes=peak, tokens_decoded=s.tokens_decoded,
+            seconds=dict(s.seconds), method=self.config.method, position_policy=self.policy,
+        )
+
+    def prompt_text(self) -> str:
+        """Everything pinned now, with each video block shown as <video:SxT>."""
+        return "".join(self.transcript)

@@ -242,13 +242,13 @@ class ModelType:
 
 MODEL_TYPES = {t.name: t for t in (
     ModelType("qwen2_5_vl", qwen2_5_vl_spec,
-              ("infinipot_mlx.adapters.qwen2_5_vl", "Qwen2_5_VLAdapter"),
+              ("infinipot_mlx.mlx.adapters.qwen2_5_vl", "Qwen2_5_VLAdapter"),
               ("infinipot_mlx.reference.adapters.qwen2_5_vl", "Qwen2_5_VLAdapter"),
               "Qwen2_5_VLForConditionalGeneration",
               ("video_token_id", "vision_config.patch_size", "vision_config.temporal_patch_size",
                "vision_config.spatial_merge_size")),
     ModelType("llava_onevision", llava_onevision_spec,
-              ("infinipot_mlx.adapters.llava_onevision", "LlavaOnevisionAdapter"),
+              ("infinipot_mlx.mlx.adapters.llava_onevision", "LlavaOnevisionAdapter"),
               ("infinipot_mlx.reference.adapters.llava_onevision", "LlavaOnevisionAdapter"),
               "LlavaOnevisionForConditionalGeneration",
               ("video_token_index", "vision_config.image_size", "vision_config.patch_size")),

@@ -37,16 +37,13 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .errors import UserError  # noqa: E402
+from .pixels import smart_resize  # noqa: E402
+from .specs import QWEN_VIDEO_MAX_PIXELS, QWEN_VIDEO_MIN_PIXELS  # noqa: E402
 
 if _QUIET and hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
-__all__ = ["VideoError", "VideoSource", "FrameBlock", "smart_resize", "resize_frame", "pad_block"]
-
-# Qwen2-VL's video processor defaults (transformers Qwen2VLVideoProcessor.size).
-VIDEO_MIN_PIXELS = 128 * 28 * 28
-VIDEO_MAX_PIXELS = 768 * 28 * 28
-
+__all__ = ["VideoError", "VideoSource", "FrameBlock", "resize_frame", "pad_block"]
 
 class VideoError(UserError):
     """A source that cannot be opened or read as a video; the message says what to do."""
@@ -68,29 +65,6 @@ class FrameBlock:
 
     def __len__(self) -> int:
         return len(self.frames)
-
-
-def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = VIDEO_MIN_PIXELS,
-                 max_pixels: int = VIDEO_MAX_PIXELS) -> tuple[int, int]:
-    """Qwen2-VL's smart_resize: (H, W) multiples of `factor`, H*W in [min_pixels, max_pixels].
-
-    Same arithmetic as transformers' qwen2_vl smart_resize (round half to even included).
-    """
-    if min(height, width) <= 0:
-        raise VideoError(f"frame size {height}x{width} is empty; the source gives no picture.")
-    if max(height, width) / min(height, width) > 200:
-        raise VideoError(f"frame size {height}x{width} is too elongated (aspect ratio over 200).")
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
 
 
 def resize_frame(bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -241,8 +215,8 @@ class VideoSource:
     """
 
     def __init__(self, source: str | bytes | int | Path, fps: float | None = 2.0,
-                 max_frames: int | None = None, min_pixels: int = VIDEO_MIN_PIXELS,
-                 max_pixels: int = VIDEO_MAX_PIXELS, factor: int = 28,
+                 max_frames: int | None = None, min_pixels: int = QWEN_VIDEO_MIN_PIXELS,
+                 max_pixels: int = QWEN_VIDEO_MAX_PIXELS, factor: int = 28,
                  size: tuple[int, int] | None = None):
         if fps is not None and not fps > 0:
             raise ValueError(f"fps must be positive (or None for every frame), got {fps}.")
@@ -262,7 +236,7 @@ class VideoSource:
     @classmethod
     def for_model(cls, source, spec, fps: float | None = 2.0, max_frames: int | None = None) -> VideoSource:
         """A source within a model's video limits (a ModelSpec); a session's fit_frame_size
-        then sets `frame_size` for its cap (StreamSessionBase.open_video does both)."""
+        then sets `frame_size` for its cap (StreamSession.open_video does both)."""
         return cls(source, fps=fps, max_frames=max_frames, min_pixels=spec.min_pixels,
                    max_pixels=spec.max_pixels, factor=spec.pixels_per_token, size=spec.frame_size)
 

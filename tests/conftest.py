@@ -1,7 +1,7 @@
 """Shared fixtures. Importing infinipot_mlx first loads the optimized BLAS before mlx.
 
 Every session in the tests, in-process or in a CLI subprocess, asserts the cap invariant
-n_cached <= capacity after every forward (INFINIPOT_CHECK_CAP, StreamSessionBase.check_cap).
+n_cached <= capacity after every forward (INFINIPOT_CHECK_CAP, StreamSession.check_cap).
 """
 
 import os

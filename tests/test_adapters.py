@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from infinipot_mlx import InfiniPotConfig
+from infinipot_mlx.session import StreamSession
 from infinipot_mlx.positions import text_positions, video_positions
 
 TEXT = "Hello! How can I help you today?"
@@ -34,10 +35,10 @@ def vocab_size(path) -> int:
 def load_backend(path, backend: str):
     """(model, tokenizer, spec, path), and the backend's session module."""
     if backend == "mlx":
-        from infinipot_mlx import session as module
+        from infinipot_mlx.mlx import backend as module
 
         return module.load_model(str(path)), module
-    from infinipot_mlx.reference import session as module
+    from infinipot_mlx.reference import backend as module
 
     return module.load_model(str(path), device="cpu"), module
 
@@ -114,7 +115,7 @@ def test_reference_stream_raises_no_deprecation_warning(model_type, tiny_qwen_di
             warnings.simplefilter("error", FutureWarning)
             warnings.simplefilter("error", DeprecationWarning)
             config = InfiniPotConfig(capacity=200, reserve=40, block_frames=2)
-            session = module.StreamSession(model, tok, spec, config)
+            session = StreamSession(model, tok, spec, config, "reference")
             session.add_frames(frames_for(model_type, 24))
             "".join(session.ask("What moved?", max_tokens=3))
     finally:
@@ -125,7 +126,7 @@ def test_reference_stream_raises_no_deprecation_warning(model_type, tiny_qwen_di
 
 
 def test_adapters_and_backends_implement_the_protocols(case):
-    """What stream.py asks of them (protocols.py), in both backends; Qwen2.5-VL answers the
+    """What session.py asks of them (protocols.py), in both backends; Qwen2.5-VL answers the
     hooks it has no use for: nothing after a video, no `compact` key rotation."""
     from infinipot_mlx.errors import UserError
     from infinipot_mlx.protocols import Adapter, Backend

@@ -2,7 +2,7 @@
 
 import json
 
-from infinipot_mlx.bench.__main__ import build_parser
+from infinipot_mlx.cli.bench import build_parser
 
 
 def test_bench_select_writes_json(tmp_path, capsys):

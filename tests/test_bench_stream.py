@@ -2,7 +2,7 @@
 
 import json
 
-from infinipot_mlx.bench.__main__ import build_parser
+from infinipot_mlx.cli.bench import build_parser
 from infinipot_mlx.bench.stream import METHODS
 from infinipot_mlx.bench.stream_report import POINT_FIELDS
 
@@ -61,9 +61,9 @@ def test_mlx_vlm_caches_run_through_our_adapter():
     import mlx.core as mx
     import numpy as np
 
-    from infinipot_mlx.adapters import adapter_class
+    from infinipot_mlx.mlx.adapters import adapter_class
     from infinipot_mlx.bench import random_model, vlm_caches
-    from infinipot_mlx.cache import StreamCache
+    from infinipot_mlx.mlx.cache import StreamCache
 
     model, tokenizer, spec, _ = random_model.build_model(random_model.SIZES["tiny"])
     adapter = adapter_class("qwen2_5_vl")(model, tokenizer, spec)

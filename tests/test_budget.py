@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from infinipot_mlx import InfiniPotConfig, budget
-from infinipot_mlx import memory as probes
+from infinipot_mlx.mlx import memory as probes
 from infinipot_mlx.specs import qwen2_5_vl_spec
 
 # The numbers the arithmetic reads, from the published config.json files.
@@ -145,7 +145,7 @@ def test_memory_probe_reports_live_figures():
 # ----- tier 3: the tiny Qwen2.5-VL ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny(tiny_qwen_dir):
-    from infinipot_mlx.session import load_model
+    from infinipot_mlx.mlx.backend import load_model
 
     return load_model(str(tiny_qwen_dir))
 

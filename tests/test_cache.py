@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infinipot_mlx import cache as mlx_cache
+from infinipot_mlx.mlx import cache as mlx_cache
 from infinipot_mlx.reference import cache as ref_cache
 from infinipot_mlx.reference.adapters import cache_keyword
 

@@ -9,7 +9,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from infinipot_mlx.cache import LayerKVCache, StreamCache
+from infinipot_mlx.mlx.cache import LayerKVCache, StreamCache
 
 H, D = 2, 32
 
@@ -21,7 +21,7 @@ def raw_keys(n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def mlx_rope(tiny_llava_dir):
-    from infinipot_mlx.session import load_model
+    from infinipot_mlx.mlx.backend import load_model
 
     model = load_model(str(tiny_llava_dir))[0]
     return model.language_model.model.layers[0].self_attn.rope
@@ -71,7 +71,7 @@ def backends(mlx_rope, torch_rope):
     """(cache class, rotation, rope-at function, to-array) per backend."""
     import torch
 
-    from infinipot_mlx.adapters.llava_onevision import KeyRotation as MLXRotation
+    from infinipot_mlx.mlx.adapters.llava_onevision import KeyRotation as MLXRotation
     from infinipot_mlx.reference.adapters.llava_onevision import KeyRotation as TorchRotation
     from infinipot_mlx.reference.cache import LayerKVCache as TorchLayer
 
@@ -158,7 +158,8 @@ def test_stream_cache_places_every_layer():
 
 def test_compact_is_rejected_for_mrope(tiny_qwen_dir):
     from infinipot_mlx import InfiniPotConfig
-    from infinipot_mlx.session import StreamSession, load_model
+    from infinipot_mlx.mlx.backend import load_model
+    from infinipot_mlx.session import StreamSession
 
     model, tok, spec, _ = load_model(str(tiny_qwen_dir))
     with pytest.raises(ValueError, match="compact position policy needs a 1-D RoPE"):

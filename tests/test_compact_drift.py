@@ -11,14 +11,14 @@ final position from the key the model first stored.
 """
 
 import json
-import shutil
 
 import mlx.core as mx
 import numpy as np
 import pytest
 
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx.session import StreamSession, load_model
+from infinipot_mlx.mlx.backend import load_model
+from infinipot_mlx.session import StreamSession
 
 RANGE = 4096
 

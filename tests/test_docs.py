@@ -26,3 +26,17 @@ def test_no_file_names_a_document_or_path_outside_the_repo():
             for i, line in enumerate(p.read_text().splitlines(), 1)
             if outside.search(line) and p.name != "test_docs.py"]
     assert not hits, hits
+
+
+AUTHORS_FILES = {"kvcache_utils.py", "qwen_inference_ovu.py"}  # aiha-lab/InfiniPot-V, cited by name
+
+
+def test_every_file_the_algorithm_names_exists():
+    """`mlx/select.py`, `session.py`, `tests/test_parity*.py`: each name matches a file here."""
+    files = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.py") if ".git" not in p.parts]
+    named = set(re.findall(r"`([\w/*.]+\.py)`", (ROOT / "docs" / "ALGORITHM.md").read_text()))
+    assert named, "no file name found: the pattern is wrong"
+    missing = [name for name in sorted(named - AUTHORS_FILES)
+               if not any(Path(f).match(name) and (f == name or f.endswith("/" + name)
+                                                   or "*" in name) for f in files)]
+    assert not missing, missing

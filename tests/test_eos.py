@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from infinipot_mlx import InfiniPotConfig
+from infinipot_mlx.session import StreamSession
 from infinipot_mlx.answer import eos_ids
 from infinipot_mlx.specs import CheckpointConfigError, load_spec
 
@@ -65,8 +66,8 @@ def test_an_int_eos_and_a_malformed_one(tiny_qwen_dir, tmp_path):
 
 
 def test_both_backends_share_one_stop_set():
-    from infinipot_mlx.reference.session import TorchBackend
-    from infinipot_mlx.session import MLXBackend
+    from infinipot_mlx.reference.backend import TorchBackend
+    from infinipot_mlx.mlx.backend import MLXBackend
 
     assert MLXBackend.eos_ids is TorchBackend.eos_ids is eos_ids
 
@@ -93,10 +94,10 @@ class ForcedTokens:
 
 def loaded(path, backend: str):
     if backend == "mlx":
-        from infinipot_mlx import session as module
+        from infinipot_mlx.mlx import backend as module
 
         return module, module.load_model(str(path))
-    from infinipot_mlx.reference import session as module
+    from infinipot_mlx.reference import backend as module
 
     return module, module.load_model(str(path), device="cpu")
 
@@ -105,15 +106,15 @@ def loaded(path, backend: str):
 def case(request):
     model_type, backend = request.param
     path = request.getfixturevalue(MODEL_DIRS[model_type])
-    module, (model, tok, spec, _) = loaded(path, backend)
-    return module, model, tok, spec, path, model_type
+    _, (model, tok, spec, _) = loaded(path, backend)
+    return backend, model, tok, spec, path, model_type
 
 
 def answer_with(case, spec, forced: list[int]):
     """(answer text, session) after one question whose answer tokens are `forced`."""
-    module, model, tok, _, _, model_type = case
+    backend, model, tok, _, _, model_type = case
     config = InfiniPotConfig(capacity=400, reserve=64, block_frames=2)
-    session = module.StreamSession(model, tok, spec, config)
+    session = StreamSession(model, tok, spec, config, "mlx" if backend == "mlx" else "reference")
     side = FRAME_SIDE[model_type]
     session.add_frames(np.random.default_rng(0).integers(0, 256, (4, side, side, 3), dtype=np.uint8))
     session.backend = ForcedTokens(session.backend, forced)

@@ -103,7 +103,7 @@ def test_missing_safetensors_is_one_line(cli, broken, moving_shapes_mp4, tmp_pat
 def test_reference_load_model_checks_weights_and_device(broken, tiny_qwen_dir):
     import torch
 
-    from infinipot_mlx.reference.session import load_model
+    from infinipot_mlx.reference.backend import load_model
 
     with pytest.raises(UserError, match="no \\*.safetensors or pytorch_model\\*.bin weights"):
         load_model(str(broken["no_weights"]), device="cpu")
@@ -157,7 +157,7 @@ def test_bench_bad_flags_are_one_line(argv, words):
 ])
 def test_bench_flags_are_checked_before_any_work(argv, words, capsys, tmp_path):
     """In-process (the bench imports in ~6 s): main returns 2, argparse exits 2; one line each."""
-    from infinipot_mlx.bench.__main__ import main
+    from infinipot_mlx.cli.bench import main
 
     try:
         code = main([*argv, "--out", str(tmp_path)] if argv[0] != "nonsense" else argv)
@@ -195,7 +195,7 @@ LIBRARY_USE = textwrap.dedent("""
     import infinipot_mlx
     from infinipot_mlx import _blas
     from infinipot_mlx.errors import UserError
-    from infinipot_mlx.session import load_model
+    from infinipot_mlx.mlx.backend import load_model
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(2):
@@ -224,7 +224,7 @@ def test_library_users_get_one_warning_and_off_stays_silent(broken):
 
 # ----- 6. only UserError is one line: a bug keeps its traceback -------------------------------------
 def test_parity_main_lets_a_bug_through(monkeypatch, tiny_qwen_dir, moving_shapes_mp4):
-    from infinipot_mlx import parity
+    from infinipot_mlx.cli import parity
 
     def bug(args):
         raise ValueError("an internal bug")
@@ -235,7 +235,7 @@ def test_parity_main_lets_a_bug_through(monkeypatch, tiny_qwen_dir, moving_shape
 
 
 def test_bench_main_lets_a_bug_through(monkeypatch, tmp_path):
-    from infinipot_mlx.bench import __main__ as bench
+    from infinipot_mlx.cli import bench as bench
     from infinipot_mlx.bench import select
 
     def bug(args):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx.session import StreamSession, load_model
+from infinipot_mlx.mlx.backend import load_model
+from infinipot_mlx.session import StreamSession
 
 CONFIG = dict(capacity=160, reserve=40, block_frames=2)  # 16 tokens a slot: compresses every block
 

@@ -14,8 +14,9 @@ import pytest
 
 from infinipot_mlx import InfiniPotConfig
 from infinipot_mlx.pixels import siglip_frames
-from infinipot_mlx.session import StreamSession, load_model
-from infinipot_mlx.stream import PositionLimitError
+from infinipot_mlx.mlx.backend import load_model
+from infinipot_mlx.session import StreamSession
+from infinipot_mlx.session import PositionLimitError
 
 QUESTION = "What moved in the video?"
 T, SIDE = 16, 98

@@ -17,7 +17,8 @@ import pytest
 import torch  # noqa: E402  (a dev dependency: a missing torch must fail, not skip)
 
 from infinipot_mlx import InfiniPotConfig  # noqa: E402
-from infinipot_mlx.parity import Trace, compare, run_session, split_frames  # noqa: E402
+from infinipot_mlx.session import StreamSession  # noqa: E402
+from infinipot_mlx.cli.parity import Trace, compare, run_session, split_frames  # noqa: E402
 from infinipot_mlx.pixels import qwen_patchify  # noqa: E402
 from infinipot_mlx.positions import mrope_video_positions, next_after, text_positions  # noqa: E402
 
@@ -35,20 +36,17 @@ def frames_for(n: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tiny(tiny_qwen_dir):
     """(MLX (model, tokenizer, spec, path), reference (model, tokenizer, spec, path))."""
-    from infinipot_mlx import session as mlx_session
-    from infinipot_mlx.reference import session as ref_session
+    from infinipot_mlx.mlx import backend as mlx_session
+    from infinipot_mlx.reference import backend as ref_session
 
     return mlx_session.load_model(str(tiny_qwen_dir)), ref_session.load_model(str(tiny_qwen_dir), device="cpu")
 
 
 def sessions(tiny, **config):
-    from infinipot_mlx import session as mlx_session
-    from infinipot_mlx.reference import session as ref_session
-
     cfg = InfiniPotConfig(**config)
     (mm, mt, ms, _), (rm, rt, rs, _) = tiny
-    return (mlx_session.StreamSession(mm, mt, ms, cfg, fps=FPS, record_kept=True),
-            ref_session.StreamSession(rm, rt, rs, cfg, fps=FPS, record_kept=True))
+    return (StreamSession(mm, mt, ms, cfg, "mlx", fps=FPS, record_kept=True),
+            StreamSession(rm, rt, rs, cfg, "reference", fps=FPS, record_kept=True))
 
 
 def run_both(tiny, frames, **config) -> tuple[Trace, Trace]:
@@ -133,11 +131,9 @@ def one_shot_inputs(tokenizer, spec, frames: np.ndarray, question: str):
 
 
 def test_reference_blockwise_stream_equals_one_shot_forward(tiny):
-    from infinipot_mlx.reference.session import StreamSession
-
     model, tok, spec, _ = tiny[1]
     frames = frames_for(12)
-    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=100_000, block_frames=2), fps=FPS)
+    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=100_000, block_frames=2), "reference", fps=FPS)
     session.add_frames(frames)  # 3 blocks, no compression
     answer = "".join(session.ask(QUESTIONS[0], max_tokens=6))
     ids, types, pixels, grid, positions = one_shot_inputs(tok, spec, frames, QUESTIONS[0])
@@ -147,7 +143,7 @@ def test_reference_blockwise_stream_equals_one_shot_forward(tiny):
                     position_ids=torch.from_numpy(positions[:, None, :]), use_cache=False)
     np.testing.assert_allclose(session.question_logits, out.logits[0, -1].numpy(), atol=TOL, rtol=0)
 
-    fresh = StreamSession(model, tok, spec, InfiniPotConfig(capacity=100_000, block_frames=6), fps=FPS)
+    fresh = StreamSession(model, tok, spec, InfiniPotConfig(capacity=100_000, block_frames=6), "reference", fps=FPS)
     fresh.add_frames(frames)  # one block: another schedule, the same answer
     assert "".join(fresh.ask(QUESTIONS[0], max_tokens=6)) == answer
 
@@ -188,7 +184,7 @@ def test_transformers_mask_over_compressed_cache(tiny):
 
 
 def test_reference_load_errors(tmp_path, tiny_qwen_dir):
-    from infinipot_mlx.reference.session import load, resolve_device, resolve_dtype
+    from infinipot_mlx.reference.backend import load, resolve_device, resolve_dtype
 
     with pytest.raises(ValueError, match="does not exist"):
         load(str(tmp_path / "nope"))
@@ -210,7 +206,7 @@ def test_reference_load_errors(tmp_path, tiny_qwen_dir):
 def test_reference_imports_without_mlx():
     code = ("import sys\n"
             "for m in ('mlx', 'mlx.core', 'mlx_vlm', 'mlx_lm'): sys.modules[m] = None\n"
-            "import infinipot_mlx.reference.session, infinipot_mlx.reference.adapters.qwen2_5_vl\n"
+            "import infinipot_mlx.reference.backend, infinipot_mlx.reference.adapters.qwen2_5_vl\n"
             "assert not [m for m, v in sys.modules.items() if m.startswith('mlx') and v is not None]\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=300)
 
@@ -239,7 +235,6 @@ def test_parity_cli_passes_on_a_matching_run(tiny_qwen_dir, noise_mp4):
 
 def test_chat_reference_backend_matches_mlx(tiny, tiny_qwen_dir, noise_mp4):
     """--backend reference streams with progress and answers as the MLX session does."""
-    from infinipot_mlx.session import StreamSession
     from infinipot_mlx.video import VideoSource
 
     out = run_cli("infinipot_mlx.chat", str(noise_mp4), "--model", str(tiny_qwen_dir),

@@ -18,7 +18,8 @@ import pytest
 import torch  # noqa: E402  (a dev dependency: a missing torch must fail, not skip)
 
 from infinipot_mlx import InfiniPotConfig  # noqa: E402
-from infinipot_mlx.parity import Trace, compare, run_session, split_frames  # noqa: E402
+from infinipot_mlx.session import StreamSession  # noqa: E402
+from infinipot_mlx.cli.parity import Trace, compare, run_session, split_frames  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL, MAX_TOKENS = 1e-4, 20
@@ -31,8 +32,8 @@ def frames_for(n: int, seed: int = 0) -> np.ndarray:
 
 
 def load_both(folder):
-    from infinipot_mlx import session as mlx_session
-    from infinipot_mlx.reference import session as ref_session
+    from infinipot_mlx.mlx import backend as mlx_session
+    from infinipot_mlx.reference import backend as ref_session
 
     return mlx_session.load_model(str(folder)), ref_session.load_model(str(folder), device="cpu")
 
@@ -55,13 +56,10 @@ def short(tiny_llava_dir, tmp_path_factory):
 
 
 def run_both(tiny, frames, **config) -> tuple[Trace, Trace]:
-    from infinipot_mlx import session as mlx_session
-    from infinipot_mlx.reference import session as ref_session
-
     cfg = InfiniPotConfig(**config)
     (mm, mt, ms, _), (rm, rt, rs, _) = tiny
-    mlx = mlx_session.StreamSession(mm, mt, ms, cfg, record_kept=True)
-    ref = ref_session.StreamSession(rm, rt, rs, cfg, record_kept=True)
+    mlx = StreamSession(mm, mt, ms, cfg, "mlx", record_kept=True)
+    ref = StreamSession(rm, rt, rs, cfg, "reference", record_kept=True)
     chunks = split_frames(frames, len(QUESTIONS), cfg.block_frames)
     return run_session(mlx, chunks, QUESTIONS, MAX_TOKENS), run_session(ref, chunks, QUESTIONS, MAX_TOKENS)
 

@@ -21,8 +21,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infinipot_mlx import scoring
-from infinipot_mlx import select as mlx_select
+from infinipot_mlx.mlx import scoring
+from infinipot_mlx.mlx import select as mlx_select
 from infinipot_mlx.reference import scoring as ref_scoring
 from infinipot_mlx.reference import select as ref_select
 

@@ -114,7 +114,7 @@ def test_explicit_budget_fits_block_and_frames_by_itself(video_files, tiny_qwen_
 def test_two_hundred_questions_on_a_streaming_video(tiny_qwen_dir):
     """The API: frames keep arriving between 200 questions; the cap holds at every forward,
     the video never falls below its floor once it has reached it, old turns leave."""
-    from infinipot_mlx.session import load
+    from infinipot_mlx.mlx.backend import load
 
     session = load(str(tiny_qwen_dir), InfiniPotConfig(capacity=600, reserve=96), check_cap=True)
     rng = np.random.default_rng(0)
@@ -176,7 +176,9 @@ def test_an_answer_past_the_cap_compresses_the_video_and_goes_on(tiny_qwen_dir):
     (The random model's `<|endoftext|>` is taken out of the stop set so that it talks on.)"""
     from dataclasses import replace
 
-    from infinipot_mlx.session import StreamSession, load_model
+    from infinipot_mlx.mlx.backend import load_model
+
+    from infinipot_mlx.session import StreamSession
 
     model, tokenizer, spec, _ = load_model(str(tiny_qwen_dir))
     session = StreamSession(model, tokenizer, replace(spec, eos_token_ids=()),
@@ -194,8 +196,8 @@ def test_an_answer_past_the_cap_compresses_the_video_and_goes_on(tiny_qwen_dir):
 
 def test_positions_follow_each_frames_own_timestamp(tmp_path, tiny_qwen_dir, monkeypatch):
     """A variable-frame-rate file: each slot's M-RoPE time is its first frame's real time."""
-    from infinipot_mlx import stream
-    from infinipot_mlx.session import load
+    from infinipot_mlx import session as stream
+    from infinipot_mlx.mlx.backend import load
     from infinipot_mlx.video import VideoSource
 
     path, _ = videos.vfr_video(tmp_path / "vfr.mp4", (1 / 30, 1 / 10, 0.9), n=45, height=112, width=112)
@@ -231,7 +233,7 @@ def test_a_video_whose_name_is_not_utf8_streams(video_files, tiny_qwen_published
 
 def test_a_second_video_of_another_size_joins_the_same_memory(video_files, tiny_qwen_published_dir):
     """The API: a vertical clip after a landscape one is resized to the session's frame size."""
-    from infinipot_mlx.session import load
+    from infinipot_mlx.mlx.backend import load
 
     session = load(str(tiny_qwen_published_dir), InfiniPotConfig(capacity=2000, reserve=128), check_cap=True)
     session.add_video(video_files["720p-30fps-h264"])

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from infinipot_mlx import candidates
-from infinipot_mlx.scoring import pool_value_norm, temporal_redundancy, value_norm
-from infinipot_mlx.select import select_tokens, top_k_latest
+from infinipot_mlx.mlx.scoring import pool_value_norm, temporal_redundancy, value_norm
+from infinipot_mlx.mlx.select import select_tokens, top_k_latest
 from test_pooling import oracle_pool
 
 E = np.eye(4, dtype=np.float32)

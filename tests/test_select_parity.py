@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from infinipot_mlx import candidates, scoring
-from infinipot_mlx import select as mlx_select
+from infinipot_mlx import candidates
+from infinipot_mlx.mlx import scoring
+from infinipot_mlx.mlx import select as mlx_select
 from infinipot_mlx.reference import scoring as ref_scoring
 from infinipot_mlx.reference import select as ref_select
 

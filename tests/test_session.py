@@ -7,7 +7,7 @@ import pytest
 from infinipot_mlx import InfiniPotConfig
 from infinipot_mlx.pixels import qwen_patchify
 from infinipot_mlx.positions import mrope_video_positions, next_after, text_positions
-from infinipot_mlx.session import load, load_model
+from infinipot_mlx.mlx.backend import load, load_model
 
 FPS = 2.0
 QUESTION = "What moved in the video?"

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from infinipot_mlx.errors import UserError
-from infinipot_mlx.video import FrameBlock, VideoError, VideoSource, pad_block, smart_resize
+from infinipot_mlx.pixels import smart_resize
+from infinipot_mlx.video import FrameBlock, VideoError, VideoSource, pad_block
 from videos import (
     CODECS, corrupt_video, garbage_after_header, h264_encoder, h264_video, index_level,
     long_low_res_video, moving_shapes_frames, moving_shapes_video, non_video_file, sized_video,

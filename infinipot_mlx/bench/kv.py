@@ -31,11 +31,11 @@ import mlx.core as mx
 import numpy as np
 
 from .. import plan
-from ..cache import StreamCache
 from ..config import InfiniPotConfig
-from ..room import compress_layers
-from ..select import select_tokens
 from ..errors import UserError
+from ..mlx.cache import StreamCache
+from ..mlx.select import select_tokens
+from ..room import compress_layers
 from .common import environment, load_average, print_environment, require_positive, write_json
 from .plots import Line, Panel, line_panels
 

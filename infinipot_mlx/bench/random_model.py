@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import mlx.core as mx
 import numpy as np
 
-from ..checkpoints import build_tokenizer, qwen2_5_vl_config
+from ..hub.checkpoints import build_tokenizer, qwen2_5_vl_config
 from ..specs import ModelSpec, qwen2_5_vl_spec
 
 VOCAB = 512  # the fixtures' vocabulary; a real 152k-token LM head is not part of these timings

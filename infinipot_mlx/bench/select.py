@@ -66,7 +66,7 @@ def _timings_ms(fn, repeats: int) -> dict:
 def _time_mlx(keys: np.ndarray, values: np.ndarray, kw: dict, layers: int, repeats: int) -> dict:
     import mlx.core as mx
 
-    from ..select import select_tokens
+    from ..mlx.select import select_tokens
 
     keys, values = mx.array(keys), mx.array(values)
     mx.eval(keys, values)

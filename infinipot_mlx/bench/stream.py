@@ -1,7 +1,7 @@
 """Stream a synthetic video through a random Qwen2.5-VL: memory, ms per frame, decode speed.
 
 `python -m infinipot_mlx.bench stream [--size tiny|mid] [--out DIR]` streams the same
-frames, block by block, through the same loop (StreamSessionBase: our adapter, explicit
+frames, block by block, through the same loop (session.StreamSession: our adapter, explicit
 M-RoPE positions) once per method, from 1x to 10x the visual capacity:
 - full: our StreamCache, never compressed (the uncapped reference);
 - infinipot_v, uniform, sliding_window: our StreamCache under InfiniPotConfig(capacity);
@@ -28,12 +28,11 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from ..adapters import adapter_class
-from ..cache import StreamCache
 from ..config import InfiniPotConfig
-from ..session import MLXBackend
+from ..mlx.backend import MLXBackend
+from ..mlx.cache import StreamCache
+from ..session import StreamSession
 from ..specs import DEFAULT_SYSTEM
-from ..stream import StreamSessionBase
 from . import random_model, vlm_caches
 from .common import environment, load_average, print_environment, require_positive, write_json
 from .stream_report import plot_stream, print_table, summarize
@@ -90,7 +89,7 @@ def stream_plan(spec, tokenizer, size, points: list[float], answer_tokens: int) 
                 reserve=reserve, text_room=text_room, block_slots=block, target_slots=targets)
 
 
-def make_session(method: str, model, tokenizer, spec, plan: dict, fps: float) -> StreamSessionBase:
+def make_session(method: str, model, tokenizer, spec, plan: dict, fps: float) -> StreamSession:
     """A session on `method`'s cache, with the shared block size and fps."""
     block = plan["block_slots"]
     if method in ("full",) + VLM_METHODS:
@@ -100,8 +99,7 @@ def make_session(method: str, model, tokenizer, spec, plan: dict, fps: float) ->
                                  reserve=plan["reserve"])
     factory = {"mlx_vlm_rotating": vlm_caches.rotating(plan["capacity"]),
                "mlx_vlm_quant8": vlm_caches.quantized(bits=8)}.get(method)
-    adapter = adapter_class(spec.model_type)(model, tokenizer, spec)
-    return StreamSessionBase(adapter, BenchBackend(factory), config, fps=fps)
+    return StreamSession(model, tokenizer, spec, config, BenchBackend(factory), fps=fps)
 
 
 def _stream_until(session, target_slots: int, size, seed: int) -> int:

@@ -30,7 +30,7 @@ from ..slots import LayerStack
 
 
 class VLMCacheList(LayerStack):
-    """A list of mlx-vlm per-layer caches, with what StreamSessionBase reads of a cache.
+    """A list of mlx-vlm per-layer caches, with what StreamSession reads of a cache.
 
     mlx-vlm caches do not tell text from video, so every stored token counts as visual
     (n_pinned is 0) and label_next is a no-op.

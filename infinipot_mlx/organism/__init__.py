@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import (ANSWER_WORDS, CELLS, COLOURS, NUMBERS, QTYPES, QUESTIONS, SPLIT_BASE,
-                   VARIANTS, Episode, VideoOptions, episode_for, generate, split_seed)
+from .data import ANSWER_WORDS, CELLS, COLOURS, NUMBERS, QTYPES, QUESTIONS, SPLIT_BASE, VARIANTS, Episode, VideoOptions, episode_for, generate, split_seed
 
 __all__ = [
     "weights_dir", "make_episode", "QUESTIONS", "QTYPES", "ANSWER_WORDS", "COLOURS", "CELLS",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -23,8 +22,8 @@ import numpy as np
 from mlx.utils import tree_flatten
 from mlx_vlm.models.qwen2_5_vl.vision import apply_rotary_pos_emb_vision
 
-from .. import checkpoints
-from ..hub_tokenizer import DEFAULT_CORPUS
+from ..hub import checkpoints
+from ..hub.tokenizer import DEFAULT_CORPUS
 from ..pixels import qwen_patchify
 from ..positions import mrope_video_positions, next_after, text_positions
 from ..specs import DEFAULT_SYSTEM, ChatPieces

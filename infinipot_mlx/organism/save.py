@@ -14,7 +14,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from .. import checkpoints
+from ..hub import checkpoints
 
 
 def hub_name(name: str) -> str:

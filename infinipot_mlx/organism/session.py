@@ -33,7 +33,8 @@ def organism_config(n_frames: int, share: float, method: str = "infinipot_v", pi
 def open_organism(config: InfiniPotConfig | None = None, share: float = DEMO_VISUAL_SHARE,
                   n_frames: int = 32, method: str = "infinipot_v", **overrides):
     """A StreamSession on the bundled organism with the demo's cap (or `config`)."""
-    from ..session import StreamSession, load_model
+    from ..mlx.backend import load_model
+    from ..session import StreamSession
     from . import weights_dir
 
     model, tokenizer, spec, _ = load_model(str(weights_dir()))

@@ -1,9 +1,9 @@
-"""StreamSession on PyTorch: the streaming loop of stream.py with transformers' models.
+"""The PyTorch reference backend of a StreamSession (session.py): transformers' models.
 
-The mirror of infinipot_mlx/session.py (TorchBackend <-> MLXBackend). It imports no mlx,
-so it runs where only torch and transformers are installed (CUDA, CPU, NVIDIA Jetson):
+The mirror of mlx/backend.py (TorchBackend <-> MLXBackend). It imports no mlx, so it runs
+where only torch and transformers are installed (CUDA, CPU, NVIDIA Jetson):
 
-    from infinipot_mlx.reference.session import load
+    from infinipot_mlx.reference.backend import load
     session = load("Qwen/Qwen2.5-VL-7B-Instruct", InfiniPotConfig(capacity=6144), device="cuda")
     session.add_frames(frames)            # (n, H, W, 3) uint8, any number of times
     for piece in session.ask("What happened?"):
@@ -27,8 +27,8 @@ import torch
 from ..answer import eos_ids
 from ..config import InfiniPotConfig
 from ..model_path import resolve_model_path
+from ..session import StreamSession
 from ..specs import load_spec
-from ..stream import StreamSessionBase
 from .adapters import adapter_class
 from .cache import StreamCache
 from .select import select_tokens
@@ -40,14 +40,26 @@ ATTENTION = "sdpa"  # no flash-attn needed; sdpa matches MLX to ~1e-6 in float32
 
 
 class TorchBackend:
-    """The array-library hooks the shared streaming loop needs, for PyTorch."""
+    """The array-library hooks the shared streaming loop needs, for PyTorch (protocols.Backend).
+
+    Args:
+        device: where memory is measured and work is synchronized; None (the default) takes
+            the device of the model given to `adapter`.
+    """
 
     select_tokens = staticmethod(select_tokens)
     eos_ids = staticmethod(eos_ids)  # (tokenizer, spec) -> sorted stop ids, shared (answer.py)
 
-    def __init__(self, device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
+    def __init__(self, device: torch.device | str | None = None):
+        self.device = None if device is None else torch.device(device)
         self._peak_rss = 0
+
+    def adapter(self, model, tokenizer, spec):
+        """The model type's reference adapter (reference/adapters/, found through specs.MODEL_TYPES)."""
+        adapter = adapter_class(spec.model_type)(model, tokenizer, spec)
+        if self.device is None:
+            self.device = torch.device(adapter.device)
+        return adapter
 
     def new_cache(self, num_layers: int) -> StreamCache:
         return StreamCache(num_layers)
@@ -104,14 +116,6 @@ def _rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
-
-
-class StreamSession(StreamSessionBase):
-    """InfiniPot-V streaming session on a transformers model (see stream.StreamSessionBase)."""
-
-    def __init__(self, model, tokenizer, spec, config: InfiniPotConfig, **kwargs):
-        adapter = adapter_class(spec.model_type)(model, tokenizer, spec)
-        super().__init__(adapter, TorchBackend(adapter.device), config, **kwargs)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -187,7 +191,7 @@ def load(path_or_repo: str = DEFAULT_MODEL, config: InfiniPotConfig | None = Non
         fps: sampling rate of the frames given to add_frames.
         device: auto, cpu, cuda (or cuda:N).
         dtype: float32, float16, bfloat16, or None for the checkpoint's dtype.
-        **kwargs: system_prompt, record_kept (see StreamSessionBase).
+        **kwargs: system_prompt, record_kept, check_cap (see session.StreamSession).
     """
     model, tokenizer, spec, _ = load_model(path_or_repo, device=device, dtype=dtype)
-    return StreamSession(model, tokenizer, spec, config or InfiniPotConfig(), fps=fps, **kwargs)
+    return StreamSession(model, tokenizer, spec, config, TorchBackend(), fps=fps, **kwargs)

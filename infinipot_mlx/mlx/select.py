@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from . import candidates, plan
+from .. import candidates, plan
 from .scoring import pool_value_norm, temporal_redundancy, value_norm
 
 

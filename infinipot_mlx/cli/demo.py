@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import sys
 
-from .config import InfiniPotConfig
+from ..config import InfiniPotConfig
+from ..organism.session import DEMO_BLOCK_SLOTS, first_word, open_organism
 from .console import answer, interactive, stream_frames
-from .organism.session import DEMO_BLOCK_SLOTS, first_word, open_organism
 
 def run_demo(args) -> int:
     """Generate a held-out video, stream it under the cap, ask the standard questions."""
-    from .organism import make_episode
+    from ..organism import make_episode
 
     frames, fps, qa = make_episode(args.seed, split="test")
     overrides = {"method": args.method}

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from .hub_tokenizer import CHAT_TEMPLATES, build_tokenizer, special_token_ids, tokenizer_config
-from .specs import MODEL_TYPES as _REGISTRY
+from ..specs import MODEL_TYPES as _REGISTRY
+from .tokenizer import CHAT_TEMPLATES, build_tokenizer, special_token_ids, tokenizer_config
 
 __all__ = [
     "MODEL_TYPES", "build_tokenizer", "special_token_ids", "write_tokenizer_files",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from .errors import UserError, report
+from ..errors import UserError, report
 
 
 def stream_frames(session, chunks, total: int | None) -> None:
@@ -45,7 +45,7 @@ def _progress_text(session) -> str:
 def answer(session, question: str, args) -> str:
     """Print the answer as it streams; Ctrl-C stops this answer only. A note says why an
     answer stopped early (the memory cap, the position range)."""
-    from .answer import STOP_NOTES
+    from ..answer import STOP_NOTES
 
     pieces = []
     reply = session.ask(question, max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p)
@@ -78,7 +78,7 @@ def format_stats(session, plan=None) -> str:
 
 def _plan_text(st: dict, plan) -> str:
     """Live memory against the --memory plan (decimal units, as the plan line prints them)."""
-    from .budget import format_bytes
+    from ..budget import format_bytes
 
     return (f" | memory: active {format_bytes(st['active_memory_bytes'])}, peak "
             f"{format_bytes(st['peak_memory_bytes'])} of planned {format_bytes(plan.peak_bytes)}, "

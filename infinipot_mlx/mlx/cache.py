@@ -28,7 +28,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_vlm.models.cache import _BaseCache, create_causal_mask
 
-from .slots import LayerStack, SlotLabels, visual_slots
+from ..slots import LayerStack, SlotLabels, visual_slots
 
 
 class LayerKVCache(SlotLabels, _BaseCache):

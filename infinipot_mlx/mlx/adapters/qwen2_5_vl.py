@@ -13,9 +13,9 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from ..errors import UserError
-from ..pixels import qwen_patchify
-from ..specs import ModelSpec
+from ...errors import UserError
+from ...pixels import qwen_patchify
+from ...specs import ModelSpec
 
 
 class Qwen2_5_VLAdapter:

@@ -23,9 +23,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..errors import UserError
-from ..pixels import siglip_frames
-from ..specs import ModelSpec
+from ...errors import UserError
+from ...pixels import siglip_frames
+from ...specs import ModelSpec
 
 
 class KeyRotation:
