@@ -178,8 +178,7 @@ def reference_logits(source: Path, config: dict, inputs: dict) -> np.ndarray:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    name = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-            "llava_onevision": "LlavaOnevisionForConditionalGeneration"}[config["model_type"]]
+    name = MODEL_TYPES[config["model_type"]].hf_class
     model = getattr(transformers, name).from_pretrained(str(source), dtype=torch.float32).eval()
     kwargs = dict(input_ids=torch.tensor([inputs["ids"]]),
                   pixel_values_videos=torch.from_numpy(inputs["pixels"]))

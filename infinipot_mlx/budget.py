@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from .errors import UserError
 from .plan import block_tokens, min_capacity
+from .specs import load_class, model_type
 
 DEFAULT_FRACTION = 0.6  # budget when none is given: this share of unified/system memory
 MARGIN_FRACTION = 0.05  # kept free for the allocator, Python and small arrays
@@ -60,11 +61,9 @@ class ModelDims:
 
 
 def model_dims(config: dict) -> ModelDims:
-    """ModelDims of a Qwen2.5-VL (hub layout) or LLaVA-OneVision (llava-hf layout) config."""
-    model_type = config.get("model_type")
-    if model_type not in ("qwen2_5_vl", "llava_onevision"):
-        raise UserError(f"no memory model for model type {model_type!r}; "
-                         "supported: qwen2_5_vl, llava_onevision")
+    """ModelDims of a config.json of a registered model type (specs.MODEL_TYPES: its
+    vision_dims reads the vision tower's part)."""
+    vision_dims = load_class(model_type(config.get("model_type")).vision_dims)
     text = config if "hidden_size" in config else config["text_config"]
     vision = config["vision_config"]
     heads = text["num_attention_heads"]
@@ -73,16 +72,23 @@ def model_dims(config: dict) -> ModelDims:
         head_dim=text.get("head_dim") or text["hidden_size"] // heads, hidden=text["hidden_size"],
         intermediate=text["intermediate_size"], vocab=text["vocab_size"],
         vision_hidden=vision["hidden_size"], vision_intermediate=vision["intermediate_size"])
+    return ModelDims(**common, **vision_dims(vision))
+
+
+def qwen2_5_vl_vision(vision: dict) -> dict:
+    """Qwen2.5-VL: 2-frame temporal patches, 2x2 merge, frames encoded one at a time."""
     patch = vision.get("patch_size", 14)
-    if model_type == "qwen2_5_vl":
-        return ModelDims(**common, vision_heads=vision["num_heads"],
-                         patch_values=vision.get("in_chans", 3) * vision.get("temporal_patch_size", 2) * patch**2,
-                         merge=vision.get("spatial_merge_size", 2), frame_patches=None,
-                         frames_batched=False)
+    return dict(vision_heads=vision["num_heads"],
+                patch_values=vision.get("in_chans", 3) * vision.get("temporal_patch_size", 2) * patch**2,
+                merge=vision.get("spatial_merge_size", 2), frame_patches=None, frames_batched=False)
+
+
+def llava_onevision_vision(vision: dict) -> dict:
+    """LLaVA-OneVision: a fixed SigLIP grid per frame, all frames of a block at once."""
+    patch = vision.get("patch_size", 14)
     side = vision["image_size"] // patch
-    return ModelDims(**common, vision_heads=vision["num_attention_heads"],
-                     patch_values=vision.get("num_channels", 3) * patch**2, merge=1,
-                     frame_patches=side * side, frames_batched=True)
+    return dict(vision_heads=vision["num_attention_heads"], patch_values=vision.get("num_channels", 3) * patch**2,
+                merge=1, frame_patches=side * side, frames_batched=True)
 
 
 # ----- bytes -------------------------------------------------------------------------------------

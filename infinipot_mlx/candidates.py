@@ -16,7 +16,7 @@ whole in an unbroken run from the newest one. When even the newest frame is not 
 
 Dense grid (VaN pooling). Each head's tokens are scattered into a (G, rows, cols) grid:
 G = the largest number of distinct frame ids present in any head, a head's present
-frames fill the grid's first frame slots in frame-id order (frames absent from a head
+frames fill the grid's first frame places in frame-id order (frames absent from a head
 leave no gap), and a missing patch or unused trailing frame slot is a hole.
 
 Pooling with holes (pool_layout). A window's mean is sum(present values) / count, where
@@ -159,16 +159,16 @@ def dense_layout(frame_ids: np.ndarray, patch_ids: np.ndarray,
     """Where each candidate sits in the flattened dense (G, rows, cols) grid.
 
     Returns:
-        slots: (H, N) int64 index into the flattened G * T grid of its head.
+        cells: (H, N) int64 index into the flattened G * T grid of its head.
         n_frames: G, the grid's frame extent (the most frames present in one head).
     """
-    slots = np.empty(frame_ids.shape, dtype=np.int64)
+    cells = np.empty(frame_ids.shape, dtype=np.int64)
     n_frames = 1
     for h in range(frame_ids.shape[0]):  # H is small; np.unique sorts the head's frame ids
         frames, rank = np.unique(frame_ids[h], return_inverse=True)
-        slots[h] = rank.reshape(-1) * tokens_per_frame + patch_ids[h]
+        cells[h] = rank.reshape(-1) * tokens_per_frame + patch_ids[h]
         n_frames = max(n_frames, len(frames))
-    return slots, n_frames
+    return cells, n_frames
 
 
 def pool_kernel(layer_idx: int, num_layers: int, view: tuple[int, ...]) -> tuple[int, ...]:
@@ -194,13 +194,13 @@ def pool_kernel(layer_idx: int, num_layers: int, view: tuple[int, ...]) -> tuple
 class PoolLayout:
     """How one layer pools each head's VaN map (module docstring: dense grid, holes).
 
-    slots: (H, N) int64 index of every candidate into its head's flattened grid.
+    cells: (H, N) int64 index of every candidate into its head's flattened grid.
     view: the per-head grid to pool, (G, rows, cols), or (G * rows * cols,) for 1-D.
     kernel: one odd size per trailing axis of view that is pooled (pool_kernel).
     scale: (H, N) float32 k_total / count of each candidate's window (1 without holes).
     """
 
-    slots: np.ndarray
+    cells: np.ndarray
     view: tuple[int, ...]
     kernel: tuple[int, ...]
     scale: np.ndarray
@@ -220,18 +220,18 @@ def pool_layout(frame_ids: np.ndarray, patch_ids: np.ndarray, grid_hw: tuple[int
         layer_idx, num_layers: choose the kernel by quarter (pool_kernel).
     """
     rows, cols = grid_hw
-    slots, n_frames = dense_layout(frame_ids, patch_ids, rows * cols)
+    cells, n_frames = dense_layout(frame_ids, patch_ids, rows * cols)
     kernel = pool_kernel(layer_idx, num_layers, (n_frames, rows, cols))
     if not kernel:
         return None
     view = (n_frames, rows, cols) if len(kernel) > 1 else (n_frames * rows * cols,)
-    holes = np.ones((slots.shape[0], math.prod(view)), dtype=np.int64)
-    np.put_along_axis(holes, slots, 0, axis=1)  # (H, G*T): 1 at in-grid cells without a token
-    holes = window_sum(holes.reshape(-1, *view), kernel).reshape(len(slots), -1)
+    holes = np.ones((cells.shape[0], math.prod(view)), dtype=np.int64)
+    np.put_along_axis(holes, cells, 0, axis=1)  # (H, G*T): 1 at in-grid cells without a token
+    holes = window_sum(holes.reshape(-1, *view), kernel).reshape(len(cells), -1)
     k_total = math.prod(kernel)
-    count = np.maximum(k_total - np.take_along_axis(holes, slots, axis=1), 1)  # >= 1 anyway
+    count = np.maximum(k_total - np.take_along_axis(holes, cells, axis=1), 1)  # >= 1 anyway
     scale = (k_total / count).astype(np.float32)  # float64 quotient, exactly 1 without holes
-    return PoolLayout(slots, view, kernel, scale)
+    return PoolLayout(cells, view, kernel, scale)
 
 
 def window_sum(x: np.ndarray, kernel: tuple[int, ...]) -> np.ndarray:

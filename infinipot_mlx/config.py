@@ -7,7 +7,22 @@ from dataclasses import dataclass
 from .errors import UserError
 from .plan import DEFAULT_BLOCK_SLOTS, check_keep, keep_target, block_tokens
 
-METHODS = ("infinipot_v", "uniform", "sliding_window", "full")
+
+@dataclass(frozen=True)
+class Method:
+    """A compression method. Each backend's select.py implements it as the function `name`."""
+
+    name: str
+    bounded: bool  # holds the cache under a capacity (False: no cap, the uncompressed reference)
+    summary: str
+
+
+METHODS = {m.name: m for m in (  # the one method registry: CLIs, config and both backends read it
+    Method("infinipot_v", True, "InfiniPot-V: TaR (temporal redundancy) and VaN (value norm) shares"),
+    Method("uniform", True, "an even stride over the cached visual tokens"),
+    Method("sliding_window", True, "the newest visual tokens"),
+    Method("full", False, "no compression and no cap (the reference point)"),
+)}
 POSITION_POLICIES = ("absolute", "compact", "auto")
 
 
@@ -54,7 +69,7 @@ class InfiniPotConfig:
         _require(0.0 < self.recent_ratio <= 1.0,
                  f"recent_ratio must lie in (0, 1], got {self.recent_ratio}")
         if self.capacity is None:
-            _require(self.method == "full",
+            _require(not METHODS[self.method].bounded,
                      f"method {self.method!r} needs a capacity (a KV budget in tokens)")
         else:
             _require(isinstance(self.capacity, int) and self.capacity > self.reserve,
@@ -64,7 +79,7 @@ class InfiniPotConfig:
     @property
     def bounded(self) -> bool:
         """False for the uncompressed reference point (method full)."""
-        return self.method != "full"
+        return METHODS[self.method].bounded
 
     def check_fits(self, tokens_per_frame: int, n_pinned: int = 0) -> None:
         """Raise ValueError if the capacity cannot hold one block and one kept frame."""

@@ -229,7 +229,8 @@ class ModelType:
     reference_adapter: (module, class) of the two backends' adapters.  hf_class: the
     transformers class (the reference loads through AutoModelForImageTextToText; the tiny
     checkpoint builder instantiates it).  verify_keys: config.json entries that
-    conversions/convert.py's check reads ("section.key").
+    conversions/convert.py's check reads ("section.key").  vision_dims: (module, function)
+    reading the vision tower's sizes for the memory model (budget.model_dims).
     """
 
     name: str
@@ -238,6 +239,7 @@ class ModelType:
     reference_adapter: tuple[str, str]
     hf_class: str
     verify_keys: tuple[str, ...]
+    vision_dims: tuple[str, str]
 
 
 MODEL_TYPES = {t.name: t for t in (
@@ -246,12 +248,14 @@ MODEL_TYPES = {t.name: t for t in (
               ("infinipot_mlx.reference.adapters.qwen2_5_vl", "Qwen2_5_VLAdapter"),
               "Qwen2_5_VLForConditionalGeneration",
               ("video_token_id", "vision_config.patch_size", "vision_config.temporal_patch_size",
-               "vision_config.spatial_merge_size")),
+               "vision_config.spatial_merge_size"),
+              ("infinipot_mlx.budget", "qwen2_5_vl_vision")),
     ModelType("llava_onevision", llava_onevision_spec,
               ("infinipot_mlx.mlx.adapters.llava_onevision", "LlavaOnevisionAdapter"),
               ("infinipot_mlx.reference.adapters.llava_onevision", "LlavaOnevisionAdapter"),
               "LlavaOnevisionForConditionalGeneration",
-              ("video_token_index", "vision_config.image_size", "vision_config.patch_size")),
+              ("video_token_index", "vision_config.image_size", "vision_config.patch_size"),
+              ("infinipot_mlx.budget", "llava_onevision_vision")),
 )}
 
 

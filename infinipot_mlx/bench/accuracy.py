@@ -23,14 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import config
 from ..errors import UserError
 from .common import environment, parse_list, require_positive, write_json
 
-METHODS = {  # name -> (method, config overrides)
-    "full": ("full", {}),
-    "infinipot_v": ("infinipot_v", {}),
-    "uniform": ("uniform", {}),
-    "sliding_window": ("sliding_window", {}),
+METHODS = {  # name -> (method, config overrides): every registered method, and two ablations
+    **{name: (name, {}) for name in config.METHODS},
     "tar_only": ("infinipot_v", {"tar_ratio": 1.0}),
     "van_only": ("infinipot_v", {"tar_ratio": 0.0}),
 }

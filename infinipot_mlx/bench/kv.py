@@ -31,7 +31,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import plan
-from ..config import InfiniPotConfig
+from ..config import METHODS, InfiniPotConfig
 from ..errors import UserError
 from ..mlx.cache import StreamCache
 from ..mlx.select import select_tokens
@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--capacity-frames", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=64, help="pinned text before the video")
     parser.add_argument("--reserve", type=int, default=512)
-    parser.add_argument("--method", choices=("infinipot_v", "uniform", "sliding_window"),
+    parser.add_argument("--method", choices=[m for m, method in METHODS.items() if method.bounded],
                         default="infinipot_v")
     parser.add_argument("--full-limit-gb", type=float, default=2.0,
                         help="measure full KV only while its keys and values fit in this many GB "

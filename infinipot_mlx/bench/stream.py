@@ -28,6 +28,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from ..config import METHODS as METHODS_REGISTRY
 from ..config import InfiniPotConfig
 from ..mlx.backend import MLXBackend
 from ..mlx.cache import StreamCache
@@ -37,7 +38,7 @@ from . import random_model, vlm_caches
 from .common import environment, load_average, print_environment, require_positive, write_json
 from .stream_report import plot_stream, print_table, summarize
 
-OUR_METHODS = ("full", "infinipot_v", "uniform", "sliding_window")
+OUR_METHODS = ("full", *(m for m in METHODS_REGISTRY if m != "full"))  # config.METHODS, full first
 VLM_METHODS = ("mlx_vlm_rotating", "mlx_vlm_quant8")
 METHODS = OUR_METHODS + VLM_METHODS
 QUESTION = "What happened in the video?"
@@ -92,7 +93,7 @@ def stream_plan(spec, tokenizer, size, points: list[float], answer_tokens: int) 
 def make_session(method: str, model, tokenizer, spec, plan: dict, fps: float) -> StreamSession:
     """A session on `method`'s cache, with the shared block size and fps."""
     block = plan["block_slots"]
-    if method in ("full",) + VLM_METHODS:
+    if method in VLM_METHODS or not METHODS_REGISTRY[method].bounded:
         config = InfiniPotConfig(capacity=None, method="full", block_frames=block, reserve=0)
     else:
         config = InfiniPotConfig(capacity=plan["capacity"], method=method, block_frames=block,

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from mlx_vlm.models.cache import QuantizedKVCache, RotatingKVCache
 
-from ..slots import LayerStack
+from ..rows import LayerStack
 
 
 class VLMCacheList(LayerStack):

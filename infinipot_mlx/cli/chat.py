@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many sampled frames")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="pixel budget per frame (default 448x448 = 200704, shrunk to fit the cap)")
-    p.add_argument("--method", choices=METHODS, default="infinipot_v", help="compression method")
+    p.add_argument("--method", choices=METHODS, default="infinipot_v",
+                   help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
     p.add_argument("--question", "-q", action="append", default=None,
                    help="ask this (repeatable); answers each in turn and exits")
     p.add_argument("--max-tokens", type=int, default=256, help="answer length cap")
@@ -75,7 +76,7 @@ def check_args(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     if args.reserve < 0:
         raise UserError(f"--reserve must be 0 or more tokens, got {args.reserve}")
-    if args.kv_budget is not None and args.method != "full" and args.kv_budget <= args.reserve:
+    if args.kv_budget is not None and METHODS[args.method].bounded and args.kv_budget <= args.reserve:
         raise UserError(f"--kv-budget {args.kv_budget} must be above the reserve (--reserve {args.reserve}, "
                         "the room kept for a question and its answer); raise --kv-budget or lower --reserve")
     if args.max_pixels is not None and args.max_pixels < MIN_PIXELS:
@@ -105,7 +106,7 @@ def open_session(args, path: str, frame_hw: tuple[int, int] | None = None):
     """A StreamSession on the chosen backend, with the capacity from the flags (or --memory)."""
     from ..config import InfiniPotConfig
 
-    capacity = None if args.method == "full" else (args.kv_budget or DEFAULT_CAPACITY)
+    capacity = None if not METHODS[args.method].bounded else (args.kv_budget or DEFAULT_CAPACITY)
     config = InfiniPotConfig(capacity=capacity, block_frames=args.block_frames, method=args.method,
                              reserve=args.reserve)
     if args.memory is not None:

@@ -197,7 +197,7 @@ def format_report(report: Report, mlx: Trace, ref: Trace) -> str:
 
 # ----- running both backends ----------------------------------------------------------------
 def make_config(args) -> InfiniPotConfig:
-    capacity = None if args.method == "full" else args.kv_budget
+    capacity = None if not METHODS[args.method].bounded else args.kv_budget
     return InfiniPotConfig(capacity=capacity, block_frames=args.block_frames, method=args.method,
                            reserve=args.reserve, tar_ratio=args.tar_ratio, van_pooling=args.van_pooling)
 
@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", required=True, help="video file")
     p.add_argument("--kv-budget", type=int, default=1024, metavar="N", help="KV capacity in tokens per layer")
     p.add_argument("--reserve", type=int, default=512, metavar="N", help="room kept for a question and its answer")
-    p.add_argument("--method", choices=METHODS, default="infinipot_v", help="compression method")
+    p.add_argument("--method", choices=METHODS, default="infinipot_v",
+                   help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
     p.add_argument("--tar-ratio", type=float, default=0.5, help="TaR share (1: TaR only, 0: VaN only)")
     p.add_argument("--van-pooling", action="store_true", help="layer-adaptive VaN pooling")
     p.add_argument("--block-frames", type=int, default=2, metavar="N", help="temporal slots per block")

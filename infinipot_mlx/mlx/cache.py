@@ -1,16 +1,16 @@
 """The compressible KV cache (MLX): stores tokens, never decides what to drop.
 
 Notation: B = 1 batch, H = KV heads, D = head dim, L = tokens of one update,
-n = n_cached stored slots per head, N = visual candidates per head, K = kept visual tokens.
+n = n_cached stored rows per head, N = visual candidates per head, K = kept visual tokens.
 
-A slot holds one token's key and value (after RoPE) per head. Slots are kept in arrival
-order per head. Every slot is tagged with (frame, patch); -1 marks a pinned (text) slot
+A row holds one token's key and value (after RoPE) per head. Rows are kept in arrival
+order per head. Every row is tagged with (frame, patch); -1 marks a pinned (text) row
 that is never dropped. The session calls `compress` between forward passes; inside a
 forward pass the cache only appends. `next_position` (on StreamCache, set by the session)
-is the logical RoPE position of the next token; `n_cached` is the number of stored slots.
+is the logical RoPE position of the next token; `n_cached` is the number of stored rows.
 
 1-D RoPE positions (LLaVA-OV): an adapter calls `place_next(positions)` before a forward.
-The cache then records each slot's position (per head; -1 when never placed) and its
+The cache then records each row's position (per head; -1 when never placed) and its
 `offset` reports the first placed position, because mlx-vlm's Qwen2 attention takes no
 position_ids and rotates the L new tokens to offset .. offset + L - 1 (it reads `offset`
 before `update_and_fetch`). Without placed positions `offset` is n_cached (M-RoPE models
@@ -28,10 +28,10 @@ import mlx.core as mx
 import numpy as np
 from mlx_vlm.models.cache import _BaseCache, create_causal_mask
 
-from ..slots import LayerStack, SlotLabels, visual_slots
+from ..rows import LayerStack, RowLabels, visual_rows
 
 
-class LayerKVCache(SlotLabels, _BaseCache):
+class LayerKVCache(RowLabels, _BaseCache):
     """One layer's compressible KV cache (the mlx-vlm per-layer cache protocol)."""
 
     step = 256
@@ -40,7 +40,7 @@ class LayerKVCache(SlotLabels, _BaseCache):
         self._reset()
 
     def _reset(self) -> None:
-        self._keys = None  # (1, H, capacity, D) buffer; slots [0, n) are live
+        self._keys = None  # (1, H, capacity, D) buffer; rows [0, n) are live
         self._values = None
         self._n = 0
         self._reset_labels()
@@ -88,13 +88,13 @@ class LayerKVCache(SlotLabels, _BaseCache):
         return self.keys, self.values
 
     def _grow(self, old: mx.array | None, new: mx.array, spare: int) -> mx.array:
-        """One copy: live slots, then the new tokens, then `spare` empty slots."""
+        """One copy: live rows, then the new tokens, then `spare` empty rows."""
         pad = mx.zeros((*new.shape[:2], spare, new.shape[3]), new.dtype)
         parts = [new, pad] if old is None else [old[..., : self._n, :], new, pad]
         return mx.concatenate(parts, axis=2)
 
     def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None):
-        """Mask for N new tokens: every cached slot visible, causal among the new ones.
+        """Mask for N new tokens: every cached row visible, causal among the new ones.
 
         Args:
             N: number of new tokens.
@@ -115,20 +115,20 @@ class LayerKVCache(SlotLabels, _BaseCache):
         """The visual candidates of every head, in arrival order.
 
         Returns:
-            slots (H, N) int64 np, keys (H, N, D), values (H, N, Dv),
+            rows (H, N) int64 np, keys (H, N, D), values (H, N, Dv),
             frame_ids (H, N) np, patch_ids (H, N) np.
         """
-        slots = visual_slots(self.frame_ids)  # (H, N)
-        keys, values = _take_slots(self._keys, slots)[0], _take_slots(self._values, slots)[0]
-        frames = np.take_along_axis(self.frame_ids, slots, axis=1)
-        patches = np.take_along_axis(self.patch_ids, slots, axis=1)
-        return slots, keys, values, frames, patches
+        rows = visual_rows(self.frame_ids)  # (H, N)
+        keys, values = _take_rows(self._keys, rows)[0], _take_rows(self._values, rows)[0]
+        frames = np.take_along_axis(self.frame_ids, rows, axis=1)
+        patches = np.take_along_axis(self.patch_ids, rows, axis=1)
+        return rows, keys, values, frames, patches
 
-    def _keep(self, slots: np.ndarray) -> None:
-        """Keep the stored slots (H, n_new) in that order: one row gather per buffer."""
-        self._keys, self._values = _take_slots(self._keys, slots), _take_slots(self._values, slots)
-        self._keep_labels(slots)
-        self._n = slots.shape[1]
+    def _keep(self, rows: np.ndarray) -> None:
+        """Keep the stored rows (H, n_new) in that order: one row gather per buffer."""
+        self._keys, self._values = _take_rows(self._keys, rows), _take_rows(self._values, rows)
+        self._keep_labels(rows)
+        self._n = rows.shape[1]
 
     @property
     def state(self):
@@ -136,7 +136,7 @@ class LayerKVCache(SlotLabels, _BaseCache):
 
     @state.setter
     def state(self, v):
-        """Restore keys and values; all restored slots are marked pinned."""
+        """Restore keys and values; all restored rows are marked pinned."""
         self._reset()
         keys, values = v
         if keys is not None:
@@ -153,25 +153,26 @@ class LayerKVCache(SlotLabels, _BaseCache):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the keys and values held in live slots."""
+        """Bytes of the keys and values held in live rows."""
         if self._keys is None:
             return 0
         return self.keys.nbytes + self.values.nbytes
 
 
-def _take_slots(buffer: mx.array, slots: np.ndarray) -> mx.array:
-    """Per-head gather of slots as one row gather (MLX's CPU take_along_axis is ~7x slower).
+def _take_rows(buffer: mx.array, rows: np.ndarray) -> mx.array:
+    """Per-head gather of rows as one gather over the flattened heads (MLX's CPU
+    take_along_axis is ~7x slower).
 
     Args:
         buffer: (1, H, capacity, D) storage.
-        slots: (H, M) slot indices per head.
+        rows: (H, M) row indices per head.
     Returns:
         (1, H, M, D).
     """
     _, n_heads, capacity, dim = buffer.shape
-    rows = (slots + np.arange(n_heads)[:, None] * capacity).reshape(-1).astype(np.int32)  # (H*M,)
-    picked = mx.take(buffer.reshape(n_heads * capacity, dim), mx.array(rows), axis=0)  # (H*M, D)
-    return picked.reshape(1, n_heads, slots.shape[1], dim)
+    flat = (rows + np.arange(n_heads)[:, None] * capacity).reshape(-1).astype(np.int32)  # (H*M,)
+    picked = mx.take(buffer.reshape(n_heads * capacity, dim), mx.array(flat), axis=0)  # (H*M, D)
+    return picked.reshape(1, n_heads, rows.shape[1], dim)
 
 
 class StreamCache(LayerStack):

@@ -76,11 +76,11 @@ def pool_value_norm(van: mx.array, frame_ids: np.ndarray, patch_ids: np.ndarray,
     if layout is None:
         return van
     n_heads = van.shape[0]
-    slots = mx.array(layout.slots)
+    cells = mx.array(layout.cells)
     dense = mx.zeros((n_heads, layout.size), dtype=van.dtype)
-    dense = mx.put_along_axis(dense, slots, van, axis=1)  # (H, G*T), zeros at holes
+    dense = mx.put_along_axis(dense, cells, van, axis=1)  # (H, G*T), zeros at holes
     pooled = _box_mean(dense.reshape(n_heads, *layout.view), layout.kernel)
-    pooled = mx.take_along_axis(pooled.reshape(n_heads, -1), slots, axis=1)  # (H, N)
+    pooled = mx.take_along_axis(pooled.reshape(n_heads, -1), cells, axis=1)  # (H, N)
     return pooled * mx.array(layout.scale).astype(pooled.dtype)
 
 

@@ -37,6 +37,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import candidates, plan
+from ..config import METHODS
 from .scoring import pool_value_norm, temporal_redundancy, value_norm
 
 
@@ -115,8 +116,7 @@ def _as_mx(x) -> mx.array:
     return x if isinstance(x, mx.array) else mx.array(x)
 
 
-METHODS = {"infinipot_v": infinipot_v, "uniform": uniform,
-           "sliding_window": sliding_window, "full": full}
+SELECTORS = {name: globals()[name] for name in METHODS}  # config.METHODS: one function per method
 
 
 def select_tokens(keys, values, *, tokens_per_frame: int, keep: int, method: str = "infinipot_v",
@@ -138,4 +138,4 @@ def select_tokens(keys, values, *, tokens_per_frame: int, keep: int, method: str
         candidates.pool_kernel(layer_idx, num_layers, (1, *grid_hw))
     req = Request(keys, values, frame_ids, patch_ids, tokens_per_frame, keep, tar_ratio,
                   recent_ratio, van_pooling, layer_idx, num_layers, grid_hw)
-    return METHODS[method](req)
+    return SELECTORS[method](req)

@@ -6,7 +6,7 @@ share of a video's tokens, a session on the shipped weights, and how answers are
 
 from __future__ import annotations
 
-from ..config import InfiniPotConfig
+from ..config import METHODS, InfiniPotConfig
 
 DEMO_BLOCK_SLOTS = 1  # one temporal slot (2 frames, 9 tokens) per block
 DEMO_RESERVE = 256  # room for all the standard questions and answers
@@ -25,7 +25,7 @@ def organism_config(n_frames: int, share: float, method: str = "infinipot_v", pi
     T = GRID * GRID
     video_tokens = n_frames // 2 * T
     room = max(round(share * video_tokens), (DEMO_BLOCK_SLOTS + 1) * T)
-    capacity = None if method == "full" else pinned + DEMO_RESERVE + room
+    capacity = None if not METHODS[method].bounded else pinned + DEMO_RESERVE + room
     kwargs = dict(capacity=capacity, block_frames=DEMO_BLOCK_SLOTS, reserve=DEMO_RESERVE, method=method)
     return InfiniPotConfig(**{**kwargs, **overrides})
 

@@ -1,21 +1,21 @@
 """The compressible KV cache (PyTorch reference): the MLX cache, name for name.
 
 Notation: B = 1 batch, H = KV heads, D = head dim, L = tokens of one update,
-n = n_cached stored slots per head, N = visual candidates per head, K = kept visual tokens.
+n = n_cached stored rows per head, N = visual candidates per head, K = kept visual tokens.
 
-Slots are kept in arrival order per head and tagged with (frame, patch); -1 marks a
-pinned (text) slot that is never dropped. The session calls `compress` between forward
+Rows are kept in arrival order per head and tagged with (frame, patch); -1 marks a
+pinned (text) row that is never dropped. The session calls `compress` between forward
 passes. `next_position` (on StreamCache) is the logical RoPE position of the next token;
-`n_cached` is the number of stored slots.
+`n_cached` is the number of stored rows.
 
 StreamCache is also a transformers `Cache`, so transformers' attention can call
 `past_key_values.update(k, v, layer_idx)`. Its mask creation asks `get_query_offset`
 (= get_seq_length = n_cached) and `get_mask_sizes` (= (n_cached + L, 0)), which gives
-every cached slot visible and causal order among the L new tokens. get_seq_length counts
-stored slots, not positions: always pass position_ids explicitly.
+every cached row visible and causal order among the L new tokens. get_seq_length counts
+stored rows, not positions: always pass position_ids explicitly.
 
 1-D RoPE positions (LLaVA-OV): the adapter calls `place_next(positions)` before a forward,
-so each slot records its position (per head; -1 when never placed), and `rerotate` moves
+so each row records its position (per head; -1 when never placed), and `rerotate` moves
 stored keys to new positions (R(p') k = R(p' - p) R(p) k) for the `compact` policy.
 """
 
@@ -25,14 +25,14 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from ..slots import LayerStack, SlotLabels, visual_slots
+from ..rows import LayerStack, RowLabels, visual_rows
 
 
 def _as_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
 
 
-class LayerKVCache(SlotLabels, CacheLayerMixin):
+class LayerKVCache(RowLabels, CacheLayerMixin):
     """One layer's compressible KV cache (the transformers cache-layer protocol)."""
 
     step = 256
@@ -46,7 +46,7 @@ class LayerKVCache(SlotLabels, CacheLayerMixin):
         self._reset()
 
     def _reset(self) -> None:
-        self._keys = None  # (1, H, capacity, D) buffer; slots [0, n) are live
+        self._keys = None  # (1, H, capacity, D) buffer; rows [0, n) are live
         self._values = None
         self._n = 0
         self._reset_labels()
@@ -112,13 +112,13 @@ class LayerKVCache(SlotLabels, CacheLayerMixin):
         return self.update_and_fetch(key_states, value_states)
 
     def _grow(self, old: torch.Tensor | None, new: torch.Tensor, spare: int) -> torch.Tensor:
-        """One copy: live slots, then the new tokens, then `spare` empty slots."""
+        """One copy: live rows, then the new tokens, then `spare` empty rows."""
         pad = new.new_zeros((*new.shape[:2], spare, new.shape[3]))
         parts = [new, pad] if old is None else [old[..., : self._n, :], new, pad]
         return torch.cat(parts, dim=2)
 
     def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None):
-        """Mask for N new tokens: every cached slot visible, causal among the new ones.
+        """Mask for N new tokens: every cached row visible, causal among the new ones.
 
         Args:
             N: number of new tokens.
@@ -136,15 +136,15 @@ class LayerKVCache(SlotLabels, CacheLayerMixin):
         if not return_array:
             return "causal"
         device = None if self._keys is None else self._keys.device
-        rows = torch.arange(self._n, self._n + N, device=device)[:, None]  # (N, 1) slot of each new token
+        rows = torch.arange(self._n, self._n + N, device=device)[:, None]  # (N, 1) row of each new token
         return rows >= torch.arange(self._n + N, device=device)[None]  # (N, n + N)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        """(kv_length, kv_offset) for transformers' mask: all n cached slots plus the new ones."""
+        """(kv_length, kv_offset) for transformers' mask: all n cached rows plus the new ones."""
         return self._n + query_length, 0
 
     def get_seq_length(self) -> int:
-        """Stored slots (n_cached), not the logical position."""
+        """Stored rows (n_cached), not the logical position."""
         return self._n
 
     def get_max_length(self) -> int:
@@ -154,26 +154,26 @@ class LayerKVCache(SlotLabels, CacheLayerMixin):
         """The visual candidates of every head, in arrival order.
 
         Returns:
-            slots (H, N) int64 np, keys (H, N, D), values (H, N, Dv),
+            rows (H, N) int64 np, keys (H, N, D), values (H, N, Dv),
             frame_ids (H, N) np, patch_ids (H, N) np.
         """
-        slots = visual_slots(self.frame_ids)  # (H, N)
+        rows = visual_rows(self.frame_ids)  # (H, N)
         keys, values = self.keys[0], self.values[0]  # (H, n, D)
-        idx = torch.as_tensor(slots, device=keys.device)[:, :, None]  # (H, N, 1)
+        idx = torch.as_tensor(rows, device=keys.device)[:, :, None]  # (H, N, 1)
         keys = torch.gather(keys, 1, idx.expand(-1, -1, keys.shape[-1]))
         values = torch.gather(values, 1, idx.expand(-1, -1, values.shape[-1]))
-        frames = np.take_along_axis(self.frame_ids, slots, axis=1)
-        patches = np.take_along_axis(self.patch_ids, slots, axis=1)
-        return slots, keys, values, frames, patches
+        frames = np.take_along_axis(self.frame_ids, rows, axis=1)
+        patches = np.take_along_axis(self.patch_ids, rows, axis=1)
+        return rows, keys, values, frames, patches
 
-    def _keep(self, slots: np.ndarray) -> None:
-        """Keep the stored slots (H, n_new) in that order: one gather per buffer."""
-        idx = torch.as_tensor(slots, device=self._keys.device)[None, :, :, None]  # (1, H, n_new, 1)
+    def _keep(self, rows: np.ndarray) -> None:
+        """Keep the stored rows (H, n_new) in that order: one gather per buffer."""
+        idx = torch.as_tensor(rows, device=self._keys.device)[None, :, :, None]  # (1, H, n_new, 1)
         keys, values = self.keys, self.values
         self._keys = torch.gather(keys, 2, idx.expand(-1, -1, -1, keys.shape[-1]))
         self._values = torch.gather(values, 2, idx.expand(-1, -1, -1, values.shape[-1]))
-        self._keep_labels(slots)
-        self._n = slots.shape[1]
+        self._keep_labels(rows)
+        self._n = rows.shape[1]
 
     def reset(self) -> None:
         """Drop everything stored."""
@@ -187,7 +187,7 @@ class LayerKVCache(SlotLabels, CacheLayerMixin):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the keys and values held in live slots."""
+        """Bytes of the keys and values held in live rows."""
         if self._keys is None:
             return 0
         keys, values = self.keys, self.values

@@ -87,11 +87,11 @@ def pool_value_norm(van: torch.Tensor, frame_ids: np.ndarray, patch_ids: np.ndar
     if layout is None:
         return van
     n_heads, kernel = van.shape[0], layout.kernel
-    slots = on_device(layout.slots, van)
+    cells = on_device(layout.cells, van)
     dense = torch.zeros((n_heads, layout.size), dtype=van.dtype, device=van.device)
-    dense = dense.scatter(1, slots, van)  # (H, G*T), zeros at holes
+    dense = dense.scatter(1, cells, van)  # (H, G*T), zeros at holes
     grid = dense.reshape(-1, 1, *layout.view[len(layout.view) - len(kernel):])  # (B, 1, *axes)
     pooled = AVG_POOL[len(kernel)](grid, kernel, stride=1, padding=[k // 2 for k in kernel],
                                    count_include_pad=True)
-    pooled = torch.gather(pooled.reshape(n_heads, -1), 1, slots)  # (H, N)
+    pooled = torch.gather(pooled.reshape(n_heads, -1), 1, cells)  # (H, N)
     return pooled * on_device(layout.scale, pooled, pooled.dtype)

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .. import candidates, plan
+from ..config import METHODS
 from .scoring import on_device, pool_value_norm, temporal_redundancy, value_norm
 
 
@@ -119,8 +120,7 @@ def _broadcast(indices: np.ndarray, req: Request) -> torch.Tensor:
     return on_device(indices.astype(np.int64), req.keys).expand(n_heads, -1).contiguous()
 
 
-METHODS = {"infinipot_v": infinipot_v, "uniform": uniform,
-           "sliding_window": sliding_window, "full": full}
+SELECTORS = {name: globals()[name] for name in METHODS}  # config.METHODS: one function per method
 
 
 def select_tokens(keys, values, *, tokens_per_frame: int, keep: int, method: str = "infinipot_v",
@@ -142,4 +142,4 @@ def select_tokens(keys, values, *, tokens_per_frame: int, keep: int, method: str
         candidates.pool_kernel(layer_idx, num_layers, (1, *grid_hw))
     req = Request(keys, values, frame_ids, patch_ids, tokens_per_frame, keep, tar_ratio,
                   recent_ratio, van_pooling, layer_idx, num_layers, grid_hw)
-    return METHODS[method](req)
+    return SELECTORS[method](req)

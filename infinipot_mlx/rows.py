@@ -1,15 +1,16 @@
-"""Slot bookkeeping shared by both cache backends (pure numpy).
+"""Row bookkeeping shared by both cache backends (pure numpy). A row is one token's entry in
+a layer's key/value buffer, per head (a temporal *slot* is something else: ALGORITHM.md section 11).
 
-Notation: H = KV heads, n = stored slots per head, N = visual candidates per head,
-K = kept visual tokens, L = tokens of one update. A slot's (frame, patch) label is -1
-for a pinned (text) slot; slots are in arrival order per head.
+Notation: H = KV heads, n = stored rows per head, N = visual candidates per head,
+K = kept visual tokens, L = tokens of one update. A row's (frame, patch) label is -1
+for a pinned (text) row; rows are in arrival order per head.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-PINNED = -1  # frame/patch id of a pinned (text) slot
+PINNED = -1  # frame/patch id of a pinned (text) row
 
 
 def check_labels(frame_ids, patch_ids) -> tuple[np.ndarray, np.ndarray]:
@@ -30,13 +31,13 @@ def check_labels(frame_ids, patch_ids) -> tuple[np.ndarray, np.ndarray]:
     return frame_ids, patch_ids
 
 
-def visual_slots(frame_ids: np.ndarray) -> np.ndarray:
-    """Slot indices of the visual (non-pinned) slots of each head, in arrival order.
+def visual_rows(frame_ids: np.ndarray) -> np.ndarray:
+    """Row indices of the visual (non-pinned) rows of each head, in arrival order.
 
     Args:
-        frame_ids: (H, n) int, -1 marks pinned slots.
+        frame_ids: (H, n) int, -1 marks pinned rows.
     Returns:
-        (H, N) int64 slot indices, ascending per head.
+        (H, N) int64 row indices, ascending per head.
     """
     pinned = frame_ids < 0  # (H, n)
     n_visual = pinned.shape[1] - int(pinned[0].sum()) if pinned.size else 0
@@ -44,42 +45,42 @@ def visual_slots(frame_ids: np.ndarray) -> np.ndarray:
     return np.argsort(pinned, axis=1, kind="stable")[:, :n_visual]
 
 
-def kept_slots(frame_ids: np.ndarray, kept) -> np.ndarray:
-    """Slots that survive a compression: every pinned slot plus the kept visual ones.
+def kept_rows(frame_ids: np.ndarray, kept) -> np.ndarray:
+    """Rows that survive a compression: every pinned row plus the kept visual ones.
 
     Args:
-        frame_ids: (H, n) int, -1 marks pinned slots.
-        kept: (H, K) indices into the visual candidates (visual_slots order).
+        frame_ids: (H, n) int, -1 marks pinned rows.
+        kept: (H, K) indices into the visual candidates (visual_rows order).
     Returns:
-        (H, n_pinned + K) int64 slot indices, ascending (arrival order) per head.
+        (H, n_pinned + K) int64 row indices, ascending (arrival order) per head.
     """
     kept = np.asarray(kept, dtype=np.int64)
-    visual = visual_slots(frame_ids)  # (H, N)
+    visual = visual_rows(frame_ids)  # (H, N)
     n_heads, n_visual = visual.shape
     if kept.ndim != 2 or kept.shape[0] != n_heads:
         raise ValueError(f"kept must be (H={n_heads}, K) indices, got shape {kept.shape}.")
     if kept.size and (kept.min() < 0 or kept.max() >= n_visual):
         raise ValueError(f"kept indices must lie in [0, {n_visual}) (the visual candidates).")
-    keep = frame_ids < 0  # (H, n) pinned slots always survive
+    keep = frame_ids < 0  # (H, n) pinned rows always survive
     np.put_along_axis(keep, np.take_along_axis(visual, kept, axis=1), True, axis=1)
     counts = keep.sum(axis=1)  # (H,) equal across heads unless kept repeats an index
     assert np.all(counts == frame_ids.shape[1] - n_visual + kept.shape[1]), f"duplicate kept: {counts}"
     return np.nonzero(keep)[1].reshape(n_heads, -1)  # row-major, so ascending per head
 
 
-def slots_without_pinned(frame_ids: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Slots that survive dropping the pinned slots of rank [start, stop) (arrival order).
+def rows_without_pinned(frame_ids: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows that survive dropping the pinned rows of rank [start, stop) (arrival order).
 
-    Every head holds the same pinned tokens in the same order, so the k-th pinned slot of
+    Every head holds the same pinned tokens in the same order, so the k-th pinned row of
     each head is the same text token.
 
     Args:
-        frame_ids: (H, n) int, -1 marks pinned slots.
+        frame_ids: (H, n) int, -1 marks pinned rows.
     Returns:
-        (H, n - (stop - start)) int64 slot indices, ascending per head.
+        (H, n - (stop - start)) int64 row indices, ascending per head.
     """
     pinned = frame_ids < 0  # (H, n)
-    rank = np.cumsum(pinned, axis=1) - 1  # (H, n) rank of each pinned slot among the pinned
+    rank = np.cumsum(pinned, axis=1) - 1  # (H, n) rank of each pinned row among the pinned
     keep = ~(pinned & (rank >= start) & (rank < stop))
     return np.nonzero(keep)[1].reshape(frame_ids.shape[0], -1)
 
@@ -133,7 +134,7 @@ class LayerStack:
             layer.place_next(positions)
 
     def rerotate(self, new_positions, rope) -> None:
-        """Move every layer's slots to new positions (see LayerKVCache.rerotate)."""
+        """Move every layer's rows to new positions (see LayerKVCache.rerotate)."""
         for layer in self.layers:
             layer.rerotate(new_positions, rope)
 
@@ -157,11 +158,11 @@ class LayerStack:
             layer.set_state_refs(state)
 
 
-class SlotLabels:
-    """Per-head, per-slot labels of one layer's cache: (frame, patch) and 1-D position.
+class RowLabels:
+    """Per-head, per-row labels of one layer's cache: (frame, patch) and 1-D position.
 
     Host-side numpy bookkeeping shared by both backends' LayerKVCache. The cache keeps
-    `self._n` (live slots); `_to_host` turns a backend array into numpy.
+    `self._n` (live rows); `_to_host` turns a backend array into numpy.
     """
 
     _n: int
@@ -179,7 +180,7 @@ class SlotLabels:
 
     @property
     def frame_ids(self) -> np.ndarray:
-        """(H, n) int32 frame of each slot, -1 for pinned."""
+        """(H, n) int32 frame of each row, -1 for pinned."""
         return self._frame[:, : self._n]
 
     @property
@@ -188,7 +189,7 @@ class SlotLabels:
 
     @property
     def positions(self) -> np.ndarray:
-        """(H, n) int32 1-D RoPE position of each slot, -1 where none was placed."""
+        """(H, n) int32 1-D RoPE position of each row, -1 where none was placed."""
         return self._pos[:, : self._n]
 
     def place_next(self, positions) -> None:
@@ -214,7 +215,7 @@ class SlotLabels:
         return pending
 
     def _append_labels(self, frame: np.ndarray, patch: np.ndarray, n_heads: int, capacity: int):
-        """Write (L,) labels and positions for all heads at slots [n, n + L), growing to `capacity`."""
+        """Write (L,) labels and positions for all heads at rows [n, n + L), growing to `capacity`."""
         if self._frame.shape != (n_heads, capacity):
             grown = np.full((3, n_heads, capacity), PINNED, np.int32)
             if self._n:
@@ -236,32 +237,32 @@ class SlotLabels:
         self._pending = self._pending_pos = None
 
     def compress(self, kept) -> None:
-        """Keep the pinned slots and, per head, the visual candidates `kept`.
+        """Keep the pinned rows and, per head, the visual candidates `kept`.
 
         Args:
             kept: (H, K) indices into visual() candidates (a backend array or numpy).
         """
-        self._keep(kept_slots(self.frame_ids, self._to_host(kept)))
+        self._keep(kept_rows(self.frame_ids, self._to_host(kept)))
 
     def drop_pinned(self, start: int, stop: int) -> None:
         """Remove the pinned tokens of rank [start, stop) (an old conversation turn)."""
-        self._keep(slots_without_pinned(self.frame_ids, start, stop))
+        self._keep(rows_without_pinned(self.frame_ids, start, stop))
 
-    def _keep(self, slots: np.ndarray) -> None:
-        """Keep the stored slots (H, n_new), in that order (the backend's gather)."""
+    def _keep(self, rows: np.ndarray) -> None:
+        """Keep the stored rows (H, n_new), in that order (the backend's gather)."""
         raise NotImplementedError
 
-    def _keep_labels(self, slots: np.ndarray) -> None:
-        """Keep the labels of `slots` (H, n_new), in that order."""
-        self._frame = np.take_along_axis(self.frame_ids, slots, axis=1)
-        self._patch = np.take_along_axis(self.patch_ids, slots, axis=1)
-        self._pos = np.take_along_axis(self.positions, slots, axis=1)
+    def _keep_labels(self, rows: np.ndarray) -> None:
+        """Keep the labels of `rows` (H, n_new), in that order."""
+        self._frame = np.take_along_axis(self.frame_ids, rows, axis=1)
+        self._patch = np.take_along_axis(self.patch_ids, rows, axis=1)
+        self._pos = np.take_along_axis(self.positions, rows, axis=1)
 
     def rerotate(self, new_positions, rope) -> None:
-        """Move every slot to a new 1-D RoPE position by re-rotating its stored key.
+        """Move every row to a new 1-D RoPE position by re-rotating its stored key.
 
         Args:
-            new_positions: (H, n) or (n,) ints, the slots' new positions.
+            new_positions: (H, n) or (n,) ints, the rows' new positions.
             rope: the model's rotation, rope(keys (1, H, n, D), delta (H, n) int32) ->
                 keys rotated by delta, so that R(p') k = R(p' - p) R(p) k.
         """
