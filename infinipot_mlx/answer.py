@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .errors import UserError
+from .locking import serialized, serialized_generator
 
 STOP_NOTES = {
     "cap": "[answer stopped: the KV cap is full; raise --kv-budget or --reserve for longer answers]",
@@ -32,6 +33,7 @@ class QuestionTooLongError(UserError):
 class AnswerLoop:
     """ask(): prefill a question, decode greedily or by sampling, pin the answer."""
 
+    @serialized
     def ask(self, question: str, max_tokens: int = 256, temperature: float = 0.0,
             top_p: float = 1.0, stop: tuple[str, ...] = ()) -> Iterator[str]:
         """Ask about everything streamed so far; yields the answer's text as it is decoded.
@@ -74,6 +76,7 @@ class AnswerLoop:
     def _answer_tail(self) -> list[int]:
         return self._encode(self.spec.pieces.answer_close)
 
+    @serialized_generator
     def _generate(self, text, ids, max_tokens, temperature, top_p, stop) -> Iterator[str]:
         tok, tail = self.adapter.tokenizer, self._answer_tail()
         eos = set(self.backend.eos_ids(tok, self.spec))  # eos_ids below (a bench may override)
@@ -86,10 +89,15 @@ class AnswerLoop:
                     f"the question takes {len(ids) + 1 + len(tail)} tokens with its template and one "
                     f"answer token, more than the KV cap of {self.config.capacity} can free; shorten "
                     "the question or raise --kv-budget")
-            logits = self._prefill_text(text, ids)
+            self._attend = self.record_evidence
+            try:
+                logits = self._prefill_text(text, ids)
+            finally:
+                self._attend = False
             self.user_turn_open = False
             self.open_answer = []
         self.question_logits = self.backend.to_numpy(logits)  # (V,), kept for parity checks
+        self.evidence = self._moments() if self.record_evidence else None
         self.stop_reason = "interrupted"
         shown = ""  # the text yielded so far
         try:
@@ -123,6 +131,13 @@ class AnswerLoop:
                 yield tok.decode(self.open_answer, skip_special_tokens=True)[len(shown):]
         finally:
             self._close_open_answer()
+
+    def _moments(self):
+        """The moments the question's last token attends to most (evidence.py)."""
+        from .evidence import moments
+
+        masses, frame_ids = self.attention
+        return moments(masses, frame_ids, self.slot_seconds, self.slot_video, self.videos)
 
     def _room_for_token(self, tail: int) -> str | None:
         """None when one more answer token and the closing piece fit; else why not."""

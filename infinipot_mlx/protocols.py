@@ -33,6 +33,10 @@ class Adapter(Protocol):
     def forward(self, embeds: Any, positions: np.ndarray, cache: Any) -> Any:
         """The LM over L new tokens at explicit positions, through the cache -> logits (1, 1, V)."""
 
+    def forward_attending(self, embeds: Any, positions: np.ndarray, cache: Any) -> tuple[Any, list]:
+        """forward(), and the last token's attention over the cache: per layer (H_kv, n)
+        mass summed over each KV head's query heads (evidence.py)."""
+
     def video_close_embeds(self) -> Any | None:
         """(1, L, E) embeddings the model puts once after a video (LLaVA-OV: image_newline), or None."""
 
@@ -59,6 +63,12 @@ class Backend(Protocol):
 
     def to_numpy(self, x: Any) -> np.ndarray:
         """A host copy; half-precision floats become float32."""
+
+    def to_host_bits(self, x: Any) -> tuple[np.ndarray, str]:
+        """A bit-exact host copy and its dtype's name (bfloat16 as uint16): memories.py."""
+
+    def from_host_bits(self, a: np.ndarray, name: str) -> Any:
+        """The inverse of to_host_bits, on the backend's device."""
 
     def make_sampler(self, temperature: float, top_p: float) -> Callable[[Any], int]:
         """logits (V,) -> a token id: greedy at temperature 0."""

@@ -1,5 +1,5 @@
 """Row bookkeeping shared by both cache backends (pure numpy). A row is one token's entry in
-a layer's key/value buffer, per head (a temporal *slot* is something else: ALGORITHM.md section 11).
+a layer's key/value buffer, per head (a temporal *slot* is something else: ALGORITHM.md section 12).
 
 Notation: H = KV heads, n = stored rows per head, N = visual candidates per head,
 K = kept visual tokens, L = tokens of one update. A row's (frame, patch) label is -1
@@ -227,6 +227,17 @@ class RowLabels:
         self._frame[:, self._n : self._n + len(frame)] = frame
         self._patch[:, self._n : self._n + len(patch)] = patch
         self._pos[:, self._n : self._n + len(frame)] = PINNED if pos is None else pos
+
+    def rows(self) -> dict:
+        """The live rows: keys, values (1, H, n, D) backend arrays; frame, patch, pos (H, n) int32."""
+        return dict(keys=self.keys, values=self.values, frame=self.frame_ids.copy(),
+                    patch=self.patch_ids.copy(), pos=self.positions.copy())
+
+    def set_rows(self, keys, values, frame, patch, pos) -> None:
+        """Hold exactly these live rows (a memory loaded from disk; memories.py)."""
+        self._reset()
+        self._keys, self._values, self._n = keys, values, keys.shape[2]
+        self._frame, self._patch, self._pos = (np.array(a, np.int32) for a in (frame, patch, pos))
 
     def state_refs(self) -> tuple:
         """(keys, values, n, frame, patch, pos) references (see LayerStack.snapshot)."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,7 +39,9 @@ from . import plan
 from .answer import AnswerLoop
 from .config import InfiniPotConfig
 from .errors import UserError
-from .positions import next_after, slot_times, text_positions, video_positions
+from .feed import VideoFeed
+from .locking import serialized
+from .positions import next_after, text_positions
 from .protocols import Backend, make_backend
 from .room import RoomKeeper, Turn, compress_layers
 from .specs import DEFAULT_SYSTEM
@@ -46,6 +49,10 @@ from .specs import DEFAULT_SYSTEM
 
 class PositionLimitError(UserError):
     """A stream under `absolute` positions would pass the model's trained range."""
+
+
+class _Undo(Exception):
+    """Raised at the end of StreamSession.scratch() to roll its block back."""
 
 
 class CapBrokenError(AssertionError):
@@ -57,6 +64,7 @@ class StreamStats:
     """Counters and timers of a session (seconds are wall time on this machine)."""
 
     frames_seen: int = 0  # sampled frames given to add_frames and encoded
+    frames_dropped: int = 0  # sampled frames a live source lost while the model was behind (reader.py)
     slots_seen: int = 0  # temporal slots ("frames" of the algorithm)
     compressions: int = 0
     tokens_decoded: int = 0
@@ -69,7 +77,7 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "off", "no")
 
 
-class StreamSession(RoomKeeper, AnswerLoop):
+class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
     """Stream frames into a capped KV cache and answer questions, many turns.
 
     Args:
@@ -84,10 +92,15 @@ class StreamSession(RoomKeeper, AnswerLoop):
             INFINIPOT_CHECK_CAP environment variable; the tests set it).
     """
 
+    record_evidence = False  # when True, every answer's evidence (evidence.py) is kept in .evidence
+    _attend = False  # set around the question's forward when evidence is recorded
+
     def __init__(self, model, tokenizer, spec, config: InfiniPotConfig | None = None,
                  backend: str | Backend = "mlx", fps: float = 2.0, system_prompt: str = DEFAULT_SYSTEM,
-                 record_kept: bool = False, check_cap: bool | None = None):
+                 record_kept: bool = False, check_cap: bool | None = None, model_dir=None):
         self.backend = make_backend(backend)
+        self.model_dir = model_dir  # the checkpoint folder, which a saved memory is checked against
+        self._lock = threading.RLock()  # public methods run one at a time (locking.py)
         self.adapter = self.backend.adapter(model, tokenizer, spec)
         self.config = config or InfiniPotConfig()
         self.spec = self.adapter.spec
@@ -101,6 +114,7 @@ class StreamSession(RoomKeeper, AnswerLoop):
         self.reset()
 
     # ----- conversation state ------------------------------------------------------
+    @serialized
     def reset(self) -> None:
         """Drop everything and start again from the system prompt."""
         self.cache = self.backend.new_cache(self.spec.num_layers)
@@ -118,6 +132,9 @@ class StreamSession(RoomKeeper, AnswerLoop):
         self.open_answer: list[int] | None = None  # tokens of an answer not yet closed
         self.unfed: int | None = None  # its last token, when it was never fed to the model
         self.stop_reason: str | None = None
+        self.slot_seconds: list[float] = []  # source time of each slot's first frame (frame_ids index it)
+        self.slot_video: list[int] = []  # which of `videos` each slot came from
+        self.videos: list[dict] = []  # one per video segment: name, content hash (add_video)
         self.backend.reset_peak_memory()
         self.add_text(self.spec.pieces.system.format(system=self.system_prompt))
         self.n_system = self.cache.n_pinned
@@ -134,7 +151,8 @@ class StreamSession(RoomKeeper, AnswerLoop):
 
     # ----- transactions --------------------------------------------------------------
     _STATE = ("transcript", "turns", "pending", "frame_hw", "block_slots", "user_turn_open",
-              "video_start", "segment_slots", "segment_t0", "open_answer", "unfed", "counters")
+              "video_start", "segment_slots", "segment_t0", "open_answer", "unfed", "counters",
+              "slot_seconds", "slot_video", "videos")
 
     @contextmanager
     def _atomic(self):
@@ -151,6 +169,18 @@ class StreamSession(RoomKeeper, AnswerLoop):
             for name, value in state.items():
                 setattr(self, name, value)
             raise
+
+    @contextmanager
+    def scratch(self):
+        """Whatever the block does (a question, its answer, compressions, dropped turns) is
+        undone when it ends or fails: a question asked of a memory that must stay as it was."""
+        with self._lock:
+            try:
+                with self._atomic():
+                    yield
+                    raise _Undo
+            except _Undo:
+                pass
 
     # ----- text ----------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
@@ -183,7 +213,11 @@ class StreamSession(RoomKeeper, AnswerLoop):
         self._check_position_range(positions)
         if frame_ids is not None:
             self.cache.label_next(frame_ids, patch_ids)
-        logits = self.adapter.forward(embeds, positions, self.cache)
+        if self._attend:  # the question's forward, for evidence (answer.py, evidence.py)
+            logits, masses = self.adapter.forward_attending(embeds, positions, self.cache)
+            self.attention = (masses, [layer.frame_ids.copy() for layer in self.cache.layers])
+        else:
+            logits = self.adapter.forward(embeds, positions, self.cache)
         self.backend.sync(logits, self.cache)
         self.cache.next_position = max(self.cache.next_position, next_after(positions))
         n = self.cache.n_cached
@@ -191,132 +225,6 @@ class StreamSession(RoomKeeper, AnswerLoop):
         if self.check_cap and self.config.bounded and n > self.config.capacity:
             raise CapBrokenError(f"the cache holds {n} tokens, over its capacity of {self.config.capacity}")
         return logits
-
-    # ----- frames ----------------------------------------------------------------------
-    def open_video(self, source, max_frames: int | None = None, max_pixels: int | None = None):
-        """A VideoSource of a file, camera index or URL at the session's fps, its frames and
-        the block sized for the cap (fit_frame_size)."""
-        from .video import VideoSource
-
-        video = VideoSource.for_model(source, self.spec, fps=self.fps, max_frames=max_frames)
-        video.frame_size = self.fit_frame_size(video.source_size, max_pixels)
-        return video
-
-    def add_video(self, source, max_frames: int | None = None, max_pixels: int | None = None) -> None:
-        """Stream a whole video (open_video), block by block, with its frames' own timestamps."""
-        video = self.open_video(source, max_frames, max_pixels)
-        for block in video.blocks(self.frames_per_block):
-            self.add_frames(block.frames, block.timestamps)
-        self.flush()
-
-    def add_frames(self, frames: np.ndarray, timestamps=None) -> None:
-        """Queue sampled frames (n, H, W, 3) uint8; every full block is encoded and prefilled.
-
-        timestamps: (n,) seconds of each frame (VideoSource's FrameBlock.timestamps); M-RoPE
-        time then follows them. Without them, frames are taken as sampled at `fps`.
-        """
-        frames = np.asarray(frames)
-        if frames.ndim == 3:
-            frames = frames[None]
-        self._check_frame_size(frames)
-        stamps = [None] * len(frames) if timestamps is None else [float(t) for t in np.ravel(timestamps)]
-        if len(stamps) != len(frames):
-            raise UserError(f"{len(stamps)} timestamps for {len(frames)} frames")
-        self.pending.extend(zip(frames, stamps))
-        while len(self.pending) >= self.frames_per_block:
-            self._stream_block(self.frames_per_block)
-
-    def flush(self) -> None:
-        """Encode queued frames that do not fill a block (the last one is repeated to fill a slot)."""
-        if self.pending:
-            self._stream_block(len(self.pending))
-
-    def _check_frame_size(self, frames: np.ndarray) -> None:
-        if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise UserError(f"frames must be (n, H, W, 3) RGB, got shape {frames.shape}")
-        hw = tuple(frames.shape[1:3])
-        step, fixed = self.spec.pixels_per_token, self.spec.frame_size
-        if fixed is not None and hw != tuple(fixed):
-            raise UserError(f"frame size {hw} is not the model's {tuple(fixed)}; resize with "
-                            f"VideoSource(size={tuple(fixed)})")
-        if fixed is None and (hw[0] % step or hw[1] % step):
-            raise UserError(f"frame size {hw} is not a multiple of {step} pixels; resize with VideoSource")
-        if self.frame_hw is not None and hw != self.frame_hw:
-            raise UserError(f"frame size changed from {self.frame_hw} to {hw} within a stream")
-        if self.frame_hw is None:  # choose the block, or reject a cap that cannot hold one, up front
-            self._fit_block(hw)
-            self.frame_hw = hw
-
-    def _open_video(self) -> None:
-        if self.video_start is not None:
-            return
-        self._close_open_answer()
-        if not self.user_turn_open:
-            self._begin_turn()
-            self.add_text(self.spec.pieces.user_open)
-            self.user_turn_open = True
-        self.add_text(self.spec.pieces.video_open)
-        self.video_start, self.segment_slots, self.segment_t0 = self.cache.next_position, 0, None
-
-    def _close_video(self) -> None:
-        if self.video_start is not None:
-            self._prefill_video_tail()
-            self.add_text(self.spec.pieces.video_close)
-            self.video_start = None
-
-    def _prefill_video_tail(self) -> None:
-        """Pinned embeddings the model puts once after a video (LLaVA-OV: image_newline)."""
-        embeds = self.adapter.video_close_embeds()  # (1, L, E) or None
-        if embeds is not None:
-            with self._atomic():
-                if not self._make_room(embeds.shape[-2]):
-                    raise plan.CapacityError("no room under the KV cap to close the video; raise --kv-budget")
-                self._renumber_if_needed(embeds.shape[-2])
-                self._forward(embeds, text_positions(self.cache.next_position, embeds.shape[-2],
-                                                     self.spec.position_axes))
-                self.transcript.append("<video_end_embeds>")
-
-    def _stream_block(self, n_frames: int) -> None:
-        """The first n_frames queued frames as one block: make room, vision, prefill (atomic)."""
-        with self._atomic():
-            items, self.pending = self.pending[:n_frames], self.pending[n_frames:]
-            frames = np.stack([f for f, _ in items])
-            pad = -len(frames) % self.spec.frames_per_slot  # repeat the last frame to fill a slot
-            frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)]) if pad else frames
-            self._open_video()
-            grid = self.spec.slot_grid(self.frame_hw)
-            T, S = grid[0] * grid[1], len(frames) // self.spec.frames_per_slot
-            self._room_for_block(S, T)
-            self._renumber_if_needed(S * T)
-            times = self._slot_times([t for _, t in items], S)
-            positions = video_positions(self.spec, self.video_start, self.segment_slots, times, grid)
-            self._check_position_range(positions)
-            with self._timed("vision"):
-                embeds = self.adapter.encode_slots(frames)
-                self.backend.sync(embeds)
-            first = self.counters.slots_seen
-            frame_ids = np.repeat(np.arange(first, first + S, dtype=np.int32), T)  # (S*T,)
-            patch_ids = np.tile(np.arange(T, dtype=np.int32), S)  # (S*T,)
-            with self._timed("prefill"):
-                self._forward(embeds, positions, frame_ids, patch_ids)
-            self.transcript.append(f"<video:{S}x{T}>")
-            self.segment_slots += S
-            self.counters.slots_seen += S
-            self.counters.frames_seen += len(items)
-
-    def _slot_times(self, stamps: list[float | None], S: int) -> np.ndarray:
-        """(S,) seconds of each slot's first frame from the segment's first frame.
-
-        Real timestamps when every frame has one; otherwise uniform sampling at `fps`
-        (slot * frames_per_slot / fps, Qwen2.5-VL's own rule).
-        """
-        per = self.spec.frames_per_slot
-        if any(t is None for t in stamps):
-            return slot_times(self.segment_slots, S, per / self.fps)
-        firsts = np.asarray(stamps[::per][:S], np.float64)
-        if self.segment_t0 is None:
-            self.segment_t0 = float(firsts[0])
-        return np.maximum(firsts - self.segment_t0, 0.0)
 
     def _check_position_range(self, positions) -> None:
         """PositionLimitError before any token would get a position past max_positions."""
@@ -361,6 +269,23 @@ class StreamSession(RoomKeeper, AnswerLoop):
         if self.video_start is not None:  # the open segment's origin moves with its tokens
             self.video_start += shift
 
+    # ----- memories on disk (memories.py) -------------------------------------------------
+    @serialized
+    def save(self, path):
+        """Write this session's memory to `path`, atomically; returns the path."""
+        from . import memories
+
+        return memories.save(self, path)
+
+    @serialized
+    def load_memory(self, path) -> None:
+        """Continue from a memory file made with this model and backend (verified first)."""
+        from . import memories
+
+        meta, tensors = memories.read(path)
+        memories.check_model(meta, memories.identity(self), path)
+        memories.restore(self, meta, tensors)
+
     # ----- reporting ------------------------------------------------------------------------
     @contextmanager
     def _timed(self, what: str):
@@ -375,7 +300,7 @@ class StreamSession(RoomKeeper, AnswerLoop):
         active, peak = self.backend.memory()
         s = self.counters
         return dict(
-            frames_seen=s.frames_seen, slots_seen=s.slots_seen, compressions=s.compressions,
+            frames_seen=s.frames_seen, frames_dropped=s.frames_dropped, slots_seen=s.slots_seen, compressions=s.compressions,
             tokens_cached=self.cache.n_cached, tokens_pinned=self.cache.n_pinned,
             tokens_visual=self.cache.n_visual, capacity=self.config.capacity,
             peak_cached=s.peak_cached, turns_evicted=s.turns_evicted, frames_queued=len(self.pending),

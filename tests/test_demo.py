@@ -53,3 +53,7 @@ def test_accuracy_bench_writes_every_field_and_holds_the_budget(tmp_path):
             assert r["compressions"] == 0  # the whole video fits: nothing is dropped
     row = next(s for s in result["summary"] if s["method"] == "uniform" and s["qtype"] == "all")
     assert {"accuracy", "ci95", "vs_infinipot_v", "vs_infinipot_v_ci95", "n_videos"} <= row.keys()
+    assert all(isinstance(r["evidence_first_hit"], bool) for r in records)  # every video asks "first"
+    for row in (s for s in result["summary"] if s["qtype"] == "all"):
+        hits = [r["evidence_first_hit"] for r in records if (r["method"], r["budget"]) == (row["method"], row["budget"])]
+        assert row["evidence_first_hit_rate"] == sum(hits) / len(hits)

@@ -26,7 +26,8 @@ def clip(tmp_path_factory):
 
 
 def test_every_example_has_a_test():
-    tested = {"stream_and_ask.py", "memory_budget.py", "select_step.py", "parity_one_video.py"}
+    tested = {"stream_and_ask.py", "memory_budget.py", "select_step.py", "parity_one_video.py",
+              "save_and_reload.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -49,3 +50,10 @@ def test_parity_one_video(tiny_qwen_dir, clip):
     out = run_example("parity_one_video.py", tiny_qwen_dir, clip)
     assert "same kept (frame, patch) sets: True" in out
     assert float(out.rsplit("max logit difference ", 1)[1]) < 1e-4
+
+
+def test_save_and_reload(tiny_qwen_published_dir, clip, tmp_path):
+    memory = tmp_path / "clip.mem"
+    out = run_example("save_and_reload.py", tiny_qwen_published_dir, clip, memory)
+    assert f"saved 12 slots of {clip} to {memory}" in out and memory.is_file()
+    assert "\nA: " in out and "\nevidence: 00:" in out

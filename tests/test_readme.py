@@ -37,9 +37,9 @@ def test_python_api_snippet_runs(tmp_path, tiny_qwen_published_dir):
     assert "path/to/Qwen2.5-VL-7B-Instruct-4bit" in code and '"video.mp4"' in code
     code = code.replace("path/to/Qwen2.5-VL-7B-Instruct-4bit", str(tiny_qwen_published_dir))
     code = code.replace('"video.mp4"', repr(str(video)))
-    out = run([sys.executable, "-c", code])
+    out = run([sys.executable, "-c", code], cwd=tmp_path)  # the snippet saves video.mem where it runs
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "frames_seen" in out.stdout and "(4, 6144)" in out.stdout
+    assert "frames_seen" in out.stdout and "(4, 6144)" in out.stdout and "Moment(slot=" in out.stdout
 
 
 def test_transcript_runs_as_shown(tmp_path):

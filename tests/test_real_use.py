@@ -196,7 +196,7 @@ def test_an_answer_past_the_cap_compresses_the_video_and_goes_on(tiny_qwen_dir):
 
 def test_positions_follow_each_frames_own_timestamp(tmp_path, tiny_qwen_dir, monkeypatch):
     """A variable-frame-rate file: each slot's M-RoPE time is its first frame's real time."""
-    from infinipot_mlx import session as stream
+    from infinipot_mlx import feed as stream
     from infinipot_mlx.mlx.backend import load
     from infinipot_mlx.video import VideoSource
 

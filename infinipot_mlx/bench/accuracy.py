@@ -61,8 +61,11 @@ def selection(args) -> tuple[list[float], list[str], list[str]]:
     return budgets, methods, splits
 
 
-def run_one(model_bundle, frames: np.ndarray, qa, method: str, budget: float) -> dict:
-    """Stream one video under one config; per-question correctness and cache facts."""
+def run_one(model_bundle, frames: np.ndarray, qa, method: str, budget: float,
+            first_frames: tuple[int, int] | None = None) -> dict:
+    """Stream one video under one config; per-question correctness and cache facts, and
+    whether the evidence of "what colour was the first shape?" (its top moment, evidence.py)
+    falls within the first shape's frames [start, stop)."""
     from ..organism.session import first_word, organism_config
     from ..session import StreamSession
 
@@ -70,15 +73,20 @@ def run_one(model_bundle, frames: np.ndarray, qa, method: str, budget: float) ->
     name, overrides = METHODS[method]
     config = organism_config(len(frames), budget, name, pinned, **overrides)
     session = StreamSession(model, tok, spec, config, fps=2.0)
+    session.record_evidence = True
     session.add_frames(frames)
     session.flush()
     visual_at_question = session.cache.n_visual
-    correct = []
-    for question, truth, _qtype in qa:
+    correct, evidence_hit = [], None
+    for question, truth, qtype in qa:
         reply = "".join(session.ask(question, max_tokens=2))  # one answer word (one token) + eos
         correct.append(first_word(reply) == truth)
+        if qtype == "first" and first_frames is not None and session.evidence:
+            top = session.evidence[0].slot  # slot s holds frames 2s and 2s + 1
+            per = spec.frames_per_slot
+            evidence_hit = bool(top * per < first_frames[1] and first_frames[0] < (top + 1) * per)
     return dict(correct=correct, visual_tokens=visual_at_question, compressions=session.counters.compressions,
-                max_cached=session.cache.n_cached)
+                max_cached=session.cache.n_cached, evidence_first_hit=evidence_hit)
 
 
 def load_bundle():
@@ -118,6 +126,10 @@ def summarize(records: list[dict], rng: np.random.Generator) -> list[dict]:
                 row["vs_infinipot_v"] = float(diff.mean())
                 row["vs_infinipot_v_ci95"] = bootstrap_ci(diff, rng)
             row["budget_used"] = float(np.mean([r["budget_used"] for r in recs]))
+            hits = [r["evidence_first_hit"] for r in recs if r.get("evidence_first_hit") is not None]
+            if qtype == "all" and hits:  # the top moment of "first colour?" within the first shape
+                row["evidence_first_hit_rate"] = float(np.mean(hits))
+                row["evidence_first_hit_ci95"] = bootstrap_ci(np.array(hits, float), rng)
             rows.append(row)
     return rows
 
@@ -128,7 +140,8 @@ def _mean(record: dict, qtype: str) -> float:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'split':8} {'budget':>6} {'method':15} {'acc':>6} {'95% CI':>15} {'vs infinipot_v':>22}")
+    print(f"{'split':8} {'budget':>6} {'method':15} {'acc':>6} {'95% CI':>15} {'vs infinipot_v':>22} "
+          f"{'evidence hit':>12}")
     for r in rows:
         if r["qtype"] != "all":
             continue
@@ -137,8 +150,9 @@ def print_table(rows: list[dict]) -> None:
         if "vs_infinipot_v" in r:
             dlo, dhi = r["vs_infinipot_v_ci95"]
             delta = f"{r['vs_infinipot_v']:+.3f} [{dlo:+.3f},{dhi:+.3f}]"
+        hit = f"{r['evidence_first_hit_rate']:.2f}" if "evidence_first_hit_rate" in r else "-"
         print(f"{r['split']:8} {r['budget']:>6.2f} {r['method']:15} {r['accuracy']:6.3f} "
-              f"[{lo:.3f}, {hi:.3f}] {delta:>22}")
+              f"[{lo:.3f}, {hi:.3f}] {delta:>22} {hit:>12}")
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -168,7 +182,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..organism import make_episode
+    from ..organism.data import episode_for
 
     budgets, methods, splits = selection(args)  # bad flags fail before the model loads
     bundle = load_bundle()
@@ -176,11 +190,12 @@ def run(args) -> int:
     start, records = time.perf_counter(), []
     jobs = [(s, i) for s in splits for i in range(args.seed_offset, args.seed_offset + args.n)]
     for split, video in tqdm(jobs, desc="videos", unit="video"):
-        frames, _fps, qa = make_episode(video, split=split)
+        episode = episode_for(split, video)  # the frames, questions and events of make_episode
+        frames, qa, first = episode.frames, episode.qa, episode.events[0]
         n_video = len(frames) // 2 * 9
         for budget in budgets:
             for method in methods:
-                res = run_one(bundle, frames, qa, method, budget)
+                res = run_one(bundle, frames, qa, method, budget, (first.start, first.start + first.length))
                 records.append(dict(split=split, video=video, budget=budget, method=method,
                                     qtypes=[q for _, _, q in qa], budget_used=res["visual_tokens"] / n_video,
                                     **res))

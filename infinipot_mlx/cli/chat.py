@@ -14,9 +14,10 @@ import math
 import sys
 
 from .. import _blas  # noqa: F401  (optimized BLAS before mlx)
+from .. import memories
 from ..config import METHODS
 from ..errors import EXIT_INTERRUPTED, OneLineParser, UserError, report
-from .console import answer, interactive, stream_frames
+from .console import PromptLines, answer, handle, interactive, stream_frames
 
 DEFAULT_CAPACITY = 6144
 MIN_PIXELS = 28 * 28  # one merged visual token of every supported model
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "largest block, up to 8, that keeps at least as many frames as it brings")
     p.add_argument("--fps", type=float, default=2.0, help="sampling rate in frames per second")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many sampled frames")
+    p.add_argument("--realtime", action="store_true",
+                   help="play a file at its own speed, as a camera would: frames the model cannot keep up "
+                        "with are dropped (cameras and stream URLs always are)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="pixel budget per frame (default 448x448 = 200704, shrunk to fit the cap)")
     p.add_argument("--method", choices=METHODS, default="infinipot_v",
@@ -60,13 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature)")
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    p.add_argument("--save", default=None, metavar="MEM",
+                   help="save the video memory to MEM after streaming and after every answer")
+    p.add_argument("--load", default=None, metavar="MEM",
+                   help="continue from a saved video memory: ask with no video, or stream more")
+    p.add_argument("--evidence", action="store_true",
+                   help="after each answer, print the moments (mm:ss) it rests on, with their share")
+    p.add_argument("--memory-map", default=None, metavar="PNG",
+                   help="draw what the memory keeps (kept tokens per second and layer) after streaming")
     return p
 
 
 def check_args(args) -> None:
     """Reject impossible flag values before anything heavy is loaded."""
-    if not args.demo and args.video is None:
-        raise UserError("give a video (file, camera index or URL), or --demo for the offline demo")
+    if not args.demo and args.video is None and args.load is None:
+        raise UserError("give a video (file, camera index or URL), --load MEM (a saved memory), "
+                        "or --demo for the offline demo")
+    if args.load is not None and (args.memory is not None or args.demo):
+        raise UserError("--load continues a saved memory with its own settings; drop --memory / --demo")
     for name in ("fps",):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name} must be positive")
@@ -102,13 +117,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ----- running a session ---------------------------------------------------------------
-def open_session(args, path: str, frame_hw: tuple[int, int] | None = None):
-    """A StreamSession on the chosen backend, with the capacity from the flags (or --memory)."""
+def open_session(args, path: str, frame_hw: tuple[int, int] | None = None, saved: dict | None = None):
+    """A StreamSession on the chosen backend, with the capacity from the flags (or --memory),
+    or with a saved memory's settings (`saved`: its metadata)."""
     from ..config import InfiniPotConfig
 
     capacity = None if not METHODS[args.method].bounded else (args.kv_budget or DEFAULT_CAPACITY)
     config = InfiniPotConfig(capacity=capacity, block_frames=args.block_frames, method=args.method,
                              reserve=args.reserve)
+    if saved is not None:
+        config, args.fps = InfiniPotConfig(**saved["config"]), saved["fps"]
     if args.memory is not None:
         return open_budgeted_session(args, path, config, frame_hw)
     if args.backend == "reference":
@@ -149,12 +167,15 @@ def open_budgeted_session(args, path: str, config, frame_hw: tuple[int, int] | N
     return make(replace(config, capacity=plan.capacity))
 
 
-def model_path(args) -> str:
-    """The local checkpoint folder (ModelPathError, a ValueError, when there is none)."""
+def model_path(args, saved: dict | None = None) -> str:
+    """The local checkpoint folder (ModelPathError, a ValueError, when there is none); with a
+    saved memory and no --model, the folder the memory was made with."""
     from ..model_path import resolve_model_path
 
     if args.model:
         return str(resolve_model_path(args.model))
+    if saved is not None:
+        return str(resolve_model_path(saved["model_path"], flag="--model"))
     if args.backend == "reference":  # the original HF weights; no mlx import on torch-only machines
         from ..reference.backend import DEFAULT_MODEL
     else:
@@ -186,10 +207,35 @@ def fit_video(session, source, max_pixels: int | None) -> None:
     source.frame_size = session.fit_frame_size(source.source_size, max_pixels)
 
 
-def stream_video(session, source) -> None:
-    """Feed every sampled frame of a VideoSource, with its timestamp, to the session."""
-    chunks = ((block.frames, block.timestamps) for block in source.blocks(session.frames_per_block))
-    stream_frames(session, chunks, _expected_frames(source))
+def stream_video(session, source, name=None, realtime: bool = False, between=None) -> None:
+    """Feed every sampled frame of a VideoSource, with its timestamp, to the session, as a
+    video segment of its own (named, with its content hash, in a saved memory). A reader
+    thread decodes ahead (reader.py); a live source drops what the model cannot keep up with."""
+    from ..reader import FrameReader
+
+    session.begin_video(name if name is not None else source)
+    block = session.frames_per_block
+    reader = FrameReader(source, live=source.kind != "file", realtime=realtime, depth=2 * block)
+    stream_frames(session, reader.chunks(block), _expected_frames(source), reader, between)
+
+
+def answer_typed(session, args, lines, after_answer):
+    """`between` for stream_video: answer the lines typed so far (console.handle), then let
+    the stream go on; False (stop streaming) after /quit. The end of input does not stop it."""
+    ended = []
+
+    def between(bar) -> bool:
+        for line in [] if ended else lines.typed():
+            if line is None or line in ("/quit", "/exit"):
+                lines.queue.put(line)  # the prompt after the stream sees it too, and leaves
+                ended.append(line)
+                return line is None
+            bar.clear()
+            print(f"Q (at frame {session.counters.frames_seen}): {line}")
+            handle(session, line, args, after_answer)
+            bar.refresh()
+        return True
+    return between
 
 
 def _expected_frames(source) -> int | None:
@@ -211,21 +257,49 @@ def run(args) -> int:
         from .demo import run_demo
 
         return run_demo(args)
-    path = model_path(args)
-    source = open_video(args, load_spec(path))  # bad videos fail before the model loads
-    session = open_session(args, path, source.frame_size)
-    fit_video(session, source, args.max_pixels)
+    saved = tensors = None
+    if args.load is not None:  # a damaged or foreign file fails before the model loads
+        saved, tensors = memories.read(args.load)
+        memories.check_backend(saved, args.backend, args.load)
+    path = model_path(args, saved)
+    source = open_video(args, load_spec(path)) if args.video is not None else None
+    session = open_session(args, path, source.frame_size if source else None, saved)
+    session.record_evidence = True  # cheap: the question's last token only (evidence.py)
+    if saved is not None:
+        memories.check_model(saved, memories.identity(session), args.load)
+        memories.restore(session, saved, tensors)
+        print(memories.summary(saved, args.load))
+    if source is not None:
+        fit_video(session, source, args.max_pixels)
     for q in args.question or []:
         session.check_question(q)  # a question that can never fit fails before streaming
-    stream_video(session, source)
+    live = source is not None and (source.kind != "file" or args.realtime or sys.stdin.isatty())
+    lines = PromptLines() if live and not args.question else None  # questions typed while streaming
+    if source is not None:
+        between = answer_typed(session, args, lines, lambda: save_memory(session, args)) if lines else None
+        stream_video(session, source, args.video, args.realtime, between)
+    save_memory(session, args)
+    if args.memory_map is not None:
+        from ..evidence import memory_map
+
+        print(f"memory map drawn to {memory_map(session, args.memory_map)}", file=sys.stderr)
     if args.question:
         for q in args.question:
             print(f"Q: {q}")
             print("A: ", end="")
             answer(session, q, args)
+            save_memory(session, args)
     else:
-        interactive(session, args)
+        interactive(session, args, after_answer=lambda: save_memory(session, args), lines=lines)
     return 0
+
+
+def save_memory(session, args, path: str | None = None) -> None:
+    """Save the session's memory to `path` (or --save, when given) and say so."""
+    path = path or args.save
+    if path is not None:
+        saved = session.save(path)
+        print(f"memory saved to {saved} ({saved.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,19 @@ Shared by `chat` and `chat --demo`; nothing here loads a model or imports an arr
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
 
 from ..errors import UserError, report
 
 
-def stream_frames(session, chunks, total: int | None) -> None:
+def stream_frames(session, chunks, total: int | None, reader=None, between=None) -> None:
     """Feed (frames (n, H, W, 3), timestamps (n,) or None) chunks with a progress bar.
 
+    reader: the reader.FrameReader the chunks come from (its drops and lag are shown).
+    between: called after every chunk (chat answers questions typed while streaming there);
+        it returns False to stop the stream.
     Ctrl-C stops early: what was streamed stays, and an unfinished block stays queued.
     """
     from tqdm import tqdm
@@ -22,24 +27,33 @@ def stream_frames(session, chunks, total: int | None) -> None:
     try:
         for frames, timestamps in chunks:
             session.add_frames(frames, timestamps)
+            if reader is not None:
+                session.counters.frames_dropped = reader.dropped
             bar.update(len(frames))
-            bar.set_postfix_str(_progress_text(session), refresh=False)
+            bar.set_postfix_str(_progress_text(session, reader), refresh=False)
+            if between is not None and between(bar) is False:
+                break
         session.flush()
     except KeyboardInterrupt:
         bar.close()
         print(f"stopped at frame {session.counters.frames_seen + len(session.pending)} (Ctrl-C); "
               "questions will be about what was streamed", file=sys.stderr)
         return
+    finally:
+        if reader is not None:
+            reader.stop()
+            session.counters.frames_dropped = reader.dropped
     bar.total = bar.n  # the container's frame count is an estimate: end at 100%
     bar.set_postfix_str(_progress_text(session))
     bar.close()
 
 
-def _progress_text(session) -> str:
+def _progress_text(session, reader=None) -> str:
     st = session.stats()
     cap = st["capacity"] or "inf"
+    live = f" | lag {reader.lag():.1f}s, dropped {reader.dropped}" if reader is not None and reader.live else ""
     return (f"cached {st['tokens_cached']}/{cap} tok (peak {st['peak_cached']}) | "
-            f"mem {st['active_memory_bytes'] / 2**20:.0f} MB")
+            f"mem {st['active_memory_bytes'] / 2**20:.0f} MB{live}")
 
 
 def answer(session, question: str, args) -> str:
@@ -59,7 +73,19 @@ def answer(session, question: str, args) -> str:
         reply.close()  # pins the answer's end, even when interrupted
     note = STOP_NOTES.get(session.stop_reason)
     print(f" {note}" if note else "")
+    if getattr(args, "evidence", False):
+        print_evidence(session)
     return "".join(pieces)
+
+
+def print_evidence(session) -> None:
+    """The moments the last answer rests on (evidence.py), or why there are none."""
+    from ..evidence import format_moments
+
+    if getattr(session, "evidence", None) is None:
+        print("evidence: ask a question first")
+    else:
+        print(format_moments(session.evidence))
 
 
 def format_stats(session, plan=None) -> str:
@@ -72,7 +98,8 @@ def format_stats(session, plan=None) -> str:
         f"KV {st['kv_bytes'] / 2**20:.1f} MB | "
         f"active {st['active_memory_bytes'] / 2**20:.0f} MB, peak {st['peak_memory_bytes'] / 2**20:.0f} MB | "
         f"vision {sec['vision']:.1f}s prefill {sec['prefill']:.1f}s compress {sec['compress']:.2f}s "
-        f"decode {sec['decode']:.1f}s" + (_plan_text(st, plan) if plan is not None else "")
+        f"decode {sec['decode']:.1f}s | dropped {st['frames_dropped']} (live)"
+        + (_plan_text(st, plan) if plan is not None else "")
     )
 
 
@@ -85,27 +112,92 @@ def _plan_text(st: dict, plan) -> str:
             f"budget {format_bytes(plan.budget_bytes)}")
 
 
-def interactive(session, args) -> None:
-    """Multi-turn prompt with /stats, /reset and /quit. Ctrl-C at the prompt exits (130)."""
-    print("Ask about the video. Commands: /stats, /reset (forget the video), /quit.")
+HELP = ("Ask about the video. Commands: /stats, /evidence (the moments the last answer rests on), "
+        "/save PATH (the video memory), /reset (forget the video), /quit.")
+
+
+class PromptLines:
+    """Lines typed at the prompt, read on a thread so that questions can be typed while a
+    video streams (chat answers them between blocks); None once the input ends."""
+
+    def __init__(self):
+        self.queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, name="prompt", daemon=True).start()
+
+    def _read(self) -> None:
+        prompt = "> " if sys.stdin.isatty() else ""  # piped questions: no prompts mixed into answers
+        while True:
+            try:
+                line = input(prompt)
+            except (EOFError, OSError, ValueError):
+                self.queue.put(None)
+                return
+            self.queue.put(line.strip())
+
+    def get(self) -> str | None:
+        """The next line, waiting for it (Ctrl-C in the main thread stays responsive)."""
+        while True:
+            try:
+                return self.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+
+    def typed(self) -> list[str | None]:
+        """The lines typed so far and not yet taken."""
+        taken = []
+        while not self.queue.empty():
+            taken.append(self.queue.get_nowait())
+        return taken
+
+
+def _typed_lines():
+    """Lines typed at the prompt, one input() at a time; None at the end of input."""
     while True:
         try:
-            line = input("> ").strip()
+            yield input("> ").strip()
         except EOFError:
+            yield None
             return
-        if line in ("/quit", "/exit"):
-            return
-        if line == "/stats":
-            print(format_stats(session, getattr(args, "memory_plan", None)))
-        elif line == "/reset":
-            session.reset()
-            print("session reset: the video and the conversation are forgotten")
-        elif not line:
-            print("(empty question: type a question, or /quit)")
-        else:
-            try:
-                answer(session, line, args)
-            except UserError as err:  # e.g. a question longer than the cap allows: ask another
-                report(err)
 
 
+def interactive(session, args, after_answer=None, lines: PromptLines | None = None) -> None:
+    """Multi-turn prompt with /stats, /evidence, /save PATH, /reset and /quit (handle());
+    `after_answer()` runs after every answer (chat --save saves there). Ctrl-C at the prompt
+    exits (130). `lines`: a PromptLines already reading (questions typed while streaming)."""
+    print(HELP)
+    source = iter(lines.get, object()) if lines is not None else _typed_lines()
+    for line in source:
+        if line is None or not handle(session, line, args, after_answer):
+            return
+
+
+def handle(session, line: str, args, after_answer=None) -> bool:
+    """Do what one typed line asks: a command or a question. False for /quit."""
+    if line in ("/quit", "/exit"):
+        return False
+    if line == "/stats":
+        print(format_stats(session, getattr(args, "memory_plan", None)))
+    elif line == "/evidence":
+        print_evidence(session)
+    elif line == "/save" or line.startswith("/save "):
+        target = line[len("/save"):].strip()
+        try:
+            if not target:
+                raise UserError("/save needs a path: /save my_video.mem")
+            saved = session.save(target)
+            print(f"memory saved to {saved} ({saved.stat().st_size / 1e6:.1f} MB)")
+        except UserError as err:
+            report(err)
+    elif line == "/reset":
+        session.reset()
+        print("session reset: the video and the conversation are forgotten")
+    elif not line:
+        print("(empty question: type a question, or /quit)")
+    else:
+        try:
+            answer(session, line, args)
+            if after_answer is not None:
+                after_answer()
+        except UserError as err:  # e.g. a question longer than the cap allows: ask another
+            report(err)
+    return True

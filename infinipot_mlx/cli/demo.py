@@ -25,6 +25,7 @@ def run_demo(args) -> int:
     session = open_organism(**overrides) if not args.kv_budget else open_organism(
         InfiniPotConfig(capacity=args.kv_budget, block_frames=DEMO_BLOCK_SLOTS,
                         reserve=min(args.reserve, args.kv_budget - 1), method=args.method))
+    session.record_evidence = True  # cheap: the question's last token only (evidence.py)
     print(f"demo: held-out synthetic video #{args.seed}, {len(frames)} frames at {fps:g} fps, "
           f"{session.config.method} with a cap of {session.config.capacity or 'no'} tokens "
           "(the bundled organism, a ~1M-parameter Qwen2.5-VL trained on synthetic video)")

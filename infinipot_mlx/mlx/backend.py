@@ -51,6 +51,16 @@ class MLXBackend:
             x = x.astype(mx.float32)
         return np.array(x)
 
+    def to_host_bits(self, x) -> tuple[np.ndarray, str]:
+        """A bit-exact host copy and its dtype's name (bfloat16 travels as uint16)."""
+        name = str(x.dtype).rpartition(".")[2]
+        return np.array(x.view(mx.uint16) if x.dtype == mx.bfloat16 else x), name
+
+    def from_host_bits(self, a: np.ndarray, name: str):
+        """The inverse of to_host_bits."""
+        x = mx.array(a)
+        return x.view(mx.bfloat16) if name == "bfloat16" else x.astype(getattr(mx, name))
+
     def make_sampler(self, temperature: float, top_p: float):
         """logits (V,) -> token id; greedy at temperature 0 (mlx-lm's sampler otherwise)."""
         if temperature <= 0:
@@ -97,5 +107,5 @@ def load(path_or_repo: str = DEFAULT_MODEL, config: InfiniPotConfig | None = Non
         config: compression settings (default InfiniPotConfig()).
         **kwargs: fps, system_prompt, record_kept, check_cap (see session.StreamSession).
     """
-    model, tokenizer, spec, _ = load_model(path_or_repo)
-    return StreamSession(model, tokenizer, spec, config, MLXBackend(), **kwargs)
+    model, tokenizer, spec, path = load_model(path_or_repo)
+    return StreamSession(model, tokenizer, spec, config, MLXBackend(), model_dir=path, **kwargs)

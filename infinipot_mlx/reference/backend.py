@@ -78,6 +78,19 @@ class TorchBackend:
             x = x.float()
         return x.numpy()
 
+    def to_host_bits(self, x) -> tuple[np.ndarray, str]:
+        """A bit-exact host copy and its dtype's name (bfloat16 travels as uint16)."""
+        name = str(x.dtype).rpartition(".")[2]
+        x = x.detach().cpu().contiguous()
+        return (x.view(torch.int16).numpy().view(np.uint16) if x.dtype == torch.bfloat16 else x.numpy()), name
+
+    def from_host_bits(self, a: np.ndarray, name: str):
+        """The inverse of to_host_bits, on this backend's device."""
+        a = np.ascontiguousarray(a)
+        x = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if name == "bfloat16" else \
+            torch.from_numpy(a).to(getattr(torch, name))
+        return x.to(self.device)
+
     def make_sampler(self, temperature: float, top_p: float):
         """logits (V,) -> token id; greedy at temperature 0, else softmax(logits / T) with top-p."""
         if temperature <= 0:
@@ -193,5 +206,5 @@ def load(path_or_repo: str = DEFAULT_MODEL, config: InfiniPotConfig | None = Non
         dtype: float32, float16, bfloat16, or None for the checkpoint's dtype.
         **kwargs: system_prompt, record_kept, check_cap (see session.StreamSession).
     """
-    model, tokenizer, spec, _ = load_model(path_or_repo, device=device, dtype=dtype)
-    return StreamSession(model, tokenizer, spec, config, TorchBackend(), fps=fps, **kwargs)
+    model, tokenizer, spec, path = load_model(path_or_repo, device=device, dtype=dtype)
+    return StreamSession(model, tokenizer, spec, config, TorchBackend(), fps=fps, model_dir=path, **kwargs)

@@ -79,6 +79,10 @@ class LayerKVCache(RowLabels, CacheLayerMixin):
     def values(self, v: torch.Tensor | None) -> None:
         self._values = v
 
+    def set_rows(self, keys, values, frame, patch, pos) -> None:
+        super().set_rows(keys, values, frame, patch, pos)
+        self.lazy_initialization(keys, values)
+
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         self.is_initialized = True

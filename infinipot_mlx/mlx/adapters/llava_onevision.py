@@ -26,6 +26,7 @@ import numpy as np
 from ...errors import UserError
 from ...pixels import siglip_frames
 from ...specs import ModelSpec
+from .attention import attention_mass
 
 
 class KeyRotation:
@@ -94,7 +95,34 @@ class LlavaOnevisionAdapter:
         if embeds.ndim == 2:
             embeds = embeds[None]  # (1, L, E)
         hidden = self.lm.model(None, cache=cache, input_embeddings=embeds)  # (1, L, E)
+        return self._logits(hidden)
+
+    def _logits(self, hidden: mx.array) -> mx.array:
         hidden = hidden[:, -1:]  # only the last token's logits are ever used: (1, 1, E)
         if self.lm.config.tie_word_embeddings:
             return self.lm.model.embed_tokens.as_linear(hidden)
         return self.lm.lm_head(hidden)
+
+    def forward_attending(self, embeds: mx.array, positions: np.ndarray, cache) -> tuple[mx.array, list]:
+        """forward(), and the last token's attention over the cache: per layer (H_kv, n_cached)
+        probability mass summed over each KV head's query heads (evidence.py).
+
+        The decoder loop of mlx-vlm's Qwen2Model, layer by layer with its own modules, so the
+        last token's queries (input_layernorm, q_proj, the same RoPE at the cache's offset)
+        can be read.
+        """
+        from mlx_vlm.models.base import create_attention_mask
+
+        positions = np.asarray(positions)
+        cache.place_next(positions)
+        h = embeds if embeds.ndim == 3 else embeds[None]  # (1, L, E)
+        model = self.lm.model
+        mask = create_attention_mask(h, cache[0])
+        masses = []
+        for layer, c in zip(model.layers, cache):
+            attn = layer.self_attn
+            q = attn.q_proj(layer.input_layernorm(h)).reshape(1, h.shape[1], attn.n_heads, -1).transpose(0, 2, 1, 3)
+            q = attn.rope(q, offset=c.offset)  # before the layer appends: the new tokens' offset
+            h = layer(h, mask, c)
+            masses.append(attention_mass(q[:, :, -1], c.keys, attn.scale))
+        return self._logits(model.norm(h)), masses

@@ -16,6 +16,7 @@ import numpy as np
 from ...errors import UserError
 from ...pixels import qwen_patchify
 from ...specs import ModelSpec
+from .attention import attention_mass
 
 
 class Qwen2_5_VLAdapter:
@@ -57,7 +58,38 @@ class Qwen2_5_VLAdapter:
         if embeds.ndim == 2:
             embeds = embeds[None]  # (1, L, E)
         hidden = self.lm.model(None, inputs_embeds=embeds, cache=cache, position_ids=position_ids)
+        return self._logits(hidden)
+
+    def _logits(self, hidden: mx.array) -> mx.array:
         hidden = hidden[:, -1:]  # only the last token's logits are ever used: (1, 1, E)
         if self.lm.args.tie_word_embeddings:
             return self.lm.model.embed_tokens.as_linear(hidden)
         return self.lm.lm_head(hidden)
+
+    def forward_attending(self, embeds: mx.array, positions: np.ndarray, cache) -> tuple[mx.array, list]:
+        """forward(), and the last token's attention over the cache: per layer (H_kv, n_cached)
+        probability mass summed over each KV head's query heads (evidence.py).
+
+        The decoder loop of mlx-vlm's Qwen2Model, layer by layer with its own modules, so the
+        last token's queries (input_layernorm, q_proj, the same M-RoPE) can be read.
+        """
+        from mlx_vlm.models.base import create_attention_mask
+        from mlx_vlm.models.qwen2_5_vl.language import apply_multimodal_rotary_pos_emb
+
+        position_ids = mx.array(positions[:, None, :].astype(np.int32))  # (3, 1, L)
+        h = embeds if embeds.ndim == 3 else embeds[None]  # (1, L, E)
+        model = self.lm.model
+        mask = create_attention_mask(h, cache)
+        rotary = model.layers[0].self_attn.rotary_emb
+        pe = None if getattr(rotary, "fused_apply", False) else rotary(h, position_ids)
+        masses = []
+        for layer, c in zip(model.layers, cache):
+            attn = layer.self_attn
+            q = attn.q_proj(layer.input_layernorm(h)).reshape(1, h.shape[1], attn.n_heads, -1).transpose(0, 2, 1, 3)
+            if pe is None:
+                q, _ = attn.rotary_emb.apply_rotary(q, q, position_ids, unsqueeze_dim=1)
+            else:
+                q, _ = apply_multimodal_rotary_pos_emb(q, q, *pe, unqueeze_dim=1)
+            h = layer(h, mask, c, position_ids, pe)
+            masses.append(attention_mass(q[:, :, -1], c.keys, attn.scale))
+        return self._logits(model.norm(h)), masses

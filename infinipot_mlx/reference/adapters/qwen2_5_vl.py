@@ -22,6 +22,7 @@ from ...errors import UserError
 from ...pixels import qwen_patchify
 from ...specs import ModelSpec
 from . import cache_keyword
+from .attention import attention_mass, eager_attention
 
 
 class Qwen2_5_VLAdapter:
@@ -65,9 +66,22 @@ class Qwen2_5_VLAdapter:
     @torch.no_grad()
     def forward(self, embeds: torch.Tensor, positions: np.ndarray, cache) -> torch.Tensor:
         """Run the LM over new tokens. embeds (1, L, E), positions (3, L) -> last-token logits (1, 1, V)."""
+        return self._last_logits(self._run(embeds, positions, cache))
+
+    @torch.no_grad()
+    def forward_attending(self, embeds: torch.Tensor, positions: np.ndarray, cache) -> tuple[torch.Tensor, list]:
+        """forward(), and the last token's attention over the cache: per layer (H_kv, n_cached)
+        probability mass summed over each KV head's query heads (transformers' eager attention)."""
+        with eager_attention(self.lm):
+            out = self._run(embeds, positions, cache, output_attentions=True)
+        return self._last_logits(out), [attention_mass(a[0, :, -1], self.spec.kv_heads) for a in out.attentions]
+
+    def _run(self, embeds: torch.Tensor, positions: np.ndarray, cache, **kwargs):
         position_ids = torch.from_numpy(positions[:, None, :].astype(np.int64)).to(self.device)  # (3, 1, L)
         if embeds.ndim == 2:
             embeds = embeds[None]  # (1, L, E)
-        out = self.lm(inputs_embeds=embeds.to(self.lm.embed_tokens.weight.dtype),
-                      position_ids=position_ids, use_cache=True, **{self.cache_keyword: cache})
+        return self.lm(inputs_embeds=embeds.to(self.lm.embed_tokens.weight.dtype), position_ids=position_ids,
+                       use_cache=True, **{self.cache_keyword: cache}, **kwargs)
+
+    def _last_logits(self, out) -> torch.Tensor:
         return self.model.lm_head(out.last_hidden_state[:, -1:])  # only the last is used: (1, 1, V)

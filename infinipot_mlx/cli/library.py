@@ -1,0 +1,370 @@
+"""python -m infinipot_mlx.library {index,list,ask}: a personal video library.
+
+`index FOLDER` streams every video of FOLDER (and its subfolders) once into a saved video
+memory under DIR/memories/ and records it in DIR/catalogue.sqlite (library/catalogue.py);
+videos already indexed with the same model and settings are skipped, so a run that was
+killed is finished by the next one. `list` prints one line per video; `ask "Q"` loads each
+memory (or --video NAME's) and answers from it, without reading the video again.
+
+A video that cannot be read (any UserError while opening or streaming it) is recorded as
+failed with its one-line reason, and the run goes on. Bad input to the command itself is
+one line on stderr and exit 2; anything else is a bug and keeps its traceback. Ctrl-C exits
+130: what was committed stays, the video being streamed is not recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from itertools import groupby
+from pathlib import Path
+
+from .. import _blas, memories
+from ..errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, OneLineParser, UserError, one_line, report
+from ..library import Catalogue, Entry, memory_name, model_key, settings_json
+from .chat import DEFAULT_CAPACITY, MIN_PIXELS, model_path
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
+                  ".ts", ".3gp")
+DEFAULT_LIBRARY = "~/.cache/infinipot_mlx/library"  # unless INFINIPOT_LIBRARY names another
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m infinipot_mlx.library",
+                      description="A personal video library: index a folder of videos once into saved "
+                                  "video memories, list them, ask questions about them.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--library", default=None, metavar="DIR",
+                        help=f"library folder (default: $INFINIPOT_LIBRARY, else {DEFAULT_LIBRARY})")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{index,list,ask}")
+    index = sub.add_parser("index", parents=[common], help="stream every video of a folder into the library",
+                           description="Stream every video of FOLDER (subfolders too) once into a saved "
+                                       "memory; skip those already indexed with the same model and settings.")
+    index.add_argument("folder", help="folder of videos (" + " ".join(VIDEO_SUFFIXES) + ")")
+    index.add_argument("--model", default=None,
+                       help="checkpoint folder or hub repo (default: chat's, "
+                            "mlx-community/Qwen2.5-VL-7B-Instruct-4bit; reference: Qwen/Qwen2.5-VL-7B-Instruct)")
+    index.add_argument("--backend", choices=("mlx", "reference"), default="mlx",
+                       help="mlx (default) or the PyTorch reference (the checkpoint's dtype)")
+    index.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="reference backend device")
+    index.add_argument("--kv-budget", type=int, default=DEFAULT_CAPACITY, metavar="TOKENS",
+                       help=f"KV cache capacity in tokens per layer (default {DEFAULT_CAPACITY})")
+    index.add_argument("--reserve", type=int, default=512, metavar="TOKENS",
+                       help="room kept free under the cap for a question and its answer (default 512)")
+    index.add_argument("--fps", type=float, default=2.0, help="sampling rate in frames per second (default 2)")
+    index.add_argument("--max-pixels", type=int, default=None,
+                       help="pixel budget per frame (default 448x448 = 200704, shrunk to fit the cap)")
+    index.add_argument("--retry-failed", action="store_true",
+                       help="stream again the videos that failed before (default: skip them)")
+    sub.add_parser("list", parents=[common], help="one line per video: name, duration, memory size, "
+                   "model, date, status")
+    ask = sub.add_parser("ask", parents=[common], help="answer a question from every indexed video's memory")
+    ask.add_argument("question")
+    ask.add_argument("--video", default=None, metavar="NAME", help="only this video (its name, file name or stem)")
+    ask.add_argument("--model", default=None,
+                     help="checkpoint folder or hub repo (default: the one each memory was made with)")
+    ask.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="reference backend device")
+    ask.add_argument("--max-tokens", type=int, default=256, help="answer length cap (default 256)")
+    ask.add_argument("--evidence", action="store_true", help="after each answer, the moments (mm:ss) it rests on")
+    return p
+
+
+def check_args(args) -> None:
+    """Reject impossible flag values before anything heavy is loaded."""
+    if args.command == "index":
+        if not args.fps > 0:
+            raise UserError(f"--fps must be positive, got {args.fps}")
+        if args.reserve < 0 or args.kv_budget <= args.reserve:
+            raise UserError(f"--kv-budget {args.kv_budget} must be above --reserve {args.reserve} (>= 0), "
+                            "the room kept for a question and its answer")
+        if args.max_pixels is not None and args.max_pixels < MIN_PIXELS:
+            raise UserError(f"--max-pixels {args.max_pixels} is below one visual token ({MIN_PIXELS} pixels, "
+                            "28 x 28); use at least that")
+    if args.command == "ask":
+        if not args.question.strip():
+            raise UserError("the question is empty; write a question about the videos")
+        if args.max_tokens < 1:
+            raise UserError(f"--max-tokens must be a positive integer, got {args.max_tokens}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.library = Path(args.library or os.environ.get("INFINIPOT_LIBRARY") or DEFAULT_LIBRARY).expanduser()
+    try:
+        check_args(args)
+        _blas.check_blas()
+        return {"index": run_index, "list": run_list, "ask": run_ask}[args.command](args)
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C); what was committed is kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UserError as err:
+        return report(err)
+
+
+# ----- index ---------------------------------------------------------------------------------------
+def find_videos(folder: Path) -> list[Path]:
+    """The video files under `folder` (hidden files and folders left out), sorted by path."""
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder; pass index a folder of videos")
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not found:
+        raise UserError(f"no video files in {folder} (looked for {' '.join(VIDEO_SUFFIXES)})")
+    return found
+
+
+def _content_key(video: Path) -> tuple[str, UserError | None]:
+    """(its content hash, None) for a video file; a key from its path and why when it cannot be
+    read at all (so it is recorded as failed, and indexed once it can be read)."""
+    try:
+        return memories.content_hash(video), None
+    except OSError as err:
+        return f"unreadable:{video.resolve()}", UserError(f"cannot read {video} ({err.strerror or err})")
+
+
+def _say(line: str) -> None:
+    """One result line on stdout, above the progress bars (on stderr), flushed at once."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
+class Indexer:
+    """Index videos, one at a time, into a catalogue with one model and one set of settings;
+    the model is loaded at the first video that needs streaming (a run that skips all loads none)."""
+
+    def __init__(self, args, catalogue: Catalogue, model_dir: Path):
+        from ..config import InfiniPotConfig
+
+        self.args, self.catalogue, self.session = args, catalogue, None
+        self.config = InfiniPotConfig(capacity=args.kv_budget, reserve=args.reserve)
+        self.model_dir = model_dir
+        self.identity = memories.model_identity(self.model_dir)  # == memories.identity(session)
+        self.key = model_key(self.identity)
+        self.settings = settings_json(asdict(self.config), args.fps, args.max_pixels, args.backend)
+
+    def index(self, video: Path, name: str) -> str:
+        """'done', 'skipped' or 'failed' for one video; says which on stdout."""
+        content, error = _content_key(video)
+        if self._skip(self.catalogue.lookup(content, self.key, self.settings), video, name):
+            return "skipped"
+        if error is None:
+            session = self._session()  # a model that cannot load ends the run (exit 2), not this video
+            try:
+                duration = self._stream(session, video, name)
+            except UserError as err:  # unreadable video, no room under the cap, ...: this video only
+                error = err
+        if error is not None:
+            self.catalogue.record(self._entry(content, name, video, "failed", reason=one_line(error)))
+            _say(f"failed  {name}: {one_line(error)}")
+            return "failed"
+        return self._save(content, name, video, duration)
+
+    def _skip(self, row: Entry | None, video: Path, name: str) -> bool:
+        """True (and why, on stdout) when the row says this video needs no streaming."""
+        if row is None:
+            return False
+        if row.status == "done" and self.catalogue.memory_path(row).is_file():
+            if row.path != str(video.resolve()) and not Path(row.path).exists():  # moved or renamed
+                self.catalogue.rename(row, name, str(video.resolve()))
+            _say(f"skipped {name} (indexed {row.created[:16].replace('T', ' ')})")
+            return True
+        if row.status == "failed" and not self.args.retry_failed:
+            _say(f"skipped {name} (failed before: {row.reason.rstrip('.')}; --retry-failed tries again)")
+            return True
+        return False
+
+    def _stream(self, session, video: Path, name: str) -> float | None:
+        """Stream one file into the emptied session with a per-video bar; its duration (s)."""
+        from tqdm import tqdm
+
+        session.reset()
+        source = session.open_video(video, max_pixels=self.args.max_pixels)  # sized for the cap
+        session.begin_video(video)  # the memory records its name and content hash
+        total = None if source.duration is None else int(source.duration * session.fps + 0.999)
+        bar = tqdm(total=total, unit="frame", desc=_short(name), leave=False, position=1, dynamic_ncols=True)
+        try:
+            for block in source.blocks(session.frames_per_block):  # frames (F, H, W, 3) uint8
+                session.add_frames(block.frames, block.timestamps)
+                bar.update(len(block.frames))
+                bar.set_postfix_str(f"cached {session.cache.n_cached}/{session.config.capacity} tok",
+                                    refresh=False)
+            session.flush()
+        finally:
+            bar.close()
+        return source.duration
+
+    def _save(self, content: str, name: str, video: Path, duration: float | None) -> str:
+        """Write the memory (atomically), then commit its row: never a row without its file."""
+        file = self.catalogue.memories / memory_name(name, content, self.key, self.settings)
+        self.session.save(file)  # MemoryFileError (the library is not writable) ends the run
+        size = file.stat().st_size
+        self.catalogue.record(self._entry(content, name, video, "done", memory=file.name,
+                                          memory_bytes=size, duration=duration))
+        slots = self.session.counters.slots_seen
+        _say(f"done    {name} ({_duration(duration)}, {slots} slots, {_size(size)})")
+        return "done"
+
+    def _entry(self, content: str, name: str, video: Path, status: str, **fields) -> Entry:
+        return Entry(**{"reason": None, "memory": None, "memory_bytes": None, "duration": None, **fields},
+                     content=content, model_key=self.key, settings=self.settings, name=name,
+                     path=str(video.resolve()), status=status, model_name=self.identity["name"],
+                     model_path=str(Path(self.model_dir).resolve()), backend=self.args.backend,
+                     created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    def _session(self):
+        if self.session is None:
+            self.session = open_session(self.args.backend, self.model_dir, self.config, self.args.fps,
+                                        self.args.device)
+            if memories.identity(self.session) != self.identity:
+                raise UserError(f"the checkpoint {self.model_dir} changed while indexing; run index again")
+        return self.session
+
+
+def open_session(backend: str, path, config, fps: float, device: str = "auto"):
+    """A StreamSession on `backend` for the checkpoint folder `path` (mlx import only here)."""
+    if backend == "reference":
+        from ..reference.backend import load as load_reference
+
+        return load_reference(str(path), config, fps=fps, device=device)
+    from ..mlx.backend import load
+
+    return load(str(path), config, fps=fps)
+
+
+def run_index(args) -> int:
+    from tqdm import tqdm
+
+    folder = Path(args.folder).expanduser()
+    videos = find_videos(folder)
+    model_dir = model_path(args)  # chat's rule: --model, else the default checkpoint
+    counts = dict(done=0, skipped=0, failed=0)
+    with Catalogue(args.library, create=True) as catalogue:
+        memories.sweep_temporaries(catalogue.memories)
+        indexer = Indexer(args, catalogue, model_dir)
+        with tqdm(videos, unit="video", desc="library", position=0, dynamic_ncols=True) as bar:  # closed on errors
+            for video in bar:
+                counts[indexer.index(video, video.relative_to(folder).as_posix())] += 1
+    print(f"library {args.library}: {counts['done']} indexed, {counts['skipped']} skipped, "
+          f"{counts['failed']} failed")
+    return 0
+
+
+# ----- list ----------------------------------------------------------------------------------------
+def run_list(args) -> int:
+    with Catalogue(args.library) as catalogue:
+        entries = catalogue.entries()
+        if not entries:
+            print(f"the library {args.library} is empty; index a folder first", file=sys.stderr)
+        width = max((len(e.name) for e in entries), default=0)
+        for e in entries:
+            settings = json.loads(e.settings)
+            model = f"{e.model_name} (kv {settings['config']['capacity']}, {settings['fps']:g} fps, {e.backend})"
+            print(f"{e.name:<{width}}  {_duration(e.duration):>8}  {_size(e.memory_bytes):>9}  {model}  "
+                  f"{e.created[:16].replace('T', ' ')}  {_status(catalogue, e)}")
+    return 0
+
+
+def _status(catalogue: Catalogue, e: Entry) -> str:
+    if e.status == "failed":
+        return f"failed: {e.reason}"
+    if not catalogue.memory_path(e).is_file():
+        return f"missing: its memory file {e.memory} was removed; index the folder again"
+    return "done"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = round(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _size(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _short(name: str, most: int = 24) -> str:
+    return name if len(name) <= most else "..." + name[-(most - 3):]
+
+
+# ----- ask -----------------------------------------------------------------------------------------
+def run_ask(args) -> int:
+    with Catalogue(args.library) as catalogue:
+        def checkpoint(e: Entry) -> tuple[str, str]:  # one session per checkpoint and backend
+            return args.model or e.model_path, e.backend
+
+        entries = sorted(chosen(catalogue.entries("done"), args.video, args.library),
+                         key=lambda e: (*checkpoint(e), e.name))
+        failures = 0
+        for (path, backend), group in groupby(entries, key=checkpoint):  # each memory brings its settings
+            group = list(group)
+            session = _ask_session(args, path, backend, group)
+            for e in group:
+                failures += 1 if session is None else ask_one(session, catalogue, e, args)
+    return EXIT_BAD_INPUT if failures else 0
+
+
+def chosen(entries: list[Entry], video: str | None, library: Path) -> list[Entry]:
+    """The done rows to ask: all, or those whose name, file name or stem is `video`."""
+    if video is not None:
+        entries = [e for e in entries if video in (e.name, Path(e.name).name, Path(e.name).stem)]
+        if not entries:
+            raise UserError(f"no indexed video named {video!r} in {library}; "
+                            "python -m infinipot_mlx.library list shows the names")
+    if not entries:
+        raise UserError(f"no indexed video in {library}; index a folder first")
+    return entries
+
+
+def _ask_session(args, path: str, backend: str, group: list[Entry]):
+    """A session for `group`'s checkpoint, or None (each video's error said) when it cannot open."""
+    from ..config import InfiniPotConfig
+    from ..model_path import resolve_model_path
+
+    settings = json.loads(group[0].settings)  # any memory's: load_memory restores its own
+    try:
+        folder = resolve_model_path(path)
+        return open_session(backend, folder, InfiniPotConfig(**settings["config"]), settings["fps"], args.device)
+    except UserError as err:
+        if args.model:  # the flag itself is wrong: bad input to the command
+            raise
+        for e in group:
+            print(f"error: {e.name}: {one_line(err)}", file=sys.stderr)
+        return None
+
+
+def ask_one(session, catalogue: Catalogue, e: Entry, args) -> int:
+    """Print `NAME: answer` from its memory; 1 (and one error line) when it cannot answer."""
+    from ..answer import STOP_NOTES
+
+    try:
+        session.load_memory(catalogue.memory_path(e))  # checksum, format, model identity checked
+        session.check_question(args.question)
+    except UserError as err:
+        print(f"error: {e.name}: {one_line(err)}", file=sys.stderr)
+        return 1
+    print(f"{e.name}: ", end="", flush=True)
+    session.record_evidence = args.evidence
+    reply = session.ask(args.question, max_tokens=args.max_tokens)
+    try:
+        for piece in reply:
+            print(piece, end="", flush=True)
+    finally:
+        reply.close()  # Ctrl-C goes on to main (exit 130); the memory file is never written here
+    note = STOP_NOTES.get(session.stop_reason)
+    print(f" {note}" if note else "")
+    if args.evidence:
+        from ..evidence import format_moments
+
+        print(f"  {format_moments(session.evidence)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

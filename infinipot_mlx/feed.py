@@ -1,0 +1,177 @@
+"""The frame side of a StreamSession (a mixin of session.StreamSession): videos and frames
+in, blocks out. Frames queue until a block is full; each block makes room under the cap,
+runs the vision tower once and is prefilled at its positions (ALGORITHM.md section 7).
+
+Every slot's source time (its first frame's timestamp, or slot * frames_per_slot / fps
+without timestamps) and video are recorded in `slot_seconds` and `slot_video`, indexed by
+the frame ids the cache labels its rows with; `videos` names each video segment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import plan
+from .errors import UserError
+from .locking import serialized
+from .positions import slot_times, text_positions, video_positions
+
+
+def describe_source(source) -> dict:
+    """{'name', 'content'} of a video source: a file's name and sampled content hash."""
+    from .memories import content_hash
+
+    if isinstance(source, (str, Path)) and Path(source).is_file():
+        return dict(name=Path(source).name, content=content_hash(source))
+    return dict(name=str(source))
+
+
+class VideoFeed:
+    """open_video, add_video, add_frames, flush: what streams frames into the session."""
+
+    _next_video: dict | None = None  # set by add_video for the segment it opens
+
+    def open_video(self, source, max_frames: int | None = None, max_pixels: int | None = None):
+        """A VideoSource of a file, camera index or URL at the session's fps, its frames and
+        the block sized for the cap (fit_frame_size)."""
+        from .video import VideoSource
+
+        video = VideoSource.for_model(source, self.spec, fps=self.fps, max_frames=max_frames)
+        video.frame_size = self.fit_frame_size(video.source_size, max_pixels)
+        return video
+
+    @serialized
+    def add_video(self, source, max_frames: int | None = None, max_pixels: int | None = None) -> None:
+        """Stream a whole video (open_video), block by block, with its frames' own timestamps,
+        as a segment of its own: the memory records its name and content hash."""
+        video = self.open_video(source, max_frames, max_pixels)
+        self.begin_video(source)
+        for block in video.blocks(self.frames_per_block):
+            self.add_frames(block.frames, block.timestamps)
+        self.flush()
+
+    @serialized
+    def begin_video(self, source) -> None:
+        """Start a new video segment for `source` (a file: its name and content hash are
+        recorded): the open segment, if any, is closed first, as a new file's time restarts."""
+        if self.pending:
+            self.flush()
+        self._close_video()
+        self._next_video = describe_source(source)
+
+    @serialized
+    def add_frames(self, frames: np.ndarray, timestamps=None) -> None:
+        """Queue sampled frames (n, H, W, 3) uint8; every full block is encoded and prefilled.
+
+        timestamps: (n,) seconds of each frame (VideoSource's FrameBlock.timestamps); M-RoPE
+        time then follows them. Without them, frames are taken as sampled at `fps`.
+        """
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        self._check_frame_size(frames)
+        stamps = [None] * len(frames) if timestamps is None else [float(t) for t in np.ravel(timestamps)]
+        if len(stamps) != len(frames):
+            raise UserError(f"{len(stamps)} timestamps for {len(frames)} frames")
+        self.pending.extend(zip(frames, stamps))
+        while len(self.pending) >= self.frames_per_block:
+            self._stream_block(self.frames_per_block)
+
+    @serialized
+    def flush(self) -> None:
+        """Encode queued frames that do not fill a block (the last one is repeated to fill a slot)."""
+        if self.pending:
+            self._stream_block(len(self.pending))
+
+    def _check_frame_size(self, frames: np.ndarray) -> None:
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise UserError(f"frames must be (n, H, W, 3) RGB, got shape {frames.shape}")
+        hw = tuple(frames.shape[1:3])
+        step, fixed = self.spec.pixels_per_token, self.spec.frame_size
+        if fixed is not None and hw != tuple(fixed):
+            raise UserError(f"frame size {hw} is not the model's {tuple(fixed)}; resize with "
+                            f"VideoSource(size={tuple(fixed)})")
+        if fixed is None and (hw[0] % step or hw[1] % step):
+            raise UserError(f"frame size {hw} is not a multiple of {step} pixels; resize with VideoSource")
+        if self.frame_hw is not None and hw != self.frame_hw:
+            raise UserError(f"frame size changed from {self.frame_hw} to {hw} within a stream")
+        if self.frame_hw is None:  # choose the block, or reject a cap that cannot hold one, up front
+            self._fit_block(hw)
+            self.frame_hw = hw
+
+    def _open_video(self) -> None:
+        if self.video_start is not None:
+            return
+        self._close_open_answer()
+        if not self.user_turn_open:
+            self._begin_turn()
+            self.add_text(self.spec.pieces.user_open)
+            self.user_turn_open = True
+        self.add_text(self.spec.pieces.video_open)
+        self.video_start, self.segment_slots, self.segment_t0 = self.cache.next_position, 0, None
+        self.videos = [*self.videos, self._next_video or {"name": "frames"}]
+        self._next_video = None
+
+    def _close_video(self) -> None:
+        if self.video_start is not None:
+            self._prefill_video_tail()
+            self.add_text(self.spec.pieces.video_close)
+            self.video_start = None
+
+    def _prefill_video_tail(self) -> None:
+        """Pinned embeddings the model puts once after a video (LLaVA-OV: image_newline)."""
+        embeds = self.adapter.video_close_embeds()  # (1, L, E) or None
+        if embeds is not None:
+            with self._atomic():
+                if not self._make_room(embeds.shape[-2]):
+                    raise plan.CapacityError("no room under the KV cap to close the video; raise --kv-budget")
+                self._renumber_if_needed(embeds.shape[-2])
+                self._forward(embeds, text_positions(self.cache.next_position, embeds.shape[-2],
+                                                     self.spec.position_axes))
+                self.transcript.append("<video_end_embeds>")
+
+    def _stream_block(self, n_frames: int) -> None:
+        """The first n_frames queued frames as one block: make room, vision, prefill (atomic)."""
+        with self._atomic():
+            items, self.pending = self.pending[:n_frames], self.pending[n_frames:]
+            frames = np.stack([f for f, _ in items])
+            pad = -len(frames) % self.spec.frames_per_slot  # repeat the last frame to fill a slot
+            frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)]) if pad else frames
+            self._open_video()
+            grid = self.spec.slot_grid(self.frame_hw)
+            T, S = grid[0] * grid[1], len(frames) // self.spec.frames_per_slot
+            self._room_for_block(S, T)
+            self._renumber_if_needed(S * T)
+            times = self._slot_times([t for _, t in items], S)
+            positions = video_positions(self.spec, self.video_start, self.segment_slots, times, grid)
+            self._check_position_range(positions)
+            with self._timed("vision"):
+                embeds = self.adapter.encode_slots(frames)
+                self.backend.sync(embeds)
+            first = self.counters.slots_seen
+            frame_ids = np.repeat(np.arange(first, first + S, dtype=np.int32), T)  # (S*T,)
+            patch_ids = np.tile(np.arange(T, dtype=np.int32), S)  # (S*T,)
+            with self._timed("prefill"):
+                self._forward(embeds, positions, frame_ids, patch_ids)
+            self.transcript.append(f"<video:{S}x{T}>")
+            self.slot_seconds = [*self.slot_seconds, *(times + (self.segment_t0 or 0.0)).tolist()]
+            self.slot_video = [*self.slot_video, *[len(self.videos) - 1] * S]
+            self.segment_slots += S
+            self.counters.slots_seen += S
+            self.counters.frames_seen += len(items)
+
+    def _slot_times(self, stamps: list[float | None], S: int) -> np.ndarray:
+        """(S,) seconds of each slot's first frame from the segment's first frame.
+
+        Real timestamps when every frame has one; otherwise uniform sampling at `fps`
+        (slot * frames_per_slot / fps, Qwen2.5-VL's own rule).
+        """
+        per = self.spec.frames_per_slot
+        if any(t is None for t in stamps):
+            return slot_times(self.segment_slots, S, per / self.fps)
+        firsts = np.asarray(stamps[::per][:S], np.float64)
+        if self.segment_t0 is None:
+            self.segment_t0 = float(firsts[0])
+        return np.maximum(firsts - self.segment_t0, 0.0)

@@ -1,0 +1,30 @@
+"""One session, many threads: the session's public methods run one at a time.
+
+Frames can be added from a reader or camera thread while another thread asks: add_frames,
+flush, add_video, ask, save, load_memory and reset each hold the session's lock (an RLock,
+so one may call another). An answer holds it from its first token to its last, so frames
+that arrive meanwhile wait and are streamed right after it; consume an answer in the
+thread that started it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+
+def serialized(method):
+    """Run `method` holding `self._lock`."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
+def serialized_generator(method):
+    """Iterate the generator `method` holding `self._lock` until it ends or is closed."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            yield from method(self, *args, **kwargs)
+    return locked
