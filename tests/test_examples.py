@@ -27,7 +27,7 @@ def clip(tmp_path_factory):
 
 def test_every_example_has_a_test():
     tested = {"stream_and_ask.py", "memory_budget.py", "select_step.py", "parity_one_video.py",
-              "save_and_reload.py"}
+              "save_and_reload.py", "live_questions.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -57,3 +57,12 @@ def test_save_and_reload(tiny_qwen_published_dir, clip, tmp_path):
     out = run_example("save_and_reload.py", tiny_qwen_published_dir, clip, memory)
     assert f"saved 12 slots of {clip} to {memory}" in out and memory.is_file()
     assert "\nA: " in out and "\nevidence: 00:" in out
+
+
+def test_live_questions(tiny_qwen_published_dir, tmp_path):
+    clip = videos.sized_video(tmp_path / "live.mp4", 640, 360, n=60, fps=10.0)  # 6 s, played in real time
+    out = run_example("live_questions.py", tiny_qwen_published_dir, clip, "What now?", "And now?")
+    asked = [line for line in out.splitlines() if line.startswith("[")]
+    assert len(asked) == 2 and all("Q: " in line for line in asked)
+    first_in = int(asked[0][1:].split()[0])
+    assert first_in < 12 and "streamed 12 frames" in out  # asked mid-stream; every frame got in

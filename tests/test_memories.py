@@ -224,3 +224,10 @@ def test_chat_load_with_another_model_or_backend_is_exit_2(saved, build_tiny, tm
     assert wrong_model.returncode == 2 and "made with the model" in wrong_model.stderr, wrong_model.stderr
     wrong_backend = chat("--load", saved, "--backend", "reference", "-q", "Hi?")
     assert wrong_backend.returncode == 2 and "--backend mlx" in wrong_backend.stderr, wrong_backend.stderr
+
+
+def test_chat_save_to_an_unwritable_path_is_refused_before_streaming(moving_shapes_mp4, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    out = chat(moving_shapes_mp4, "--save", tmp_path / "file" / "x.mem", "-q", "Hi?")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "choose a writable path" in out.stderr
+    assert "streaming" not in out.stderr  # refused before the model loads or anything streams

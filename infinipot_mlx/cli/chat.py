@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+from pathlib import Path
 
 from .. import _blas  # noqa: F401  (optimized BLAS before mlx)
 from .. import memories
@@ -80,6 +82,11 @@ def check_args(args) -> None:
     if not args.demo and args.video is None and args.load is None:
         raise UserError("give a video (file, camera index or URL), --load MEM (a saved memory), "
                         "or --demo for the offline demo")
+    if args.save is not None:  # found out before streaming, so that nothing streamed is lost
+        folder = Path(args.save).expanduser().resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UserError(f"--save {args.save}: the folder {folder} does not exist or is not writable; "
+                            "choose a writable path")
     if args.load is not None and (args.memory is not None or args.demo):
         raise UserError("--load continues a saved memory with its own settings; drop --memory / --demo")
     for name in ("fps",):
