@@ -31,6 +31,20 @@ def report(err: BaseException) -> int:
     return EXIT_BAD_INPUT
 
 
+def run_command(work, interrupted: str = "interrupted (Ctrl-C)") -> int:
+    """Run a command's `work()` and return its exit code: a UserError is one line and
+    EXIT_BAD_INPUT, Ctrl-C prints `interrupted` and EXIT_INTERRUPTED; anything else is a bug
+    and keeps its traceback."""
+    try:
+        return work()
+    except KeyboardInterrupt:
+        if interrupted:
+            print(f"\n{interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UserError as err:
+        return report(err)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line on stderr (exit 2), naming --help for the usage."""
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import _blas  # noqa: F401  (optimized BLAS before mlx)
 from .. import memories
 from ..config import METHODS
-from ..errors import EXIT_INTERRUPTED, OneLineParser, UserError, report
+from ..errors import OneLineParser, UserError, run_command
 from .console import PromptLines, answer, handle, interactive, stream_frames
 
 DEFAULT_CAPACITY = 6144
@@ -113,14 +113,7 @@ def check_args(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        check_args(args)
-        return run(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted (Ctrl-C)", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except UserError as err:
-        return report(err)
+    return run_command(lambda: check_args(args) or run(args))  # check_args returns None
 
 
 # ----- running a session ---------------------------------------------------------------

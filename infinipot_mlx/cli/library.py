@@ -24,7 +24,7 @@ from itertools import groupby
 from pathlib import Path
 
 from .. import _blas, memories
-from ..errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, OneLineParser, UserError, one_line, report
+from ..errors import EXIT_BAD_INPUT, OneLineParser, UserError, one_line, run_command
 from ..library import Catalogue, Entry, memory_name, model_key, settings_json
 from .chat import DEFAULT_CAPACITY, MIN_PIXELS, model_path
 
@@ -94,15 +94,9 @@ def check_args(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.library = Path(args.library or os.environ.get("INFINIPOT_LIBRARY") or DEFAULT_LIBRARY).expanduser()
-    try:
-        check_args(args)
-        _blas.check_blas()
-        return {"index": run_index, "list": run_list, "ask": run_ask}[args.command](args)
-    except KeyboardInterrupt:
-        print("\ninterrupted (Ctrl-C); what was committed is kept", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except UserError as err:
-        return report(err)
+    commands = {"index": run_index, "list": run_list, "ask": run_ask}
+    return run_command(lambda: check_args(args) or _blas.check_blas() or commands[args.command](args),
+                       interrupted="interrupted (Ctrl-C); what was committed is kept")
 
 
 # ----- index ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import _blas  # first: the optimized BLAS loads before mlx
 from ..config import METHODS
-from ..errors import EXIT_INTERRUPTED, OneLineParser, UserError, report
+from ..errors import OneLineParser, UserError, run_command
 from .chat import MIN_PIXELS
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -111,13 +111,7 @@ def check_args(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        check_args(args)
-        return run(args)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except UserError as err:
-        return report(err)
+    return run_command(lambda: check_args(args) or run(args), interrupted="")  # check_args returns None
 
 
 def run(args) -> int:
