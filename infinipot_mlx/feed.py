@@ -31,7 +31,7 @@ def describe_source(source) -> dict:
 class VideoFeed:
     """open_video, add_video, add_frames, flush: what streams frames into the session."""
 
-    _next_video: dict | None = None  # set by add_video for the segment it opens
+    _next_video: dict | None = None  # set by begin_video for the segment the next frames open
 
     def open_video(self, source, max_frames: int | None = None, max_pixels: int | None = None):
         """A VideoSource of a file, camera index or URL at the session's fps, its frames and

@@ -135,6 +135,7 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
         self.slot_seconds: list[float] = []  # source time of each slot's first frame (frame_ids index it)
         self.slot_video: list[int] = []  # which of `videos` each slot came from
         self.videos: list[dict] = []  # one per video segment: name, content hash (add_video)
+        self._next_video = None  # begin_video names the segment the next frames open
         self.backend.reset_peak_memory()
         self.add_text(self.spec.pieces.system.format(system=self.system_prompt))
         self.n_system = self.cache.n_pinned
