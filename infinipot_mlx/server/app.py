@@ -121,19 +121,23 @@ def _error_handlers(app: FastAPI) -> None:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or a 413 as soon as it passes `limit` bytes."""
-    too_large = ApiError(413, f"the request body is over this server's limit of {limit} bytes "
-                              "(--max-body-bytes); send the video as a file:// path or an http(s) URL",
-                         "request_too_large")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise too_large
+    """The request body, or a 413 when it passes `limit` bytes.
+
+    A body over the limit is still read (and dropped) up to 16 times the limit: a client
+    sends its whole body before it reads the answer, so answering early would cut the
+    connection under it and it would see a broken pipe instead of the 413.
+    """
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > 16 * limit:
+            break
+    if size > limit:
+        raise ApiError(413, f"the request body is over this server's limit of {limit} bytes "
+                            "(--max-body-bytes); send the video as a file:// path or an http(s) URL",
+                       "request_too_large")
     return b"".join(chunks)
 
 
