@@ -42,7 +42,8 @@ def test_a_live_source_drops_the_oldest_frames_when_the_model_is_behind(tmp_path
     assert time.monotonic() - start >= 2.5  # paced at real time, not read at once
     assert reader.dropped > 0 and len(got) + reader.dropped == total
     assert most_queued <= 3 and np.all(np.diff(got) > 0)
-    assert reader.lag() < 1.0  # what the model sees stays close to now
+    lossless_lag = total * 0.25 - 3.0  # had every frame been queued: 0.25 s each, for a 3 s video
+    assert reader.lag() < lossless_lag / 2  # dropping keeps what the model sees close to now
 
 
 def test_frames_from_one_thread_while_another_asks(tiny_qwen_dir):
