@@ -19,13 +19,16 @@ from .locking import serialized
 from .positions import slot_times, text_positions, video_positions
 
 
-def describe_source(source) -> dict:
-    """{'name', 'content'} of a video source: a file's name and sampled content hash."""
+def describe_source(source, name: str | None = None, content: str | None = None) -> dict:
+    """{'name', 'content'} of a video source: a file's name and sampled content hash (either
+    given when the caller knows it already, so a file is not hashed twice)."""
     from .memories import content_hash
 
-    if isinstance(source, (str, Path)) and Path(source).is_file():
-        return dict(name=Path(source).name, content=content_hash(source))
-    return dict(name=str(source))
+    is_file = isinstance(source, (str, Path)) and Path(source).is_file()
+    described = dict(name=name or (Path(source).name if is_file else str(source)))
+    if content or is_file:
+        described["content"] = content or content_hash(source)
+    return described
 
 
 class VideoFeed:
@@ -53,13 +56,14 @@ class VideoFeed:
         self.flush()
 
     @serialized
-    def begin_video(self, source) -> None:
+    def begin_video(self, source, name: str | None = None, content: str | None = None) -> None:
         """Start a new video segment for `source` (a file: its name and content hash are
-        recorded): the open segment, if any, is closed first, as a new file's time restarts."""
+        recorded, or the `name` and `content` hash given): the open segment, if any, is closed
+        first, as a new file's time restarts."""
         if self.pending:
             self.flush()
         self._close_video()
-        self._next_video = describe_source(source)
+        self._next_video = describe_source(source, name, content)
 
     @serialized
     def add_frames(self, frames: np.ndarray, timestamps=None) -> None:
@@ -111,7 +115,7 @@ class VideoFeed:
             self.user_turn_open = True
         self.add_text(self.spec.pieces.video_open)
         self.video_start, self.segment_slots, self.segment_t0 = self.cache.next_position, 0, None
-        self.videos = [*self.videos, self._next_video or {"name": "frames"}]
+        self.videos.append(self._next_video or {"name": "frames"})
         self._next_video = None
 
     def _close_video(self) -> None:
@@ -156,8 +160,8 @@ class VideoFeed:
             with self._timed("prefill"):
                 self._forward(embeds, positions, frame_ids, patch_ids)
             self.transcript.append(f"<video:{S}x{T}>")
-            self.slot_seconds = [*self.slot_seconds, *(times + (self.segment_t0 or 0.0)).tolist()]
-            self.slot_video = [*self.slot_video, *[len(self.videos) - 1] * S]
+            self.slot_seconds.extend((times + (self.segment_t0 or 0.0)).tolist())  # _atomic copies both
+            self.slot_video.extend([len(self.videos) - 1] * S)
             self.segment_slots += S
             self.counters.slots_seen += S
             self.counters.frames_seen += len(items)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -63,23 +64,28 @@ def content_hash(path: str | Path) -> str:
 
 
 def model_identity(model_dir: str | Path) -> dict:
-    """{'name', 'config_sha256', 'weights_sha256'} of a checkpoint folder (module docstring)."""
-    folder = Path(model_dir)
+    """{'name', 'config_sha256', 'weights_sha256'} of a checkpoint folder (module docstring),
+    computed once per process for as long as its files keep their sizes and times."""
+    folder = Path(model_dir).resolve()
+    files = sorted([folder / "config.json", *folder.glob("*.safetensors")])
+    return dict(_identity(folder, tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)))
+
+
+@functools.lru_cache(maxsize=8)
+def _identity(folder: Path, _signature: tuple) -> tuple:
     weights = hashlib.sha256()
     for file in sorted(folder.glob("*.safetensors")):
         weights.update(f"{file.name}:{content_hash(file)}".encode())
-    return dict(name=folder.name, config_sha256=hashlib.sha256((folder / "config.json").read_bytes()).hexdigest(),
-                weights_sha256=weights.hexdigest())
+    return (("name", folder.name), ("config_sha256", hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()),
+            ("weights_sha256", weights.hexdigest()))
 
 
 def identity(session) -> dict:
-    """model_identity of the session's checkpoint folder, computed once per session."""
+    """model_identity of the session's checkpoint folder (MemoryFileError when it has none)."""
     if session.model_dir is None:
         raise MemoryFileError("this session does not know its checkpoint folder, so its memory cannot "
                               "be checked against a model; open it with load(...) or pass model_dir=")
-    if getattr(session, "_model_identity", None) is None:
-        session._model_identity = model_identity(session.model_dir)
-    return session._model_identity
+    return model_identity(session.model_dir)
 
 
 # ----- writing ---------------------------------------------------------------------------------
@@ -199,12 +205,12 @@ def _header(data: bytes) -> dict:
     return json.loads(data[8:8 + length]).get("__metadata__") or {}
 
 
-BACKEND_CLASSES = {"mlx": "MLXBackend", "reference": "TorchBackend"}  # protocols.BACKENDS names
-
-
 def check_backend(meta: dict, backend: str, path) -> None:
-    """MemoryFileError when the memory was made on another backend than `backend` (a name)."""
-    made = {v: k for k, v in BACKEND_CLASSES.items()}.get(meta["backend"], meta["backend"])
+    """MemoryFileError when the memory was made on another backend than `backend` (a name in
+    protocols.BACKENDS)."""
+    from .protocols import BACKENDS
+
+    made = {cls: name for name, (_, cls) in BACKENDS.items()}.get(meta["backend"], meta["backend"])
     if made != backend:
         raise MemoryFileError(f"{path} was made on the {made} backend; open it with --backend {made}")
 
@@ -231,18 +237,18 @@ def check_model(meta: dict, identity: dict, path) -> None:
 
 
 # ----- the session's state -----------------------------------------------------------------------
+_ENCODED = ("pending", "turns", "counters", "frame_hw")  # the parts of StreamSession._STATE that JSON
+# cannot hold as they are: queued frames (a tensor, with their stamps), dataclasses, a tuple
+
+
 def session_state(session) -> dict:
-    """The JSON-able state a continued session needs (the cache's arrays go as tensors)."""
-    counters = dataclasses.asdict(session.counters)
-    return dict(
-        transcript=session.transcript, turns=[dataclasses.astuple(t) for t in session.turns],
-        next_position=session.cache.next_position, n_system=session.n_system,
-        pending_stamps=[t for _, t in session.pending], frame_hw=session.frame_hw,
-        block_slots=session.block_slots, user_turn_open=session.user_turn_open,
-        video_start=session.video_start, segment_slots=session.segment_slots,
-        segment_t0=session.segment_t0, open_answer=session.open_answer, unfed=session.unfed,
-        counters=counters, slot_seconds=session.slot_seconds, slot_video=session.slot_video,
-        videos=session.videos)
+    """The JSON-able state a continued session needs: StreamSession._STATE (the state its
+    transactions restore) and the cache's logical position; the cache's arrays go as tensors."""
+    state = {name: getattr(session, name) for name in session._STATE if name not in _ENCODED}
+    return dict(state, next_position=session.cache.next_position, n_system=session.n_system,
+                pending_stamps=[t for _, t in session.pending], frame_hw=session.frame_hw,
+                turns=[dataclasses.astuple(t) for t in session.turns],
+                counters=dataclasses.asdict(session.counters))
 
 
 def restore(session, meta: dict, tensors: dict) -> None:
@@ -256,18 +262,17 @@ def restore(session, meta: dict, tensors: dict) -> None:
     state = meta["state"]
     session.config = InfiniPotConfig(**meta["config"])
     session.fps = float(meta["fps"])
-    session.reset()
+    session._clear()  # no system-prompt forward: the memory's cache replaces it
     for i, layer in enumerate(session.cache.layers):
         keys, values = (session.backend.from_host_bits(tensors[f"{i}.{n}"], meta["kv_dtype"])
                         for n in ("keys", "values"))
         layer.set_rows(keys, values, *(tensors[f"{i}.{n}"] for n in ("frame", "patch", "pos")))
-    session.cache.next_position = state["next_position"]
+    session.cache.next_position, session.n_system = state["next_position"], state["n_system"]
+    for name in session._STATE:
+        if name not in _ENCODED:
+            setattr(session, name, state[name])
     frames = tensors.get("pending_frames")
     session.pending = [] if frames is None else list(zip(frames, state["pending_stamps"]))
     session.turns = [Turn(*t) for t in state["turns"]]
-    seconds = state["counters"].pop("seconds")
-    session.counters = type(session.counters)(**state["counters"], seconds=seconds)  # StreamStats
+    session.counters = type(session.counters)(**state["counters"])  # StreamStats
     session.frame_hw = None if state["frame_hw"] is None else tuple(state["frame_hw"])
-    for name in ("transcript", "n_system", "block_slots", "user_turn_open", "video_start", "segment_slots",
-                 "segment_t0", "open_answer", "unfed", "slot_seconds", "slot_video", "videos"):
-        setattr(session, name, state[name])

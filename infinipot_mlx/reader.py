@@ -11,6 +11,7 @@ newest frame handed to the model is. Every kept frame carries its own timestamp.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -51,28 +52,27 @@ class FrameReader:
                     self._t0, self._first_ts = time.monotonic(), ts
                 if self.realtime:  # a file shown at its own pace: wait for the frame's moment
                     self._stop.wait(max(0.0, ts - self._first_ts - (time.monotonic() - self._t0)))
-                if self._stop.is_set() or not self._put((ts, frame)):
+                if not self._put((ts, frame)):
                     return
         except BaseException as err:  # a decoding error surfaces in the consuming thread
             self.error = err
         finally:
-            self._put(_END, final=True)
+            self._put(_END)  # when stopped, nobody reads on: chunks() sees the thread end instead
 
-    def _put(self, item, final: bool = False) -> bool:
-        """Queue `item`; False when stopped. Live sources drop their oldest frame for room."""
-        while not self._stop.is_set() or final:
+    def _put(self, item) -> bool:
+        """Queue `item`; False once stopped. A live source drops its oldest frame for room."""
+        while not self._stop.is_set():
             try:
-                self.queue.put(item, timeout=0.05) if not self.live or final else self.queue.put_nowait(item)
+                if self.live:
+                    self.queue.put_nowait(item)
+                else:
+                    self.queue.put(item, timeout=0.05)
                 return True
             except queue.Full:
-                if final and self._stop.is_set():
-                    return False
                 if self.live:
-                    try:
-                        if self.queue.get_nowait() is not _END:
-                            self.dropped += 1  # the oldest frame gives way
-                    except queue.Empty:
-                        pass
+                    with contextlib.suppress(queue.Empty):
+                        self.queue.get_nowait()
+                        self.dropped += 1  # the oldest frame gives way
         return False
 
     # ----- the consuming side ------------------------------------------------------------------

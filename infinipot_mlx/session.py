@@ -117,6 +117,12 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
     @serialized
     def reset(self) -> None:
         """Drop everything and start again from the system prompt."""
+        self._clear()
+        self.add_text(self.spec.pieces.system.format(system=self.system_prompt))
+        self.n_system = self.cache.n_pinned
+
+    def _clear(self) -> None:
+        """An empty cache and a fresh state, with nothing prefilled (reset; a memory load)."""
         self.cache = self.backend.new_cache(self.spec.num_layers)
         self.counters = StreamStats()
         self.kept_log: list[list[np.ndarray]] = []  # per compression, per layer (H, K, 2)
@@ -136,9 +142,9 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
         self.slot_video: list[int] = []  # which of `videos` each slot came from
         self.videos: list[dict] = []  # one per video segment: name, content hash (add_video)
         self._next_video = None  # begin_video names the segment the next frames open
+        self.attention = None  # (per layer (H_kv, n) mass, frame ids) of the last question (evidence)
+        self.evidence = None  # the moments the last answer rests on, when record_evidence
         self.backend.reset_peak_memory()
-        self.add_text(self.spec.pieces.system.format(system=self.system_prompt))
-        self.n_system = self.cache.n_pinned
 
     @property
     def policy(self) -> str:

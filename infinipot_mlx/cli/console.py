@@ -82,7 +82,7 @@ def print_evidence(session) -> None:
     """The moments the last answer rests on (evidence.py), or why there are none."""
     from ..evidence import format_moments
 
-    if getattr(session, "evidence", None) is None:
+    if session.evidence is None:
         print("evidence: ask a question first")
     else:
         print(format_moments(session.evidence))

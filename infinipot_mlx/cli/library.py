@@ -150,7 +150,7 @@ class Indexer:
         if error is None:
             session = self._session()  # a model that cannot load ends the run (exit 2), not this video
             try:
-                duration = self._stream(session, video, name)
+                duration = self._stream(session, video, name, content)
             except UserError as err:  # unreadable video, no room under the cap, ...: this video only
                 error = err
         if error is not None:
@@ -173,13 +173,13 @@ class Indexer:
             return True
         return False
 
-    def _stream(self, session, video: Path, name: str) -> float | None:
+    def _stream(self, session, video: Path, name: str, content: str) -> float | None:
         """Stream one file into the emptied session with a per-video bar; its duration (s)."""
         from tqdm import tqdm
 
         session.reset()
         source = session.open_video(video, max_pixels=self.args.max_pixels)  # sized for the cap
-        session.begin_video(video)  # the memory records its name and content hash
+        session.begin_video(video, content=content)  # hashed once, by _content_key
         total = None if source.duration is None else int(source.duration * session.fps + 0.999)
         bar = tqdm(total=total, unit="frame", desc=_short(name), leave=False, position=1, dynamic_ncols=True)
         try:

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="KV cache capacity of each video memory, tokens per layer (default 6144)")
     budget.add_argument("--memory", default=None, metavar="GB|PCT",
                         help="memory budget (MLX), e.g. 6GB or 60%%: sets each memory's capacity as chat does "
-                             "for 448x448 frames")
+                             "for frames of the default size (448x448, or the model's fixed frame size)")
     p.add_argument("--reserve", type=int, default=512, metavar="TOKENS", help="room kept for a question and its answer")
     p.add_argument("--block-frames", type=int, default=None, metavar="N", help="temporal slots per block (default: auto)")
     p.add_argument("--fps", type=float, default=2.0, help="sampling rate when a request sets none (default 2)")

@@ -15,7 +15,8 @@ or other settings make another row.
 Durability: every write is one transaction; a done row is written only after its memory
 file exists (session.save writes it atomically), so a process killed at any moment leaves
 no row that points at a missing file. A memory file written but not yet recorded has a
-name fixed by its keys (memory_name), so the next run that indexes the video replaces it.
+name fixed by its keys and the video's name (memory_name), so the next run that indexes the
+same video under the same name replaces it; a file left under an old name stays on disk.
 """
 
 from __future__ import annotations

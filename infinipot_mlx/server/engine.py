@@ -130,6 +130,8 @@ class Engine:
     # ----- jobs (each runs on the model thread; worker.py) -----------------------------------
     def run(self, job, events: Events) -> None:
         """Run `job(events)`, turning any exception into an `error` event."""
+        if events.cancelled.is_set():  # the client left while the job waited: nothing to do
+            return
         try:
             job(events)
         except Exception as err:
@@ -274,7 +276,7 @@ class Engine:
                 video.fps = sampling.num_frames / video.duration
             video.max_frames = sampling.num_frames
         video.frame_size = session.fit_frame_size(video.source_size, self.args.max_pixels)
-        session.begin_video(clip.path)  # the memory records its name and content hash
+        session.begin_video(clip.path, clip.name, clip.key)  # hashed once, in media.py
         for block in video.blocks(session.frames_per_block):
             session.add_frames(block.frames, block.timestamps)
 

@@ -10,8 +10,8 @@ in it, as in `chat`'s prompt.
 
 Bytes are the KV bytes each session's cache holds (`session.cache.nbytes`). Named sessions
 count toward the budget but are never evicted (at most `max_sessions` of them; DELETE frees
-one); video memories leave least recently used first. A memory larger than the whole budget
-answers its request and is not held. Only the model thread changes the pool; `snapshot`
+one); video memories leave least recently used first. A memory larger than the budget left
+beside the named sessions answers its request and is not held. Only the model thread changes the pool; `snapshot`
 (for /v1/stats) may run on any thread, under the pool's lock; it reads byte counts the model
 thread recorded, never a session's arrays.
 """

@@ -26,7 +26,7 @@ import numpy as np
 from ...errors import UserError
 from ...pixels import siglip_frames
 from ...specs import ModelSpec
-from .attention import attention_mass
+from .attention import attention_mass, attention_probs
 
 
 class KeyRotation:
@@ -95,9 +95,9 @@ class LlavaOnevisionAdapter:
         if embeds.ndim == 2:
             embeds = embeds[None]  # (1, L, E)
         hidden = self.lm.model(None, cache=cache, input_embeddings=embeds)  # (1, L, E)
-        return self._logits(hidden)
+        return self._last_logits(hidden)
 
-    def _logits(self, hidden: mx.array) -> mx.array:
+    def _last_logits(self, hidden: mx.array) -> mx.array:
         hidden = hidden[:, -1:]  # only the last token's logits are ever used: (1, 1, E)
         if self.lm.config.tie_word_embeddings:
             return self.lm.model.embed_tokens.as_linear(hidden)
@@ -124,5 +124,5 @@ class LlavaOnevisionAdapter:
             q = attn.q_proj(layer.input_layernorm(h)).reshape(1, h.shape[1], attn.n_heads, -1).transpose(0, 2, 1, 3)
             q = attn.rope(q, offset=c.offset)  # before the layer appends: the new tokens' offset
             h = layer(h, mask, c)
-            masses.append(attention_mass(q[:, :, -1], c.keys, attn.scale))
-        return self._logits(model.norm(h)), masses
+            masses.append(attention_mass(attention_probs(q[:, :, -1], c.keys, attn.scale), self.spec.kv_heads))
+        return self._last_logits(model.norm(h)), masses

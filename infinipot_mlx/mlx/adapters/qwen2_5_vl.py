@@ -16,7 +16,7 @@ import numpy as np
 from ...errors import UserError
 from ...pixels import qwen_patchify
 from ...specs import ModelSpec
-from .attention import attention_mass
+from .attention import attention_mass, attention_probs
 
 
 class Qwen2_5_VLAdapter:
@@ -58,9 +58,9 @@ class Qwen2_5_VLAdapter:
         if embeds.ndim == 2:
             embeds = embeds[None]  # (1, L, E)
         hidden = self.lm.model(None, inputs_embeds=embeds, cache=cache, position_ids=position_ids)
-        return self._logits(hidden)
+        return self._last_logits(hidden)
 
-    def _logits(self, hidden: mx.array) -> mx.array:
+    def _last_logits(self, hidden: mx.array) -> mx.array:
         hidden = hidden[:, -1:]  # only the last token's logits are ever used: (1, 1, E)
         if self.lm.args.tie_word_embeddings:
             return self.lm.model.embed_tokens.as_linear(hidden)
@@ -91,5 +91,5 @@ class Qwen2_5_VLAdapter:
             else:
                 q, _ = apply_multimodal_rotary_pos_emb(q, q, *pe, unqueeze_dim=1)
             h = layer(h, mask, c, position_ids, pe)
-            masses.append(attention_mass(q[:, :, -1], c.keys, attn.scale))
-        return self._logits(model.norm(h)), masses
+            masses.append(attention_mass(attention_probs(q[:, :, -1], c.keys, attn.scale), self.spec.kv_heads))
+        return self._last_logits(model.norm(h)), masses
