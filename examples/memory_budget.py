@@ -18,9 +18,9 @@ budget = parse_budget(sys.argv[2] if len(sys.argv) > 2 else "6GB", total_bytes=1
 config = json.loads((model_dir / "config.json").read_text())
 spec = load_spec(model_dir)
 weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
-tokens_per_frame = DEFAULT_FRAME_PIXELS // spec.pixels_per_token**2 if spec.token_grid is None \
+tokens_per_slot = DEFAULT_FRAME_PIXELS // spec.pixels_per_token**2 if spec.token_grid is None \
     else spec.token_grid[0] * spec.token_grid[1]
-plan = plan_from_config(config, budget, weights, tokens_per_frame=tokens_per_frame, block_frames=8,
+plan = plan_from_config(config, budget, weights, tokens_per_slot=tokens_per_slot, block_slots=8,
                         reserve=512, n_pinned=32)
 print(plan.line())
 print(f"capacity {plan.capacity} tokens per layer: InfiniPotConfig(capacity={plan.capacity})")

@@ -16,7 +16,7 @@ from infinipot_mlx.mlx import backend as mlx
 from infinipot_mlx.reference import backend as reference
 
 model_dir, video = sys.argv[1:3] if len(sys.argv) > 2 else ("path/to/hf-checkpoint", "video.mp4")
-config = InfiniPotConfig(capacity=1024, reserve=128, block_frames=2)
+config = InfiniPotConfig(capacity=1024, reserve=128, block_slots=2)
 sessions = [mlx.load(model_dir, config, record_kept=True),
             reference.load(model_dir, config, device="cpu", dtype="float32", record_kept=True)]
 source = sessions[0].open_video(video, max_frames=32)  # read and resized once, for both

@@ -20,8 +20,8 @@ keys = rng.standard_normal((heads, frames * tokens, dim), dtype=np.float32)
 values = rng.standard_normal((heads, frames * tokens, dim), dtype=np.float32)
 keys[:, : 8 * tokens] = keys[:, 24 * tokens:]  # frames 0-7 look like the 8 recent frames: redundant
 
-kept = np.array(select_tokens(keys, values, tokens_per_frame=tokens, keep=24 * tokens))  # (H, K)
-same = np.array_equal(np.sort(kept, 1), np.sort(reference_select_tokens(keys, values, tokens_per_frame=tokens,
+kept = np.array(select_tokens(keys, values, tokens_per_slot=tokens, keep=24 * tokens))  # (H, K)
+same = np.array_equal(np.sort(kept, 1), np.sort(reference_select_tokens(keys, values, tokens_per_slot=tokens,
                                                                          keep=24 * tokens).numpy(), 1))
 per_frame = np.bincount(kept[0] // tokens, minlength=frames)
 print(f"kept {kept.shape[1]} of {keys.shape[1]} tokens per head; MLX and reference agree: {same}")

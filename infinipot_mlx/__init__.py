@@ -2,7 +2,10 @@
 
 The optimized BLAS is loaded before anything imports mlx (Linux; see _blas.py).
 MLX-dependent names are imported lazily so that `infinipot_mlx.reference` works on
-machines with torch and no mlx (for example an NVIDIA Jetson).
+machines with torch and no mlx (for example an NVIDIA Jetson), and so that the command
+lines parse and check their flags before mlx, mlx-vlm, torch or OpenCV is imported (a
+`--help` or a bad flag answers in a fraction of a second). The BLAS is still preloaded
+here, first: nothing imports mlx before this package's __init__ has run.
 """
 
 from ._blas import load_optimized_blas
@@ -11,12 +14,13 @@ load_optimized_blas()
 
 from .config import InfiniPotConfig  # noqa: E402
 
-__all__ = ["InfiniPotConfig", "select_tokens", "StreamSession", "load"]
+__all__ = ["InfiniPotConfig", "select_tokens", "StreamSession", "load", "VideoSource"]
 
 _LAZY = {
     "select_tokens": ("infinipot_mlx.mlx.select", "select_tokens"),
     "StreamSession": ("infinipot_mlx.session", "StreamSession"),
     "load": ("infinipot_mlx.mlx.backend", "load"),
+    "VideoSource": ("infinipot_mlx.video", "VideoSource"),  # imports OpenCV
 }
 
 
@@ -27,3 +31,7 @@ def __getattr__(name):
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'infinipot_mlx' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

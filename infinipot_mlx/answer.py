@@ -99,45 +99,84 @@ class AnswerLoop:
         self.question_logits = self.backend.to_numpy(logits)  # (V,), kept for parity checks
         self.evidence = self._moments() if self.record_evidence else None
         self.stop_reason = "interrupted"
-        shown = ""  # the text yielded so far
+        text = TextStream(tok)
+        token = sampler(logits)  # the next answer token, maybe still being computed
         try:
             for step in range(max_tokens):
-                with self._timed("decode"):
-                    token = sampler(logits)
-                if token in eos:
+                last = step == max_tokens - 1
+                ahead = None if last else self._feed_ahead(token, sampler, eos, len(tail))
+                token_id = int(token)
+                if token_id in eos:
                     self.stop_reason = "eos"
                     break
-                with self._atomic():
-                    reason = self._room_for_token(len(tail))
-                if reason:
-                    self.stop_reason = reason
-                    break
-                answer = self.open_answer + [token]
-                text = tok.decode(answer, skip_special_tokens=True)
-                cut = _first_stop(text, stop)
-                if cut is not None or step == max_tokens - 1:
-                    self.open_answer, self.unfed = answer, token  # fed with the closing piece
-                    self.stop_reason = "max_tokens" if cut is None else "stop"
-                    yield text[:cut][len(shown):]
+                if ahead is None and not last:  # no free room: make it, then feed as it is
+                    with self._atomic():
+                        reason = self._room_for_token(len(tail))
+                    if reason:
+                        self.stop_reason = reason
+                        break
+                    with self._atomic():
+                        ahead = self._feed(token, sampler)
+                shown = len(text.text)
+                piece = text.add(token_id)
+                cut = _first_stop(text.text, stop)
+                if cut is not None:
+                    self.stop_reason = "stop"  # the token is fed: the closing piece follows it
+                    yield text.text[shown:cut]
                     return
-                with self._atomic(), self._timed("decode"):
-                    logits = self._prefill_ids([token])
-                    self.open_answer = answer
-                    self.counters.tokens_decoded += 1
-                if not text.endswith("\ufffd"):  # hold back a partial UTF-8 character
-                    yield text[len(shown):]
-                    shown = text
+                if last:  # not fed: it goes in with the closing piece
+                    self.open_answer, self.unfed = self.open_answer + [token_id], token_id
+                    self.stop_reason = "max_tokens"
+                    yield piece + text.flush()
+                    return
+                if piece:
+                    yield piece
+                token = ahead
             if self.stop_reason == "eos" and self.open_answer:
-                yield tok.decode(self.open_answer, skip_special_tokens=True)[len(shown):]
+                yield text.flush()
         finally:
             self._close_open_answer()
+
+    def _feed_ahead(self, token, sampler, eos: set, tail: int):
+        """Feed `token` while it may still be computing and start the next one (mlx-lm's
+        pipelining), when one more token and the closing piece fit without making room.
+
+        Undone if `token` ends the answer. Returns the next token, or None when nothing was
+        fed (no free room, or the end)."""
+        if not self._room_is_free(1 + tail):
+            return None
+        try:
+            with self._atomic():
+                following = self._feed(token, sampler)
+                if int(token) in eos:  # waits for `token` only; the next forward runs meanwhile
+                    raise Undo
+        except Undo:
+            return None
+        return following
+
+    def _feed(self, token, sampler):
+        """Pin one answer token; returns the token after it (computing, not awaited).
+        The caller makes it a transaction (_atomic)."""
+        with self._timed("decode"):
+            following = sampler(self._prefill_ids(token, wait=False))
+            self.backend.start(following)
+            self.open_answer = self.open_answer + [int(token)]
+            self.counters.tokens_decoded += 1
+        return following
 
     def _moments(self):
         """The moments the question's last token attends to most (evidence.py)."""
         from .evidence import moments
 
-        masses, frame_ids = self.attention
-        return moments(masses, frame_ids, self.slot_seconds, self.slot_video, self.videos)
+        masses, slot_ids = self.attention
+        return moments(masses, slot_ids, self.slot_seconds, self.slot_video, self.videos)
+
+    def _room_is_free(self, n_tokens: int) -> bool:
+        """Whether n_tokens more fit as things are: no compression, turn drop or renumbering."""
+        limit, cache = self.spec.max_positions, self.cache
+        if limit is not None and cache.next_position + n_tokens > limit:
+            return False
+        return not self.config.bounded or cache.n_cached + n_tokens <= self.config.capacity
 
     def _room_for_token(self, tail: int) -> str | None:
         """None when one more answer token and the closing piece fit; else why not."""
@@ -163,6 +202,44 @@ class AnswerLoop:
             text = self.adapter.tokenizer.decode(self.open_answer) + self.spec.pieces.answer_close
             self._prefill_text(text, tail)
             self.open_answer, self.unfed = None, None
+
+
+class Undo(Exception):
+    """Raised inside StreamSession._atomic to undo its block: the end of scratch(), or a
+    token fed ahead that turned out to end the answer."""
+
+
+class TextStream:
+    """Incremental detokenization: each token decodes only the tokens since the last whole
+    character, so an answer costs O(n), not O(n^2); the pieces join to the full decode.
+
+    `prefix` marks the tokens already shown whose text is the context for the next ones
+    (a byte-level BPE token may complete a character begun by the one before).
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.tokens, self.text = tokenizer, [], ""
+        self.prefix = self.read = 0  # tokens[prefix:read] decode to the last shown context
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def add(self, token: int) -> str:
+        """The new text this token completes ("" while a character is unfinished)."""
+        self.tokens.append(token)
+        shown = self._decode(self.tokens[self.prefix:self.read])
+        current = self._decode(self.tokens[self.prefix:])
+        if len(current) <= len(shown) or current.endswith("\ufffd"):
+            return ""
+        piece = current[len(shown):]
+        self.prefix, self.read, self.text = self.read, len(self.tokens), self.text + piece
+        return piece
+
+    def flush(self) -> str:
+        """Whatever is held back (an unfinished character at the end), as the full decode has it."""
+        rest = self._decode(self.tokens)[len(self.text):]
+        self.text += rest
+        return rest
 
 
 def eos_ids(tokenizer, spec) -> list[int]:

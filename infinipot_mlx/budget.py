@@ -13,9 +13,9 @@ The peak memory of a stream is bounded by
     margin  MARGIN_FRACTION of the budget
 
 so that, for a budget B, capacity C = floor((B - margin - R - A) / (kv + c)). A budget whose C
-is below plan.min_capacity (one block, one kept frame, the prompt and the reserve) is refused,
-and the message states the minimum budget. Notation: S slots (frames) per block, T tokens per
-frame, L = S x T, E hidden size, Hq query heads, H_kv KV heads, D head dim, V vocabulary.
+is below plan.min_capacity (one block, one kept slot, the prompt and the reserve) is refused,
+and the message states the minimum budget. Notation: S temporal slots per block, T tokens per
+slot, L = S x T, E hidden size, Hq query heads, H_kv KV heads, D head dim, V vocabulary.
 
 This module is pure arithmetic (numbers and a config.json dict); the MLX side (live probes,
 the measured weights, the limits, the calibration block and plan_session) is memory.py. Sizes print in decimal units (1 GB = 1e9 bytes).
@@ -97,9 +97,9 @@ def kv_bytes_per_token(dims: ModelDims, dtype_bytes: float) -> float:
     return dims.layers * 2 * dims.kv_heads * dims.head_dim * dtype_bytes
 
 
-def vision_block_bytes(dims: ModelDims, slots: int, tokens_per_frame: int, act_bytes: int) -> int:
-    """Vision tower activations for one block of `slots` frames (one encoder layer at a time)."""
-    seq = dims.frame_patches or dims.merge**2 * tokens_per_frame  # patches per frame
+def vision_block_bytes(dims: ModelDims, slots: int, tokens_per_slot: int, act_bytes: int) -> int:
+    """Vision tower activations for one block of `slots` temporal slots (one encoder layer at a time)."""
+    seq = dims.frame_patches or dims.merge**2 * tokens_per_slot  # patches per frame
     patches = slots * seq  # P
     per_patch = (dims.patch_values * (4 + 2 * act_bytes)  # float32 pixels, cast, patch layout
                  + (7 * dims.vision_hidden + 3 * dims.vision_intermediate) * act_bytes  # hidden, qkv, MLP
@@ -140,17 +140,17 @@ class MemoryPlan:
     context_bytes_per_token: int  # c
     margin_bytes: int
     capacity: int  # tokens per layer, pinned + visual
-    tokens_per_frame: int
-    block_frames: int
+    tokens_per_slot: int
+    block_slots: int
     reserve: int
     n_pinned: int
     computed_activation_bytes: int  # A from the config alone
     measured_activation_bytes: int | None = None  # calibration of one real block
 
     @property
-    def frames(self) -> int:
-        """Visual frames the capacity holds after the prompt and the reserve."""
-        return max(0, (self.capacity - self.reserve - self.n_pinned) // self.tokens_per_frame)
+    def slots(self) -> int:
+        """Temporal slots the capacity holds after the prompt and the reserve."""
+        return max(0, (self.capacity - self.reserve - self.n_pinned) // self.tokens_per_slot)
 
     @property
     def kv_bytes(self) -> int:
@@ -165,13 +165,13 @@ class MemoryPlan:
     def line(self) -> str:
         """One line for the CLI."""
         return (f"model {format_bytes(self.weight_bytes)} | KV {format_bytes(self.kv_bytes_per_token)}/token"
-                f" | capacity {self.capacity:,} tokens = {self.frames:,} frames of {self.tokens_per_frame}"
-                f" | block {self.block_frames} frames ({format_bytes(self.activation_bytes)})"
+                f" | capacity {self.capacity:,} tokens = {self.slots:,} slots of {self.tokens_per_slot}"
+                f" | block {self.block_slots} slots ({format_bytes(self.activation_bytes)})"
                 f" | peak <= {format_bytes(self.peak_bytes)} of {format_bytes(self.budget_bytes)}")
 
 
 def make_plan(budget_bytes: int, *, weight_bytes: int, kv_per_token: float, activation_bytes: int,
-              context_per_token: int, tokens_per_frame: int, block_frames: int, reserve: int,
+              context_per_token: int, tokens_per_slot: int, block_slots: int, reserve: int,
               n_pinned: int = 0, resident_bytes: int | None = None,
               computed_activation_bytes: int | None = None,
               measured_activation_bytes: int | None = None) -> MemoryPlan:
@@ -181,23 +181,23 @@ def make_plan(budget_bytes: int, *, weight_bytes: int, kv_per_token: float, acti
     per_token = kv_per_token + context_per_token
     free = budget_bytes - margin - resident - activation_bytes
     capacity = int(free // per_token) if free > 0 else 0
-    needed = min_capacity(tokens_per_frame, block_frames, reserve, n_pinned)
+    needed = min_capacity(tokens_per_slot, block_slots, reserve, n_pinned)
     if capacity < needed:
         minimum = (resident + activation_bytes + needed * per_token) / (1 - MARGIN_FRACTION)
         raise UserError(
             f"a memory budget of {format_bytes(budget_bytes)} cannot hold the model "
-            f"({format_bytes(resident)}), one block of {block_frames} frames x {tokens_per_frame} "
+            f"({format_bytes(resident)}), one block of {block_slots} slots x {tokens_per_slot} "
             f"tokens ({format_bytes(activation_bytes)} of activations) and the smallest usable "
             f"cache ({needed:,} tokens x {format_bytes(per_token)}); the minimum is "
-            f"{_gb(minimum)} GB: raise --memory, or lower --block-frames or --max-pixels")
+            f"{_gb(minimum)} GB: raise --memory, or lower --block-slots or --max-pixels")
     return MemoryPlan(budget_bytes, weight_bytes, resident, kv_per_token, activation_bytes,
-                      context_per_token, margin, capacity, tokens_per_frame, block_frames, reserve,
+                      context_per_token, margin, capacity, tokens_per_slot, block_slots, reserve,
                       n_pinned, computed_activation_bytes or activation_bytes,
                       measured_activation_bytes)
 
 
-def plan_from_config(config: dict, budget_bytes: int, weight_bytes: int, *, tokens_per_frame: int,
-                     block_frames: int = 8, reserve: int = 512, n_pinned: int = 0,
+def plan_from_config(config: dict, budget_bytes: int, weight_bytes: int, *, tokens_per_slot: int,
+                     block_slots: int = 8, reserve: int = 512, n_pinned: int = 0,
                      dtype_bytes: int = 2, scores_materialized: bool = False,
                      resident_bytes: int | None = None,
                      measured_activation_bytes: int | None = None) -> MemoryPlan:
@@ -206,20 +206,20 @@ def plan_from_config(config: dict, budget_bytes: int, weight_bytes: int, *, toke
     Args:
         config: config.json of a Qwen2.5-VL or LLaVA-OneVision checkpoint.
         budget_bytes: B.  weight_bytes: the model's parameter bytes.
-        tokens_per_frame: T.  block_frames: S.  dtype_bytes: KV cache and activation dtype.
+        tokens_per_slot: T.  block_slots: S.  dtype_bytes: KV cache and activation dtype.
         scores_materialized: True where attention scores are materialized (CPU), False where
             attention is fused (Metal).
         measured_activation_bytes: context-free activations measured on one block, or None.
     """
     dims = model_dims(config)
-    block = block_tokens(block_frames, tokens_per_frame)
-    computed = max(vision_block_bytes(dims, block_frames, tokens_per_frame, dtype_bytes),
+    block = block_tokens(block_slots, tokens_per_slot)
+    computed = max(vision_block_bytes(dims, block_slots, tokens_per_slot, dtype_bytes),
                    prefill_block_bytes(dims, block, dtype_bytes))
     return make_plan(
         budget_bytes, weight_bytes=weight_bytes, kv_per_token=kv_bytes_per_token(dims, dtype_bytes),
         activation_bytes=max(computed, measured_activation_bytes or 0),
         context_per_token=context_bytes_per_token(dims, block, dtype_bytes, scores_materialized),
-        tokens_per_frame=tokens_per_frame, block_frames=block_frames, reserve=reserve,
+        tokens_per_slot=tokens_per_slot, block_slots=block_slots, reserve=reserve,
         n_pinned=n_pinned, resident_bytes=resident_bytes, computed_activation_bytes=computed,
         measured_activation_bytes=measured_activation_bytes)
 

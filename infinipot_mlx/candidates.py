@@ -1,23 +1,23 @@
 """Host-side (numpy) bookkeeping of the visual candidates, shared by both backends.
 
 The selection core (scoring.py, select.py and their reference/ mirrors) does its heavy
-math in MLX or torch; everything that only depends on the (frame, patch) metadata is
+math in MLX or torch; everything that only depends on the (slot, patch) metadata is
 computed here once, in numpy, so both backends see exactly the same masks and layouts.
 
 Notation (ALGORITHM.md sections 4-5): H = KV heads, N = visual candidates per head in
-arrival order, T = tokens per frame, F = N // T frames' worth, K = kept tokens,
-K_tar = the TaR share of K. frame_ids/patch_ids are (H, N) integer arrays.
+arrival order, T = tokens per slot, F = N // T slots' worth, K = kept tokens,
+K_tar = the TaR share of K. slot_ids/patch_ids are (H, N) integer arrays.
 
-Recent frames (per head). r = plan.recent_count(F, recent_ratio). The head's frames are
-ranked by frame id, newest first; a frame is whole when all T of its patches are
-present. R is the newest min(r, w) frames, w being the number of newest frames that are
-whole in an unbroken run from the newest one. When even the newest frame is not whole
-(w = 0), R falls back to that newest frame alone, partial as it is.
+Recent slots (per head). r = plan.recent_count(F, recent_ratio). The head's slots are
+ranked by slot id, newest first; a slot is whole when all T of its patches are
+present. R is the newest min(r, w) slots, w being the number of newest slots that are
+whole in an unbroken run from the newest one. When even the newest slot is not whole
+(w = 0), R falls back to that newest slot alone, partial as it is.
 
 Dense grid (VaN pooling). Each head's tokens are scattered into a (G, rows, cols) grid:
-G = the largest number of distinct frame ids present in any head, a head's present
-frames fill the grid's first frame places in frame-id order (frames absent from a head
-leave no gap), and a missing patch or unused trailing frame slot is a hole.
+G = the largest number of distinct slot ids present in any head, a head's present
+slots fill the grid's first slot places in slot-id order (slots absent from a head
+leave no gap), and a missing patch or unused trailing slot places is a hole.
 
 Pooling with holes (pool_layout). A window's mean is sum(present values) / count, where
 count = k_total - (holes inside the grid in that window): a hole adds neither to the sum
@@ -38,18 +38,18 @@ import numpy as np
 from . import plan
 from .config import METHODS
 
-# layer quarter -> (kernel before shrinking, pooled axes): 3 = (frame, row, col),
-# 2 = (row, col) per frame, 1 = the flattened token sequence, 0 = no pooling.
+# layer quarter -> (kernel before shrinking, pooled axes): 3 = (slot, row, col),
+# 2 = (row, col) per slot, 1 = the flattened token sequence, 0 = no pooling.
 POOLING_BY_QUARTER = ((7, 3), (5, 2), (3, 1), (1, 0))
 
 
-def check_request(n_heads: int, n_cand: int, tokens_per_frame: int, keep: int, method: str,
+def check_request(n_heads: int, n_cand: int, tokens_per_slot: int, keep: int, method: str,
                   tar_ratio: float, recent_ratio: float) -> None:
     """Raise ValueError, in a user's terms, for a selection request that cannot be served."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if tokens_per_frame < 1:
-        raise ValueError(f"tokens_per_frame must be a positive integer, got {tokens_per_frame}")
+    if tokens_per_slot < 1:
+        raise ValueError(f"tokens_per_slot must be a positive integer, got {tokens_per_slot}")
     if n_heads < 1 or n_cand < 1:
         raise ValueError(f"there are no visual tokens to select from (H={n_heads}, N={n_cand})")
     if not 0 < keep <= n_cand:
@@ -61,46 +61,46 @@ def check_request(n_heads: int, n_cand: int, tokens_per_frame: int, keep: int, m
         raise ValueError(f"recent_ratio must lie in (0, 1], got {recent_ratio}")
 
 
-def resolve_ids(frame_ids, patch_ids, n_heads: int, n_cand: int,
-                tokens_per_frame: int) -> tuple[np.ndarray, np.ndarray]:
-    """(H, N) int64 frame and patch ids; defaults n // T and n % T; validated.
+def resolve_ids(slot_ids, patch_ids, n_heads: int, n_cand: int,
+                tokens_per_slot: int) -> tuple[np.ndarray, np.ndarray]:
+    """(H, N) int64 slot and patch ids; defaults n // T and n % T; validated.
 
     Args:
-        frame_ids, patch_ids: (H, N) or (N,) integer arrays (any array-like), or both None.
+        slot_ids, patch_ids: (H, N) or (N,) integer arrays (any array-like), or both None.
     Returns:
-        frame_ids, patch_ids: (H, N) np.int64.
+        slot_ids, patch_ids: (H, N) np.int64.
     """
-    if (frame_ids is None) != (patch_ids is None):
-        raise ValueError("pass frame_ids and patch_ids together, or neither")
-    if frame_ids is None:
+    if (slot_ids is None) != (patch_ids is None):
+        raise ValueError("pass slot_ids and patch_ids together, or neither")
+    if slot_ids is None:
         n = np.arange(n_cand, dtype=np.int64)
-        frame_ids, patch_ids = n // tokens_per_frame, n % tokens_per_frame
+        slot_ids, patch_ids = n // tokens_per_slot, n % tokens_per_slot
     shape = (n_heads, n_cand)
     try:
-        frame_ids = np.broadcast_to(np.asarray(frame_ids, dtype=np.int64), shape)
+        slot_ids = np.broadcast_to(np.asarray(slot_ids, dtype=np.int64), shape)
         patch_ids = np.broadcast_to(np.asarray(patch_ids, dtype=np.int64), shape)
     except ValueError:
-        raise ValueError(f"frame_ids and patch_ids must have shape (H, N) = {shape}") from None
-    if frame_ids.min() < 0 or patch_ids.min() < 0 or patch_ids.max() >= tokens_per_frame:
+        raise ValueError(f"slot_ids and patch_ids must have shape (H, N) = {shape}") from None
+    if slot_ids.min() < 0 or patch_ids.min() < 0 or patch_ids.max() >= tokens_per_slot:
         raise ValueError(
-            f"frame ids must be >= 0 and patch ids in [0, {tokens_per_frame}) (tokens_per_frame)")
-    keys = np.sort(frame_ids * tokens_per_frame + patch_ids, axis=1)
+            f"slot ids must be >= 0 and patch ids in [0, {tokens_per_slot}) (tokens_per_slot)")
+    keys = np.sort(slot_ids * tokens_per_slot + patch_ids, axis=1)
     if np.any(keys[:, 1:] == keys[:, :-1]):
-        raise ValueError("a (frame, patch) pair appears twice in one head's candidates")
-    return frame_ids, patch_ids
+        raise ValueError("a (slot, patch) pair appears twice in one head's candidates")
+    return slot_ids, patch_ids
 
 
-def recent_mask(frame_ids: np.ndarray, tokens_per_frame: int, recent_ratio: float) -> np.ndarray:
-    """(H, N) bool: the tokens of each head's recent frames R (module docstring)."""
-    n_heads, n_cand = frame_ids.shape
-    r = plan.recent_count(n_cand // tokens_per_frame, recent_ratio)
-    mask = np.empty(frame_ids.shape, dtype=bool)
+def recent_mask(slot_ids: np.ndarray, tokens_per_slot: int, recent_ratio: float) -> np.ndarray:
+    """(H, N) bool: the tokens of each head's recent slots R (module docstring)."""
+    n_heads, n_cand = slot_ids.shape
+    r = plan.recent_count(n_cand // tokens_per_slot, recent_ratio)
+    mask = np.empty(slot_ids.shape, dtype=bool)
     for h in range(n_heads):  # H is small (KV heads); everything inside is vectorized
-        frames, counts = np.unique(frame_ids[h], return_counts=True)  # ascending ids
-        whole = counts[::-1] == tokens_per_frame  # newest first
+        slots, counts = np.unique(slot_ids[h], return_counts=True)  # ascending ids
+        whole = counts[::-1] == tokens_per_slot  # newest first
         run = len(whole) if whole.all() else int(np.argmin(whole))  # unbroken whole run
         n_recent = min(r, run) if run > 0 else 1
-        mask[h] = frame_ids[h] >= frames[-n_recent]
+        mask[h] = slot_ids[h] >= slots[-n_recent]
     return mask
 
 
@@ -110,65 +110,65 @@ def newest(mask: np.ndarray, count: int) -> np.ndarray:
     return mask & (from_end <= count)
 
 
-def reference_layout(patch_ids: np.ndarray, recent: np.ndarray, tokens_per_frame: int):
+def reference_layout(patch_ids: np.ndarray, recent: np.ndarray, tokens_per_slot: int):
     """Gather plan for TaR's per-patch mean over the recent tokens.
 
-    C is the most recent tokens one (head, patch) holds (r for whole recent frames).
+    C is the most recent tokens one (head, patch) holds (r for whole recent slots).
     Args:
         patch_ids: (H, N) ints. recent: (H, N) bool.
     Returns:
-        src: (H, C, T) int64 flat index h * N + n of the c-th recent token of patch p
-            (0 where the patch has fewer than c + 1 recent tokens).
+        src: (H, C, T) int64 index n (into the head's candidates) of the c-th recent token
+            of patch p (0 where the patch has fewer than c + 1 recent tokens).
         weight: (H, C, T) float32, 1 / (recent tokens of that patch), 0 in the padding.
         rows: (H, N) int64 row h * T + patch of every candidate into a (H * T, D) table.
     """
     n_heads, n_cand = patch_ids.shape
-    rows = np.arange(n_heads, dtype=np.int64)[:, None] * tokens_per_frame + patch_ids
-    counts = np.stack([np.bincount(patch_ids[h, recent[h]], minlength=tokens_per_frame)
+    rows = np.arange(n_heads, dtype=np.int64)[:, None] * tokens_per_slot + patch_ids
+    counts = np.stack([np.bincount(patch_ids[h, recent[h]], minlength=tokens_per_slot)
                        for h in range(n_heads)])  # (H, T)
-    src = np.zeros((n_heads, max(1, int(counts.max())), tokens_per_frame), dtype=np.int64)
+    src = np.zeros((n_heads, max(1, int(counts.max())), tokens_per_slot), dtype=np.int64)
     weight = np.zeros(src.shape, dtype=np.float32)
     for h in range(n_heads):  # H is small; the work inside is vectorized
         n = np.flatnonzero(recent[h])
         n = n[np.argsort(patch_ids[h, n], kind="stable")]  # grouped by patch, arrival order
         p = patch_ids[h, n]
         c = np.arange(len(n)) - (np.cumsum(counts[h]) - counts[h])[p]  # rank within patch
-        src[h, c, p] = h * n_cand + n
+        src[h, c, p] = n
         weight[h, c, p] = 1.0 / counts[h, p]
     return src, weight, rows
 
 
-def grid_shape(tokens_per_frame: int, grid_hw: tuple[int, int] | None) -> tuple[int, int]:
-    """(rows, cols) of a frame's merged grid; inferred for a square T when grid_hw is None."""
+def grid_shape(tokens_per_slot: int, grid_hw: tuple[int, int] | None) -> tuple[int, int]:
+    """(rows, cols) of a slot's merged grid; inferred for a square T when grid_hw is None."""
     if grid_hw is None:
-        side = math.isqrt(tokens_per_frame)
-        if side * side != tokens_per_frame:
+        side = math.isqrt(tokens_per_slot)
+        if side * side != tokens_per_slot:
             raise ValueError(
-                f"VaN pooling needs the frame grid: pass grid_hw=(rows, cols) with "
-                f"rows * cols == {tokens_per_frame} (tokens_per_frame is not a square)")
+                f"VaN pooling needs the slot grid: pass grid_hw=(rows, cols) with "
+                f"rows * cols == {tokens_per_slot} (tokens_per_slot is not a square)")
         return side, side
     rows, cols = (int(x) for x in grid_hw)
-    if rows < 1 or cols < 1 or rows * cols != tokens_per_frame:
-        raise ValueError(f"grid_hw={tuple(grid_hw)} does not hold {tokens_per_frame} tokens per "
-                         "frame; rows * cols must equal tokens_per_frame")
+    if rows < 1 or cols < 1 or rows * cols != tokens_per_slot:
+        raise ValueError(f"grid_hw={tuple(grid_hw)} does not hold {tokens_per_slot} tokens per "
+                         "slot; rows * cols must equal tokens_per_slot")
     return rows, cols
 
 
-def dense_layout(frame_ids: np.ndarray, patch_ids: np.ndarray,
-                 tokens_per_frame: int) -> tuple[np.ndarray, int]:
+def dense_layout(slot_ids: np.ndarray, patch_ids: np.ndarray,
+                 tokens_per_slot: int) -> tuple[np.ndarray, int]:
     """Where each candidate sits in the flattened dense (G, rows, cols) grid.
 
     Returns:
         cells: (H, N) int64 index into the flattened G * T grid of its head.
-        n_frames: G, the grid's frame extent (the most frames present in one head).
+        n_slots: G, the grid's slot extent (the most slots present in one head).
     """
-    cells = np.empty(frame_ids.shape, dtype=np.int64)
-    n_frames = 1
-    for h in range(frame_ids.shape[0]):  # H is small; np.unique sorts the head's frame ids
-        frames, rank = np.unique(frame_ids[h], return_inverse=True)
-        cells[h] = rank.reshape(-1) * tokens_per_frame + patch_ids[h]
-        n_frames = max(n_frames, len(frames))
-    return cells, n_frames
+    cells = np.empty(slot_ids.shape, dtype=np.int64)
+    n_slots = 1
+    for h in range(slot_ids.shape[0]):  # H is small; np.unique sorts the head's slot ids
+        slots, rank = np.unique(slot_ids[h], return_inverse=True)
+        cells[h] = rank.reshape(-1) * tokens_per_slot + patch_ids[h]
+        n_slots = max(n_slots, len(slots))
+    return cells, n_slots
 
 
 def pool_kernel(layer_idx: int, num_layers: int, view: tuple[int, ...]) -> tuple[int, ...]:
@@ -211,20 +211,20 @@ class PoolLayout:
         return math.prod(self.view)
 
 
-def pool_layout(frame_ids: np.ndarray, patch_ids: np.ndarray, grid_hw: tuple[int, int],
+def pool_layout(slot_ids: np.ndarray, patch_ids: np.ndarray, grid_hw: tuple[int, int],
                 layer_idx: int, num_layers: int) -> PoolLayout | None:
     """The pooling plan of one layer, None in the last quarter (no pooling).
 
     Args:
-        frame_ids, patch_ids: (H, N) ints. grid_hw: (rows, cols) of a frame.
+        slot_ids, patch_ids: (H, N) ints. grid_hw: (rows, cols) of a slot.
         layer_idx, num_layers: choose the kernel by quarter (pool_kernel).
     """
     rows, cols = grid_hw
-    cells, n_frames = dense_layout(frame_ids, patch_ids, rows * cols)
-    kernel = pool_kernel(layer_idx, num_layers, (n_frames, rows, cols))
+    cells, n_slots = dense_layout(slot_ids, patch_ids, rows * cols)
+    kernel = pool_kernel(layer_idx, num_layers, (n_slots, rows, cols))
     if not kernel:
         return None
-    view = (n_frames, rows, cols) if len(kernel) > 1 else (n_frames * rows * cols,)
+    view = (n_slots, rows, cols) if len(kernel) > 1 else (n_slots * rows * cols,)
     holes = np.ones((cells.shape[0], math.prod(view)), dtype=np.int64)
     np.put_along_axis(holes, cells, 0, axis=1)  # (H, G*T): 1 at in-grid cells without a token
     holes = window_sum(holes.reshape(-1, *view), kernel).reshape(len(cells), -1)

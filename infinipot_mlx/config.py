@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .deprecated import accepts_old_names, old_name
 from .errors import UserError
 from .plan import DEFAULT_BLOCK_SLOTS, check_keep, keep_target, block_tokens
 
@@ -33,19 +34,19 @@ class InfiniPotConfig:
     Args:
         capacity: hard cap on cached tokens per layer (pinned + visual); None only for
             method "full" (no cap).
-        block_frames: frames (temporal slots) prefilled per block; None (the default)
-            chooses the largest block that keeps at least as many frames as it brings,
+        block_slots: temporal slots prefilled per block; None (the default)
+            chooses the largest block that keeps at least as many slots as it brings,
             up to 8 (plan.auto_block_slots), once the frame size is known.
         reserve: tokens kept free for a question and its answer.
         method: one of METHODS.
         tar_ratio: share of K chosen by TaR (1 = TaR only, 0 = VaN only).
-        recent_ratio: share of the cached frames used as TaR's recent reference.
+        recent_ratio: share of the cached slots used as TaR's recent reference.
         van_pooling: layer-adaptive average pooling of the VaN map.
         position_policy: "absolute", "compact", or "auto" (the model's default).
     """
 
     capacity: int | None = 6144
-    block_frames: int | None = None
+    block_slots: int | None = None
     reserve: int = 512
     method: str = "infinipot_v"
     tar_ratio: float = 0.5
@@ -61,8 +62,8 @@ class InfiniPotConfig:
                 f"unknown position policy {self.position_policy!r}; "
                 f"choose one of {', '.join(POSITION_POLICIES)}"
             )
-        _require(self.block_frames is None or (isinstance(self.block_frames, int) and self.block_frames >= 1),
-                 f"block_frames must be a positive integer, got {self.block_frames!r}")
+        _require(self.block_slots is None or (isinstance(self.block_slots, int) and self.block_slots >= 1),
+                 f"block_slots must be a positive integer, got {self.block_slots!r}")
         _require(isinstance(self.reserve, int) and self.reserve >= 0,
                  f"reserve must be a non-negative integer, got {self.reserve!r}")
         _require(0.0 <= self.tar_ratio <= 1.0, f"tar_ratio must lie in [0, 1], got {self.tar_ratio}")
@@ -76,17 +77,22 @@ class InfiniPotConfig:
                      f"capacity must be an integer above the reserve ({self.reserve} tokens), "
                      f"got {self.capacity!r}")
 
+    block_frames = old_name("block_frames")  # the name before 0.2
+
     @property
     def bounded(self) -> bool:
         """False for the uncompressed reference point (method full)."""
         return METHODS[self.method].bounded
 
-    def check_fits(self, tokens_per_frame: int, n_pinned: int = 0) -> None:
-        """Raise ValueError if the capacity cannot hold one block and one kept frame."""
+    def check_fits(self, tokens_per_slot: int, n_pinned: int = 0) -> None:
+        """Raise ValueError if the capacity cannot hold one block and one kept slot."""
         if not self.bounded:
             return
-        incoming = block_tokens(self.block_frames or DEFAULT_BLOCK_SLOTS, tokens_per_frame)
-        check_keep(keep_target(self.capacity, self.reserve, n_pinned, incoming), tokens_per_frame)
+        incoming = block_tokens(self.block_slots or DEFAULT_BLOCK_SLOTS, tokens_per_slot)
+        check_keep(keep_target(self.capacity, self.reserve, n_pinned, incoming), tokens_per_slot)
+
+
+InfiniPotConfig.__init__ = accepts_old_names(InfiniPotConfig.__init__)  # block_frames= (before 0.2)
 
 
 def _require(condition: bool, message: str) -> None:

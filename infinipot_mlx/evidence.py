@@ -35,24 +35,24 @@ class Moment:
         return (f"{hours}:" if hours else "") + f"{rest // 60:02d}:{rest % 60:02d}"
 
 
-def slot_mass(masses: list[np.ndarray], frame_ids: list[np.ndarray], n_slots: int) -> np.ndarray:
+def slot_mass(masses: list[np.ndarray], slot_ids: list[np.ndarray], n_slots: int) -> np.ndarray:
     """(F,) attention mass per slot, over layers and heads.
 
     Args:
         masses: per layer (H_kv, n) mass of each cached row (forward_attending).
-        frame_ids: per layer (H_kv, n) the rows' frame ids, -1 for pinned text.
+        slot_ids: per layer (H_kv, n) the rows' frame ids, -1 for pinned text.
     """
     total = np.zeros(n_slots, np.float64)
-    for mass, frames in zip(masses, frame_ids):
+    for mass, frames in zip(masses, slot_ids):
         visual = frames >= 0
         total += np.bincount(frames[visual], weights=mass[visual], minlength=n_slots)[:n_slots]
     return total
 
 
-def moments(masses, frame_ids, slot_seconds: list[float], slot_video: list[int], videos: list[dict],
+def moments(masses, slot_ids, slot_seconds: list[float], slot_video: list[int], videos: list[dict],
             top: int = 3) -> list[Moment]:
     """The `top` slots with the most attention mass, most first (empty with no video kept)."""
-    per_slot = slot_mass(masses, frame_ids, len(slot_seconds))
+    per_slot = slot_mass(masses, slot_ids, len(slot_seconds))
     whole = per_slot.sum()
     if whole <= 0:
         return []
@@ -76,7 +76,7 @@ def retained(session) -> tuple[np.ndarray, np.ndarray]:
     bins = np.arange(int(np.floor(seconds.max())) + 1 if len(seconds) else 1)
     kept = np.zeros((len(session.cache.layers), len(bins)))
     for i, layer in enumerate(session.cache.layers):
-        frames = layer.frame_ids  # (H_kv, n)
+        frames = layer.slot_ids  # (H_kv, n)
         visual = frames[frames >= 0]
         if len(visual):
             kept[i] = np.bincount(np.floor(seconds[visual]).astype(int), minlength=len(bins))[: len(bins)]

@@ -155,10 +155,10 @@ class VideoFeed:
                 embeds = self.adapter.encode_slots(frames)
                 self.backend.sync(embeds)
             first = self.counters.slots_seen
-            frame_ids = np.repeat(np.arange(first, first + S, dtype=np.int32), T)  # (S*T,)
+            slot_ids = np.repeat(np.arange(first, first + S, dtype=np.int32), T)  # (S*T,)
             patch_ids = np.tile(np.arange(T, dtype=np.int32), S)  # (S*T,)
             with self._timed("prefill"):
-                self._forward(embeds, positions, frame_ids, patch_ids)
+                self._forward(embeds, positions, slot_ids, patch_ids)
             self.transcript.append(f"<video:{S}x{T}>")
             self.slot_seconds.extend((times + (self.segment_t0 or 0.0)).tolist())  # _atomic copies both
             self.slot_video.extend([len(self.videos) - 1] * S)

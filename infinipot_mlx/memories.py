@@ -3,7 +3,7 @@ exactly (ALGORITHM.md section 11).
 
 A memory file is safetensors (as mlx-lm's save_prompt_cache writes prompt caches): one
 tensor group per layer, `{layer}.keys` and `{layer}.values` (1, H, n, D) as stored (after
-RoPE; bfloat16 travels bit for bit as uint16), `{layer}.frame`, `.patch`, `.pos` (H, n)
+RoPE; bfloat16 travels bit for bit as uint16), `{layer}.slot`, `.patch`, `.pos` (H, n)
 int32 row labels, `pending_frames` (queued frames of an unfinished block), and string
 metadata: `format`, `version`, and `infinipot`, one JSON object holding everything else:
 
@@ -38,7 +38,8 @@ import numpy as np
 
 from .errors import UserError
 
-FORMAT, VERSION = "infinipot-memory", 1
+FORMAT, VERSION = "infinipot-memory", 2
+READABLE = ("1", "2")  # version 1 named the slot labels `{layer}.frame` and config block_frames
 _SAMPLES, _CHUNK = 64, 1 << 16  # content_hash reads 64 chunks of 64 KiB, whatever the size
 
 
@@ -97,7 +98,7 @@ def save(session, path: str | Path) -> Path:
     model = identity(session)
     tensors, kv_dtype = {}, None
     for i, layer in enumerate(session.cache.layers):
-        rows = layer.rows()  # keys, values (backend arrays), frame, patch, pos (host)
+        rows = layer.rows()  # keys, values (backend arrays), slot, patch, pos (host)
         for name in ("keys", "values"):
             rows[name], kv_dtype = session.backend.to_host_bits(rows[name])
         tensors.update({f"{i}.{name}": np.ascontiguousarray(a) for name, a in rows.items()})
@@ -187,9 +188,10 @@ def read(path: str | Path) -> tuple[dict, dict]:
     if header.get("format") != FORMAT:
         raise MemoryFileError(f"{path} is a safetensors file but not an infinipot memory; "
                               "pass a file written by --save or session.save()")
-    if header.get("version") != str(VERSION):
+    if header.get("version") not in READABLE:
         raise MemoryFileError(f"{path} is a version {header.get('version')} memory file; this "
-                              f"infinipot_mlx reads version {VERSION}: save it again with this version")
+                              f"infinipot_mlx reads versions {', '.join(READABLE)}: save it again "
+                              "with this version")
     try:
         meta = json.loads(header["infinipot"])
     except (KeyError, json.JSONDecodeError):
@@ -197,7 +199,16 @@ def read(path: str | Path) -> tuple[dict, dict]:
     if meta.get("sha256") != _checksum(tensors, meta):
         raise MemoryFileError(f"{path} fails its checksum (the file was changed or damaged "
                               "after it was written); save it again")
+    if header["version"] == "1":
+        _upgrade_v1(meta, tensors)
     return meta, tensors
+
+
+def _upgrade_v1(meta: dict, tensors: dict) -> None:
+    """Version 1 used the authors' word "frame" for a temporal slot; rename in place."""
+    for name in [n for n in tensors if n.endswith(".frame")]:
+        tensors[name[: -len("frame")] + "slot"] = tensors.pop(name)
+    meta["config"]["block_slots"] = meta["config"].pop("block_frames", None)
 
 
 def _header(data: bytes) -> dict:
@@ -266,7 +277,7 @@ def restore(session, meta: dict, tensors: dict) -> None:
     for i, layer in enumerate(session.cache.layers):
         keys, values = (session.backend.from_host_bits(tensors[f"{i}.{n}"], meta["kv_dtype"])
                         for n in ("keys", "values"))
-        layer.set_rows(keys, values, *(tensors[f"{i}.{n}"] for n in ("frame", "patch", "pos")))
+        layer.set_rows(keys, values, *(tensors[f"{i}.{n}"] for n in ("slot", "patch", "pos")))
     session.cache.next_position, session.n_system = state["next_position"], state["n_system"]
     for name in session._STATE:
         if name not in _ENCODED:

@@ -27,7 +27,7 @@ class Adapter(Protocol):
     def encode_slots(self, frames: np.ndarray) -> Any:
         """Vision tower on one block: (n, H, W, 3) uint8 -> (S*T, E) embeddings."""
 
-    def embed_tokens(self, ids: list[int]) -> Any:
+    def embed_tokens(self, ids: Any) -> Any:
         """Token ids -> (1, L, E) embeddings."""
 
     def forward(self, embeds: Any, positions: np.ndarray, cache: Any) -> Any:
@@ -70,8 +70,12 @@ class Backend(Protocol):
     def from_host_bits(self, a: np.ndarray, name: str) -> Any:
         """The inverse of to_host_bits, on the backend's device."""
 
-    def make_sampler(self, temperature: float, top_p: float) -> Callable[[Any], int]:
-        """logits (V,) -> a token id: greedy at temperature 0."""
+    def make_sampler(self, temperature: float, top_p: float) -> Callable[[Any], Any]:
+        """logits (V,) -> a token id: greedy at temperature 0. It may be a backend scalar
+        still computing; int() gives the id."""
+
+    def start(self, *arrays: Any) -> None:
+        """Begin computing arrays without waiting for them (MLX; eager backends do nothing)."""
 
     def eos_ids(self, tokenizer: Any, spec: Any) -> list[int]:
         """The token ids that end an answer (answer.eos_ids)."""

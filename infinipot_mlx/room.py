@@ -11,9 +11,9 @@ when to compress and what else may give way; the cache only stores.
   template pieces leave the cache; its video tokens stay and compete in later
   compressions. The system prompt (turn 0) and the open turn always stay.
 - Without a configured block, the block is the largest (up to 8 slots) that keeps at least
-  as many frames as it brings (plan.auto_block_slots). Without an explicit max_pixels,
+  as many slots as it brings (plan.auto_block_slots). Without an explicit max_pixels,
   frames are 448 x 448-class (specs.DEFAULT_FRAME_PIXELS) and shrink further until a
-  block and one kept frame fit; only an explicit impossible combination is refused.
+  block and one kept slot fit; only an explicit impossible combination is refused.
 
 A turn is counted in pinned tokens: the k-th pinned slot of every head is the same text
 token (pinned tokens are never compressed), so a turn is a range of pinned ranks.
@@ -29,26 +29,34 @@ from . import plan
 from .specs import DEFAULT_FRAME_PIXELS
 
 
-def compress_layers(cache, select, keep: int, tokens_per_frame: int, config, grid_hw: tuple[int, int],
-                    to_numpy=None) -> list:
+def compress_layers(cache, backend, keep: int, tokens_per_slot: int, config, grid_hw: tuple[int, int],
+                    record: bool = False) -> list:
     """The compression step (ALGORITHM.md sections 4-5): keep `keep` visual tokens per head in
-    every layer that holds more, with the backend's `select` (select_tokens).
+    every layer that holds more, with the backend's select_tokens.
 
-    The session's compress() and `bench kv` run exactly this. Returns, when `to_numpy` is
-    given, the kept (frame, patch) pairs of every compressed layer, (H, K, 2) each.
+    Every layer's selection is one graph, started at once (MLX computes it without a host
+    round trip per layer); then each layer keeps its rows, a gather the caller's sync runs.
+    The session's compress() and the benchmarks run exactly this. Returns, when `record`,
+    the kept (slot, patch) pairs of every compressed layer, (H, K, 2) each.
     """
-    kept_sets = []
+    chosen = []
     for layer_idx, layer in enumerate(cache.layers):
-        _, keys, values, frame_ids, patch_ids = layer.visual()  # (H, N, D), labels (H, N)
+        _, keys, values, slot_ids, patch_ids = layer.visual()  # (H, N, D), labels (H, N)
         if keys.shape[1] <= keep:
             continue
-        kept = select(keys, values, tokens_per_frame=tokens_per_frame, keep=keep, method=config.method,
-                      tar_ratio=config.tar_ratio, recent_ratio=config.recent_ratio, frame_ids=frame_ids,
-                      patch_ids=patch_ids, van_pooling=config.van_pooling, layer_idx=layer_idx,
-                      num_layers=len(cache.layers), grid_hw=grid_hw)  # (H, K)
-        if to_numpy is not None:
-            kept_np = to_numpy(kept)
-            kept_sets.append(np.stack([np.take_along_axis(frame_ids, kept_np, 1),
+        kept = backend.select_tokens(
+            keys, values, tokens_per_slot=tokens_per_slot, keep=keep, method=config.method,
+            tar_ratio=config.tar_ratio, recent_ratio=config.recent_ratio, slot_ids=slot_ids,
+            patch_ids=patch_ids, van_pooling=config.van_pooling, layer_idx=layer_idx,
+            num_layers=len(cache.layers), grid_hw=grid_hw)  # (H, K)
+        chosen.append((layer, kept, slot_ids, patch_ids))
+    if chosen:
+        backend.start(*(kept for _, kept, _, _ in chosen))
+    kept_sets = []
+    for layer, kept, slot_ids, patch_ids in chosen:
+        if record:
+            kept_np = backend.to_numpy(kept)
+            kept_sets.append(np.stack([np.take_along_axis(slot_ids, kept_np, 1),
                                        np.take_along_axis(patch_ids, kept_np, 1)], -1))
         layer.compress(kept)
     return kept_sets
@@ -124,7 +132,7 @@ class RoomKeeper:
 
         The default per-frame budget is DEFAULT_FRAME_PIXELS (448 x 448), within the
         checkpoint's video limits. Without an explicit max_pixels, frames shrink further
-        until a block and one kept frame fit under the cap; an explicit max_pixels is kept
+        until a block and one kept slot fit under the cap; an explicit max_pixels is kept
         as given. Raises plan.CapacityError (with the numbers and the fixes) when nothing fits.
         Once frames have been streamed, every later video is resized to the same frame size
         (a slot's token grid must not change within a session; reset() forgets it).
@@ -145,7 +153,7 @@ class RoomKeeper:
 
             hw = resize(limit)
             if max_pixels is None and self.config.bounded:
-                most = self._visual_room() // ((self.config.block_frames or 1) + 1)  # tokens a slot may take
+                most = self._visual_room() // ((self.config.block_slots or 1) + 1)  # tokens a slot may take
                 if spec.tokens_per_slot(hw) > most >= 1:
                     hw = resize(most * step * step)
         self._fit_block(hw)
@@ -164,10 +172,10 @@ class RoomKeeper:
         """Choose the block (plan.auto_block_slots) unless configured; refuse what cannot fit."""
         T, cfg = self.spec.tokens_per_slot(hw), self.config
         if not cfg.bounded:
-            self.block_slots = cfg.block_frames or plan.DEFAULT_BLOCK_SLOTS
+            self.block_slots = cfg.block_slots or plan.DEFAULT_BLOCK_SLOTS
             return
         room = self._visual_room()
-        slots = cfg.block_frames or plan.auto_block_slots(room, T)
+        slots = cfg.block_slots or plan.auto_block_slots(room, T)
         if slots < 1 or room - slots * T < T:
             pinned = cfg.capacity - cfg.reserve - room
             raise plan.does_not_fit(cfg.capacity, cfg.reserve, pinned, max(slots, 1), T,

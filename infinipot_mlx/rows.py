@@ -2,7 +2,7 @@
 a layer's key/value buffer, per head (a temporal *slot* is something else: ALGORITHM.md section 12).
 
 Notation: H = KV heads, n = stored rows per head, N = visual candidates per head,
-K = kept visual tokens, L = tokens of one update. A row's (frame, patch) label is -1
+K = kept visual tokens, L = tokens of one update. A row's (slot, patch) label is -1
 for a pinned (text) row; rows are in arrival order per head.
 """
 
@@ -10,79 +10,90 @@ from __future__ import annotations
 
 import numpy as np
 
-PINNED = -1  # frame/patch id of a pinned (text) row
+from .deprecated import old_name
+
+PINNED = -1  # slot/patch id of a pinned (text) row
 
 
-def check_labels(frame_ids, patch_ids) -> tuple[np.ndarray, np.ndarray]:
+def check_labels(slot_ids, patch_ids) -> tuple[np.ndarray, np.ndarray]:
     """Validate the labels of a chunk of tokens.
 
     Args:
-        frame_ids: (L,) ints, -1 for pinned tokens.
+        slot_ids: (L,) ints, -1 for pinned tokens.
         patch_ids: (L,) ints, -1 for pinned tokens.
     Returns:
-        frame_ids, patch_ids as int32 arrays (L,).
+        slot_ids, patch_ids as int32 arrays (L,).
     """
-    frame_ids = np.asarray(frame_ids, dtype=np.int32).reshape(-1)
+    slot_ids = np.asarray(slot_ids, dtype=np.int32).reshape(-1)
     patch_ids = np.asarray(patch_ids, dtype=np.int32).reshape(-1)
-    if frame_ids.shape != patch_ids.shape:
-        raise ValueError(f"frame_ids {frame_ids.shape} and patch_ids {patch_ids.shape} differ in length.")
-    if np.any((frame_ids < 0) != (patch_ids < 0)):
-        raise ValueError("A token is pinned (-1) in frame_ids but not in patch_ids, or the reverse.")
-    return frame_ids, patch_ids
+    if slot_ids.shape != patch_ids.shape:
+        raise ValueError(f"slot_ids {slot_ids.shape} and patch_ids {patch_ids.shape} differ in length.")
+    if np.any((slot_ids < 0) != (patch_ids < 0)):
+        raise ValueError("A token is pinned (-1) in slot_ids but not in patch_ids, or the reverse.")
+    return slot_ids, patch_ids
 
 
-def visual_rows(frame_ids: np.ndarray) -> np.ndarray:
+def visual_rows(slot_ids: np.ndarray) -> np.ndarray:
     """Row indices of the visual (non-pinned) rows of each head, in arrival order.
 
     Args:
-        frame_ids: (H, n) int, -1 marks pinned rows.
+        slot_ids: (H, n) int, -1 marks pinned rows.
     Returns:
         (H, N) int64 row indices, ascending per head.
     """
-    pinned = frame_ids < 0  # (H, n)
+    pinned = slot_ids < 0  # (H, n)
     n_visual = pinned.shape[1] - int(pinned[0].sum()) if pinned.size else 0
     assert np.all(pinned.sum(axis=1) == pinned.shape[1] - n_visual), "heads hold different pinned counts"
     return np.argsort(pinned, axis=1, kind="stable")[:, :n_visual]
 
 
-def kept_rows(frame_ids: np.ndarray, kept) -> np.ndarray:
+def run_start(rows: np.ndarray) -> int | None:
+    """a when every head's rows (H, N) are the one run a, a+1, ..., a+N-1, else None: the
+    visual rows are then a slice of the buffers (a view), not a gather."""
+    if rows.size == 0:
+        return None
+    start = int(rows[0, 0])
+    return start if np.array_equal(rows, np.broadcast_to(np.arange(start, start + rows.shape[1]), rows.shape)) else None
+
+
+def kept_rows(slot_ids: np.ndarray, kept) -> np.ndarray:
     """Rows that survive a compression: every pinned row plus the kept visual ones.
 
     Args:
-        frame_ids: (H, n) int, -1 marks pinned rows.
+        slot_ids: (H, n) int, -1 marks pinned rows.
         kept: (H, K) indices into the visual candidates (visual_rows order).
     Returns:
         (H, n_pinned + K) int64 row indices, ascending (arrival order) per head.
     """
     kept = np.asarray(kept, dtype=np.int64)
-    visual = visual_rows(frame_ids)  # (H, N)
+    visual = visual_rows(slot_ids)  # (H, N)
     n_heads, n_visual = visual.shape
     if kept.ndim != 2 or kept.shape[0] != n_heads:
         raise ValueError(f"kept must be (H={n_heads}, K) indices, got shape {kept.shape}.")
     if kept.size and (kept.min() < 0 or kept.max() >= n_visual):
         raise ValueError(f"kept indices must lie in [0, {n_visual}) (the visual candidates).")
-    keep = frame_ids < 0  # (H, n) pinned rows always survive
+    keep = slot_ids < 0  # (H, n) pinned rows always survive
     np.put_along_axis(keep, np.take_along_axis(visual, kept, axis=1), True, axis=1)
     counts = keep.sum(axis=1)  # (H,) equal across heads unless kept repeats an index
-    assert np.all(counts == frame_ids.shape[1] - n_visual + kept.shape[1]), f"duplicate kept: {counts}"
+    assert np.all(counts == slot_ids.shape[1] - n_visual + kept.shape[1]), f"duplicate kept: {counts}"
     return np.nonzero(keep)[1].reshape(n_heads, -1)  # row-major, so ascending per head
 
 
-def rows_without_pinned(frame_ids: np.ndarray, start: int, stop: int) -> np.ndarray:
+def rows_without_pinned(slot_ids: np.ndarray, start: int, stop: int) -> np.ndarray:
     """Rows that survive dropping the pinned rows of rank [start, stop) (arrival order).
 
     Every head holds the same pinned tokens in the same order, so the k-th pinned row of
     each head is the same text token.
 
     Args:
-        frame_ids: (H, n) int, -1 marks pinned rows.
+        slot_ids: (H, n) int, -1 marks pinned rows.
     Returns:
         (H, n - (stop - start)) int64 row indices, ascending per head.
     """
-    pinned = frame_ids < 0  # (H, n)
+    pinned = slot_ids < 0  # (H, n)
     rank = np.cumsum(pinned, axis=1) - 1  # (H, n) rank of each pinned row among the pinned
     keep = ~(pinned & (rank >= start) & (rank < stop))
-    return np.nonzero(keep)[1].reshape(frame_ids.shape[0], -1)
+    return np.nonzero(keep)[1].reshape(slot_ids.shape[0], -1)
 
 
 class LayerStack:
@@ -113,7 +124,7 @@ class LayerStack:
 
     @property
     def n_pinned(self) -> int:
-        return int((self.layers[0].frame_ids[0] < 0).sum()) if self.n_cached else 0
+        return int((self.layers[0].slot_ids[0] < 0).sum()) if self.n_cached else 0
 
     @property
     def n_visual(self) -> int:
@@ -123,10 +134,10 @@ class LayerStack:
     def nbytes(self) -> int:
         return sum(layer.nbytes for layer in self.layers)
 
-    def label_next(self, frame_ids, patch_ids) -> None:
+    def label_next(self, slot_ids, patch_ids) -> None:
         """Tag the next update's tokens in every layer (see LayerKVCache.label_next)."""
         for layer in self.layers:
-            layer.label_next(frame_ids, patch_ids)
+            layer.label_next(slot_ids, patch_ids)
 
     def place_next(self, positions) -> None:
         """Give the next update's tokens their 1-D positions in every layer (LayerKVCache.place_next)."""
@@ -159,7 +170,7 @@ class LayerStack:
 
 
 class RowLabels:
-    """Per-head, per-row labels of one layer's cache: (frame, patch) and 1-D position.
+    """Per-head, per-row labels of one layer's cache: (slot, patch) and 1-D position.
 
     Host-side numpy bookkeeping shared by both backends' LayerKVCache. The cache keeps
     `self._n` (live rows); `_to_host` turns a backend array into numpy.
@@ -168,10 +179,10 @@ class RowLabels:
     _n: int
 
     def _reset_labels(self) -> None:
-        self._frame = np.zeros((0, 0), np.int32)  # (H, capacity)
+        self._slot = np.zeros((0, 0), np.int32)  # (H, capacity)
         self._patch = np.zeros((0, 0), np.int32)
         self._pos = np.zeros((0, 0), np.int32)  # (H, capacity) 1-D RoPE position, -1 unknown
-        self._pending = None  # labels for the next update: (frame (L,), patch (L,))
+        self._pending = None  # labels for the next update: (slot (L,), patch (L,))
         self._pending_pos = None  # positions of the next update (L,)
 
     @staticmethod
@@ -179,9 +190,11 @@ class RowLabels:
         return np.asarray(x)
 
     @property
-    def frame_ids(self) -> np.ndarray:
-        """(H, n) int32 frame of each row, -1 for pinned."""
-        return self._frame[:, : self._n]
+    def slot_ids(self) -> np.ndarray:
+        """(H, n) int32 temporal slot of each row, -1 for pinned."""
+        return self._slot[:, : self._n]
+
+    frame_ids = old_name("frame_ids")  # the name before 0.2
 
     @property
     def patch_ids(self) -> np.ndarray:
@@ -196,14 +209,14 @@ class RowLabels:
         """Record the 1-D RoPE positions (L,) of the next update's tokens."""
         self._pending_pos = np.asarray(self._to_host(positions), dtype=np.int32).reshape(-1)
 
-    def label_next(self, frame_ids, patch_ids) -> None:
+    def label_next(self, slot_ids, patch_ids) -> None:
         """Tag the tokens of the next update; untagged tokens are pinned.
 
         Args:
-            frame_ids: (L,) ints, -1 for pinned tokens.
+            slot_ids: (L,) ints, -1 for pinned tokens.
             patch_ids: (L,) ints, -1 for pinned tokens.
         """
-        self._pending = check_labels(self._to_host(frame_ids), self._to_host(patch_ids))
+        self._pending = check_labels(self._to_host(slot_ids), self._to_host(patch_ids))
 
     def _take_labels(self, length: int) -> tuple[np.ndarray, np.ndarray]:
         """Pop the pending labels for `length` new tokens (all pinned when none)."""
@@ -214,37 +227,37 @@ class RowLabels:
             raise ValueError(f"label_next tagged {len(pending[0])} tokens but {length} arrived.")
         return pending
 
-    def _append_labels(self, frame: np.ndarray, patch: np.ndarray, n_heads: int, capacity: int):
+    def _append_labels(self, slot: np.ndarray, patch: np.ndarray, n_heads: int, capacity: int):
         """Write (L,) labels and positions for all heads at rows [n, n + L), growing to `capacity`."""
-        if self._frame.shape != (n_heads, capacity):
+        if self._slot.shape != (n_heads, capacity):
             grown = np.full((3, n_heads, capacity), PINNED, np.int32)
             if self._n:
-                grown[:, :, : self._n] = self.frame_ids, self.patch_ids, self.positions
-            self._frame, self._patch, self._pos = grown
+                grown[:, :, : self._n] = self.slot_ids, self.patch_ids, self.positions
+            self._slot, self._patch, self._pos = grown
         pos, self._pending_pos = self._pending_pos, None
-        if pos is not None and len(pos) != len(frame):
-            raise ValueError(f"place_next gave {len(pos)} positions but {len(frame)} tokens arrived.")
-        self._frame[:, self._n : self._n + len(frame)] = frame
+        if pos is not None and len(pos) != len(slot):
+            raise ValueError(f"place_next gave {len(pos)} positions but {len(slot)} tokens arrived.")
+        self._slot[:, self._n : self._n + len(slot)] = slot
         self._patch[:, self._n : self._n + len(patch)] = patch
-        self._pos[:, self._n : self._n + len(frame)] = PINNED if pos is None else pos
+        self._pos[:, self._n : self._n + len(slot)] = PINNED if pos is None else pos
 
     def rows(self) -> dict:
-        """The live rows: keys, values (1, H, n, D) backend arrays; frame, patch, pos (H, n) int32."""
-        return dict(keys=self.keys, values=self.values, frame=self.frame_ids.copy(),
+        """The live rows: keys, values (1, H, n, D) backend arrays; slot, patch, pos (H, n) int32."""
+        return dict(keys=self.keys, values=self.values, slot=self.slot_ids.copy(),
                     patch=self.patch_ids.copy(), pos=self.positions.copy())
 
-    def set_rows(self, keys, values, frame, patch, pos) -> None:
+    def set_rows(self, keys, values, slot, patch, pos) -> None:
         """Hold exactly these live rows (a memory loaded from disk; memories.py)."""
         self._reset()
         self._keys, self._values, self._n = keys, values, keys.shape[2]
-        self._frame, self._patch, self._pos = (np.array(a, np.int32) for a in (frame, patch, pos))
+        self._slot, self._patch, self._pos = (np.array(a, np.int32) for a in (slot, patch, pos))
 
     def state_refs(self) -> tuple:
-        """(keys, values, n, frame, patch, pos) references (see LayerStack.snapshot)."""
-        return self._keys, self._values, self._n, self._frame, self._patch, self._pos
+        """(keys, values, n, slot, patch, pos) references (see LayerStack.snapshot)."""
+        return self._keys, self._values, self._n, self._slot, self._patch, self._pos
 
     def set_state_refs(self, state: tuple) -> None:
-        self._keys, self._values, self._n, self._frame, self._patch, self._pos = state
+        self._keys, self._values, self._n, self._slot, self._patch, self._pos = state
         self._pending = self._pending_pos = None
 
     def compress(self, kept) -> None:
@@ -253,11 +266,11 @@ class RowLabels:
         Args:
             kept: (H, K) indices into visual() candidates (a backend array or numpy).
         """
-        self._keep(kept_rows(self.frame_ids, self._to_host(kept)))
+        self._keep(kept_rows(self.slot_ids, self._to_host(kept)))
 
     def drop_pinned(self, start: int, stop: int) -> None:
         """Remove the pinned tokens of rank [start, stop) (an old conversation turn)."""
-        self._keep(rows_without_pinned(self.frame_ids, start, stop))
+        self._keep(rows_without_pinned(self.slot_ids, start, stop))
 
     def _keep(self, rows: np.ndarray) -> None:
         """Keep the stored rows (H, n_new), in that order (the backend's gather)."""
@@ -265,7 +278,7 @@ class RowLabels:
 
     def _keep_labels(self, rows: np.ndarray) -> None:
         """Keep the labels of `rows` (H, n_new), in that order."""
-        self._frame = np.take_along_axis(self.frame_ids, rows, axis=1)
+        self._slot = np.take_along_axis(self.slot_ids, rows, axis=1)
         self._patch = np.take_along_axis(self.patch_ids, rows, axis=1)
         self._pos = np.take_along_axis(self.positions, rows, axis=1)
 

@@ -4,9 +4,9 @@ The session decides when to compress; the cache only stores; the adapter only em
 runs the model. Backend specifics (arrays, sampling, memory probes, the adapter class) sit
 behind a small Backend object (protocols.Backend): mlx/backend.py or reference/backend.py.
 
-Units: a "frame" in the algorithm's sense is one temporal slot of the vision grid
-(Qwen2.5-VL merges frames_per_slot = 2 sampled frames into one). `block_frames` counts
-slots; add_frames takes sampled frames. T = visual tokens per slot, S = slots in a block.
+Units: a frame is one sampled picture; a slot is one temporal step of the vision grid
+(Qwen2.5-VL merges frames_per_slot = 2 sampled frames into one; the authors' code calls
+it a frame). `block_slots` counts slots; add_frames takes sampled frames. T = visual tokens per slot, S = slots in a block.
 
 Memory (ALGORITHM.md section 3): every token that enters the cache is counted, and the
 cap holds after every forward (`check_cap=True`, or INFINIPOT_CHECK_CAP=1, asserts it).
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import plan
-from .answer import AnswerLoop
+from .answer import AnswerLoop, Undo
 from .config import InfiniPotConfig
 from .errors import UserError
 from .feed import VideoFeed
@@ -51,10 +51,6 @@ class PositionLimitError(UserError):
     """A stream under `absolute` positions would pass the model's trained range."""
 
 
-class _Undo(Exception):
-    """Raised at the end of StreamSession.scratch() to roll its block back."""
-
-
 class CapBrokenError(AssertionError):
     """The cache held more tokens than the capacity after a forward: a bug, never bad input."""
 
@@ -65,7 +61,7 @@ class StreamStats:
 
     frames_seen: int = 0  # sampled frames given to add_frames and encoded
     frames_dropped: int = 0  # sampled frames a live source lost while the model was behind (reader.py)
-    slots_seen: int = 0  # temporal slots ("frames" of the algorithm)
+    slots_seen: int = 0  # temporal slots (the authors' "frames")
     compressions: int = 0
     tokens_decoded: int = 0
     turns_evicted: int = 0  # old conversation turns dropped to keep the video above its floor
@@ -87,7 +83,7 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
         backend: "mlx" (default), "reference", or a protocols.Backend object.
         fps: sampling rate of frames given to add_frames without timestamps.
         system_prompt: the system message (pinned).
-        record_kept: keep the (frame, patch) sets of every compression, for parity checks.
+        record_kept: keep the (slot, patch) sets of every compression, for parity checks.
         check_cap: assert n_cached <= capacity after every forward (default: the
             INFINIPOT_CHECK_CAP environment variable; the tests set it).
     """
@@ -130,7 +126,7 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
         self.turns = [Turn(0, 0)]  # turn 0 is the system prompt and is never dropped
         self.pending: list[tuple[np.ndarray, float | None]] = []  # (frame, timestamp) queued
         self.frame_hw: tuple[int, int] | None = None
-        self.block_slots: int | None = self.config.block_frames  # None: chosen at the first frame
+        self.block_slots: int | None = self.config.block_slots  # None: chosen at the first frame (when its size is known)
         self.user_turn_open = False
         self.video_start: int | None = None  # position offset of the open video segment
         self.segment_slots = 0  # slots streamed in the open video segment
@@ -138,11 +134,11 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
         self.open_answer: list[int] | None = None  # tokens of an answer not yet closed
         self.unfed: int | None = None  # its last token, when it was never fed to the model
         self.stop_reason: str | None = None
-        self.slot_seconds: list[float] = []  # source time of each slot's first frame (frame_ids index it)
+        self.slot_seconds: list[float] = []  # source time of each slot's first frame (slot_ids index it)
         self.slot_video: list[int] = []  # which of `videos` each slot came from
         self.videos: list[dict] = []  # one per video segment: name, content hash (add_video)
         self._next_video = None  # begin_video names the segment the next frames open
-        self.attention = None  # (per layer (H_kv, n) mass, frame ids) of the last question (evidence)
+        self.attention = None  # (per layer (H_kv, n) mass, slot ids) of the last question (evidence)
         self.evidence = None  # the moments the last answer rests on, when record_evidence
         self.backend.reset_peak_memory()
 
@@ -185,8 +181,8 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
             try:
                 with self._atomic():
                     yield
-                    raise _Undo
-            except _Undo:
+                    raise Undo
+            except Undo:
                 pass
 
     # ----- text ----------------------------------------------------------------------
@@ -210,22 +206,26 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
                     "their floor); raise --kv-budget")
             return self._prefill_ids(ids)
 
-    def _prefill_ids(self, ids: list[int]):
-        self._renumber_if_needed(len(ids))
-        positions = text_positions(self.cache.next_position, len(ids), self.spec.position_axes)
-        logits = self._forward(self.adapter.embed_tokens(ids), positions)
+    def _prefill_ids(self, ids, wait: bool = True):
+        """Pin token ids (a list, or one backend token still computing); (V,) last logits.
+        wait=False leaves the forward to be computed when its result is needed."""
+        n = len(ids) if isinstance(ids, list) else 1
+        self._renumber_if_needed(n)
+        positions = text_positions(self.cache.next_position, n, self.spec.position_axes)
+        logits = self._forward(self.adapter.embed_tokens(ids), positions, wait=wait)
         return logits[0, -1]
 
-    def _forward(self, embeds, positions: np.ndarray, frame_ids=None, patch_ids=None):
+    def _forward(self, embeds, positions: np.ndarray, slot_ids=None, patch_ids=None, wait: bool = True):
         self._check_position_range(positions)
-        if frame_ids is not None:
-            self.cache.label_next(frame_ids, patch_ids)
+        if slot_ids is not None:
+            self.cache.label_next(slot_ids, patch_ids)
         if self._attend:  # the question's forward, for evidence (answer.py, evidence.py)
             logits, masses = self.adapter.forward_attending(embeds, positions, self.cache)
-            self.attention = (masses, [layer.frame_ids.copy() for layer in self.cache.layers])
+            self.attention = (masses, [layer.slot_ids.copy() for layer in self.cache.layers])
         else:
             logits = self.adapter.forward(embeds, positions, self.cache)
-        self.backend.sync(logits, self.cache)
+        if wait:
+            self.backend.sync(logits, self.cache)
         self.cache.next_position = max(self.cache.next_position, next_after(positions))
         n = self.cache.n_cached
         self.counters.peak_cached = max(self.counters.peak_cached, n)
@@ -248,13 +248,12 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
                                  f"model's trained range of {limit} positions; {hint}")
 
     # ----- compression -----------------------------------------------------------------
-    def compress(self, keep: int, tokens_per_frame: int) -> None:
+    def compress(self, keep: int, tokens_per_slot: int) -> None:
         """Keep `keep` visual tokens per head in every layer (ALGORITHM.md sections 4-5)."""
-        plan.check_keep(keep, tokens_per_frame)
+        plan.check_keep(keep, tokens_per_slot)
         with self._atomic(), self._timed("compress"):
-            kept_sets = compress_layers(self.cache, self.backend.select_tokens, keep, tokens_per_frame,
-                                        self.config, self.spec.slot_grid(self.frame_hw),
-                                        self.backend.to_numpy if self.record_kept else None)
+            kept_sets = compress_layers(self.cache, self.backend, keep, tokens_per_slot, self.config,
+                                        self.spec.slot_grid(self.frame_hw), self.record_kept)
             self.backend.sync(None, self.cache)
             self.counters.compressions += 1
             if self.record_kept:

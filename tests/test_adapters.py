@@ -114,7 +114,7 @@ def test_reference_stream_raises_no_deprecation_warning(model_type, tiny_qwen_di
         with warnings.catch_warnings():
             warnings.simplefilter("error", FutureWarning)
             warnings.simplefilter("error", DeprecationWarning)
-            config = InfiniPotConfig(capacity=200, reserve=40, block_frames=2)
+            config = InfiniPotConfig(capacity=200, reserve=40, block_slots=2)
             session = StreamSession(model, tok, spec, config, "reference")
             session.add_frames(frames_for(model_type, 24))
             "".join(session.ask("What moved?", max_tokens=3))

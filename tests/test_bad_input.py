@@ -58,7 +58,7 @@ CASES = {
                                     {}, "above the reserve"),
     "impossible explicit block": (
         lambda s: [s["video"], "--model", s["model"], "--kv-budget", "300", "--reserve", "200",
-                   "--block-frames", "8", "--max-pixels", str(112 * 168), "-q", "hi"], {}, "tokens needed"),
+                   "--block-slots", "8", "--max-pixels", str(112 * 168), "-q", "hi"], {}, "tokens needed"),
     "negative fps": (lambda s: [s["video"], "--fps", "-1", "-q", "hi"], {}, "--fps must be positive"),
     "unknown flag": (lambda s: [s["video"], "--frobnicate"], {}, "unrecognized arguments"),
     "no video": (lambda s: ["-q", "hi"], {}, "give a video"),

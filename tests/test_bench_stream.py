@@ -39,19 +39,19 @@ def test_bench_stream_writes_every_field_and_holds_the_cap(tmp_path, capsys):
 
 def test_bench_kv_compresses_and_reports_full_kv(tmp_path, capsys):
     args = build_parser().parse_args([
-        "kv", "--out", str(tmp_path), "--frames", "40", "--layers", "2", "--kv-heads", "2",
-        "--head-dim", "8", "--tokens-per-frame", "4", "--block-frames", "2",
-        "--capacity-frames", "4", "--prompt-tokens", "3", "--reserve", "4",
+        "kv", "--out", str(tmp_path), "--slots", "40", "--layers", "2", "--kv-heads", "2",
+        "--head-dim", "8", "--tokens-per-slot", "4", "--block-slots", "2",
+        "--capacity-slots", "4", "--prompt-tokens", "3", "--reserve", "4",
         "--full-limit-gb", "0.000002", "--points", "4", "--bank-tokens", "16"])
     args.run(args)
     record = json.loads((tmp_path / "kv.json").read_text())
     capacity = record["capacity"]["tokens"]
-    assert record["points"][-1]["frames"] == 40
+    assert record["points"][-1]["slots"] == 40
     assert all(p["tokens_cached"] <= capacity - record["capacity"]["reserve"] for p in record["points"])
     assert record["summary"]["compressions"] >= 1
     per_token = record["shape"]["bytes_per_token"]
     assert record["full_measured"][-1]["kv_bytes"] <= 2000  # --full-limit-gb 0.000002
-    assert record["full_measured"][-1]["frames"] < 40  # stopped at the byte limit
+    assert record["full_measured"][-1]["slots"] < 40  # stopped at the byte limit
     assert record["summary"]["full_kv_bytes_end_analytic"] == (3 + 40 * 4) * per_token
     assert (tmp_path / "kv_memory.png").exists() and "analytic" in capsys.readouterr().out
 

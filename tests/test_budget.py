@@ -60,18 +60,18 @@ def qwen_hand_plan(budget_bytes: float, weights: float, scores: bool) -> int:
 
 @pytest.mark.parametrize("scores", [False, True], ids=["metal-fused", "cpu-scores"])
 def test_qwen_7b_plan_matches_hand_computation(scores):
-    plan = budget.plan_from_config(QWEN_7B, 16 * GB, W4, tokens_per_frame=256,
+    plan = budget.plan_from_config(QWEN_7B, 16 * GB, W4, tokens_per_slot=256,
                                    scores_materialized=scores)
     assert plan.capacity == qwen_hand_plan(16 * GB, W4, scores)
     assert plan.capacity == (52_028 if scores else 126_353)
-    assert plan.frames == (plan.capacity - 512) // 256
+    assert plan.slots == (plan.capacity - 512) // 256
     assert plan.peak_bytes <= 16 * GB * 0.95
 
 
 def test_plan_line():
-    plan = budget.plan_from_config(QWEN_7B, 16 * GB, W4, tokens_per_frame=256)
-    assert plan.line() == ("model 5.6 GB | KV 57.3 KB/token | capacity 126,353 tokens = 491 frames "
-                           "of 256 | block 8 frames (543 MB) | peak <= 15.2 GB of 16 GB")
+    plan = budget.plan_from_config(QWEN_7B, 16 * GB, W4, tokens_per_slot=256)
+    assert plan.line() == ("model 5.6 GB | KV 57.3 KB/token | capacity 126,353 tokens = 491 slots "
+                           "of 256 | block 8 slots (543 MB) | peak <= 15.2 GB of 16 GB")
 
 
 def test_llava_7b_plan_matches_hand_computation():
@@ -82,7 +82,7 @@ def test_llava_7b_plan_matches_hand_computation():
     activations = max(prefill, vision)
     context = max(L, 4 * 128 * 28)
     free = 16 * GB * 0.95 - W4 - activations
-    plan = budget.plan_from_config(LLAVA_7B, 16 * GB, W4, tokens_per_frame=T)
+    plan = budget.plan_from_config(LLAVA_7B, 16 * GB, W4, tokens_per_slot=T)
     assert plan.activation_bytes == activations
     assert plan.capacity == int(free // (KV_BF16 + context)) == 127_068
 
@@ -90,26 +90,26 @@ def test_llava_7b_plan_matches_hand_computation():
 @pytest.mark.parametrize("config,T", [(QWEN_7B, 256), (LLAVA_7B, 196)], ids=["qwen", "llava"])
 def test_6gb_cannot_hold_a_4bit_7b_and_says_the_minimum(config, T):
     with pytest.raises(ValueError, match=r"the minimum is \d+(\.\d+)? GB") as err:
-        budget.plan_from_config(config, 6 * GB, W4, tokens_per_frame=T)
+        budget.plan_from_config(config, 6 * GB, W4, tokens_per_slot=T)
     minimum = float(re.search(r"minimum is ([\d.]+) GB", str(err.value)).group(1))
     assert 6 < minimum < 8
-    budget.plan_from_config(config, int(minimum * GB), W4, tokens_per_frame=T)  # enough
+    budget.plan_from_config(config, int(minimum * GB), W4, tokens_per_slot=T)  # enough
 
 
 def test_the_stated_minimum_is_the_smallest_budget():
     with pytest.raises(ValueError, match="minimum") as err:
-        budget.plan_from_config(QWEN_7B, 8 * GB, 16_600_000_000, tokens_per_frame=256)  # bf16
+        budget.plan_from_config(QWEN_7B, 8 * GB, 16_600_000_000, tokens_per_slot=256)  # bf16
     minimum = float(re.search(r"minimum is ([\d.]+) GB", str(err.value)).group(1))
-    plan = budget.plan_from_config(QWEN_7B, int(minimum * GB), 16_600_000_000, tokens_per_frame=256)
+    plan = budget.plan_from_config(QWEN_7B, int(minimum * GB), 16_600_000_000, tokens_per_slot=256)
     assert plan.capacity >= 512 + 2048 + 256  # reserve + block + one frame
     with pytest.raises(ValueError):
         budget.plan_from_config(QWEN_7B, int((minimum - 0.1) * GB), 16_600_000_000,  # 3 digits
-                                tokens_per_frame=256)
+                                tokens_per_slot=256)
 
 
 def test_measured_activations_raise_the_bound():
-    plain = budget.plan_from_config(QWEN_7B, 16 * GB, W4, tokens_per_frame=256)
-    calibrated = budget.plan_from_config(QWEN_7B, 16 * GB, W4, tokens_per_frame=256,
+    plain = budget.plan_from_config(QWEN_7B, 16 * GB, W4, tokens_per_slot=256)
+    calibrated = budget.plan_from_config(QWEN_7B, 16 * GB, W4, tokens_per_slot=256,
                                          measured_activation_bytes=2 * GB)
     assert calibrated.activation_bytes == 2 * GB and calibrated.capacity < plain.capacity
     assert calibrated.computed_activation_bytes == plain.activation_bytes
@@ -161,7 +161,7 @@ def tiny_plan(tiny, memory: str, calibrate: bool = True, **shape):
     return probes.plan_session(memory, model, tokenizer, spec, config, make_session=make, **shape)
 
 
-SHAPE = dict(frame_hw=(112, 112), block_frames=4, reserve=32)  # T = 16, blocks of 64 tokens
+SHAPE = dict(frame_hw=(112, 112), block_slots=4, reserve=32)  # T = 16, blocks of 64 tokens
 
 
 def test_tiny_weights_are_measured(tiny):
@@ -181,15 +181,15 @@ def test_tiny_budget_holds_over_a_stream_10x_the_capacity(tiny):
     assert 100 < plan.capacity < 1000 and plan.measured_activation_bytes > 0
     model, tokenizer, spec, _ = tiny
     session = StreamSession(model, tokenizer, spec, InfiniPotConfig(
-        capacity=plan.capacity, block_frames=SHAPE["block_frames"], reserve=SHAPE["reserve"]))
+        capacity=plan.capacity, block_slots=SHAPE["block_slots"], reserve=SHAPE["reserve"]))
     rng = np.random.default_rng(0)
-    n_frames = 2 * math.ceil(10 * plan.capacity / plan.tokens_per_frame)  # 2 sampled frames a slot
+    n_frames = 2 * math.ceil(10 * plan.capacity / plan.tokens_per_slot)  # 2 sampled frames a slot
     most = 0
     for _ in range(0, n_frames, 16):
         session.add_frames(rng.integers(0, 256, (16, 112, 112, 3), dtype=np.uint8))
         most = max(most, session.cache.n_cached)
     "".join(session.ask("What happened?", max_tokens=4))
-    assert session.counters.slots_seen * plan.tokens_per_frame >= 10 * plan.capacity
+    assert session.counters.slots_seen * plan.tokens_per_slot >= 10 * plan.capacity
     assert session.counters.compressions > 10 and most <= plan.capacity
     assert mx.get_peak_memory() <= plan.peak_bytes <= plan.budget_bytes
 

@@ -72,7 +72,7 @@ def check_layer(layer, arrivals, labels, to_numpy) -> None:
     code = 1000.0 * want + np.arange(want.shape[0])[:, None]
     np.testing.assert_array_equal(keys, np.broadcast_to(code[..., None], keys.shape))
     np.testing.assert_array_equal(values, -keys)
-    np.testing.assert_array_equal(layer.frame_ids, labels[want, 0])
+    np.testing.assert_array_equal(layer.slot_ids, labels[want, 0])
     np.testing.assert_array_equal(layer.patch_ids, labels[want, 1])
 
 
@@ -120,7 +120,7 @@ def test_random_streams_pinned_survive_and_backends_agree(segments, n_heads, dat
         feed(layer, chunks, to_array, 0, n_heads=n_heads)
         layer.compress(kept)
         check_layer(layer, arrivals, labels, to_numpy)
-        assert (layer.frame_ids < 0).sum(axis=1).tolist() == [len(labels) - n_visual] * n_heads
+        assert (layer.slot_ids < 0).sum(axis=1).tolist() == [len(labels) - n_visual] * n_heads
         gathered.append(to_numpy(layer.keys))
     np.testing.assert_array_equal(*gathered)
 
@@ -213,7 +213,7 @@ def test_mlx_state_round_trip_marks_slots_pinned():
     feed(layer, stream_labels([("frames", 1), ("text", 2)]), mx.array, 0)
     restored = mlx_cache.LayerKVCache.from_state(layer.state, "")
     np.testing.assert_array_equal(np.asarray(restored.keys), np.asarray(layer.keys))
-    assert restored.n_cached == 6 and (restored.frame_ids == -1).all()
+    assert restored.n_cached == 6 and (restored.slot_ids == -1).all()
     assert not restored.is_trimmable()
 
 

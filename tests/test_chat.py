@@ -22,7 +22,7 @@ def video(tmp_path_factory):
 
 def test_questions_non_interactive(video, tiny_qwen_dir):
     out = run_chat(video, "--model", tiny_qwen_dir, "--kv-budget", 200, "--reserve", 40,
-                   "--block-frames", 2, "--fps", 4, "-q", "What moved?", "-q", "Where?",
+                   "--block-slots", 2, "--fps", 4, "-q", "What moved?", "-q", "Where?",
                    "--max-tokens", 4)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("Q: ") == 2 and out.stdout.count("A: ") == 2
@@ -31,7 +31,7 @@ def test_questions_non_interactive(video, tiny_qwen_dir):
 
 def test_interactive_stats_reset_quit(video, tiny_qwen_dir):
     out = run_chat(video, "--model", tiny_qwen_dir, "--kv-budget", 200, "--reserve", 40,
-                   "--block-frames", 2, "--max-tokens", 3,
+                   "--block-slots", 2, "--max-tokens", 3,
                    stdin="What moved?\n/stats\n\n/reset\n/stats\n/quit\n")
     assert out.returncode == 0, out.stderr
     stats = [line for line in out.stdout.splitlines() if "compressions" in line]
@@ -55,8 +55,8 @@ def test_bad_videos_exit_2(tmp_path, video, tiny_qwen_dir, make, message):
 
 
 @pytest.mark.parametrize("args, message", [
-    # explicitly impossible: 8 slots of 24 tokens (112x168) and one kept frame need 236 + the prompt
-    (["--kv-budget", 300, "--block-frames", 8, "--max-pixels", 112 * 168],
+    # explicitly impossible: 8 slots of 24 tokens (112x168) and one kept slot need 236 + the prompt
+    (["--kv-budget", 300, "--block-slots", 8, "--max-pixels", 112 * 168],
      "cannot hold the prompt"),
     (["--kv-budget", 0], "--kv-budget must be a positive integer"),
     (["-q", "   "], "question is empty"),

@@ -46,7 +46,7 @@ def test_kept_keys_stay_within_one_percent_after_a_thousand_compressions(bf16_sh
     (model, tokenizer, spec, _), text_config = bf16_short
     theta = float((text_config.get("rope_parameters") or {}).get("rope_theta")
                   or text_config.get("rope_theta", 10000.0))
-    session = StreamSession(model, tokenizer, spec, InfiniPotConfig(capacity=200, reserve=40, block_frames=2),
+    session = StreamSession(model, tokenizer, spec, InfiniPotConfig(capacity=200, reserve=40, block_slots=2),
                             check_cap=True)
     layer = session.cache.layers[0]
     first = {}  # (frame, patch) -> (position, key (H, D) float64 as first stored)
@@ -67,8 +67,8 @@ def test_kept_keys_stay_within_one_percent_after_a_thousand_compressions(bf16_sh
     stored = np.array(layer.keys.astype(mx.float32))[0].astype(np.float64)  # (H, n, D)
     errors = []
     for head in range(stored.shape[0]):
-        for slot in np.nonzero(layer.frame_ids[head] >= 0)[0]:
-            p0, k0 = first[(int(layer.frame_ids[head, slot]), int(layer.patch_ids[head, slot]))]
+        for slot in np.nonzero(layer.slot_ids[head] >= 0)[0]:
+            p0, k0 = first[(int(layer.slot_ids[head, slot]), int(layer.patch_ids[head, slot]))]
             delta = np.array([layer.positions[head, slot] - p0])
             truth = rotate(k0[head][None], delta, theta)[0]
             errors.append(np.linalg.norm(stored[head, slot] - truth) / np.linalg.norm(truth))

@@ -12,7 +12,7 @@ from infinipot_mlx.organism.session import first_word, organism_config
 
 def test_organism_cap_leaves_the_requested_share_and_never_less_than_two_slots():
     cfg = organism_config(32, 0.25, pinned=20)  # 16 slots x 9 tokens = 144 video tokens
-    assert cfg.capacity == 20 + cfg.reserve + 36 and cfg.block_frames == 1
+    assert cfg.capacity == 20 + cfg.reserve + 36 and cfg.block_slots == 1
     tiny = organism_config(32, 0.1, pinned=20)  # 14.4 tokens asked, 18 (two slots) is the floor
     assert tiny.capacity == 20 + tiny.reserve + 18
     assert organism_config(32, 0.5, method="full").capacity is None

@@ -151,7 +151,7 @@ def test_bench_bad_flags_are_one_line(argv, words):
     (["accuracy", "--n", "0"], ["--n must be positive"]),
     (["select", "--frames", "4", "--keep-frames", "8"], ["--keep-frames", "--frames"]),
     (["stream", "--points", "2", "0"], ["--points must be positive"]),
-    (["kv", "--capacity-frames", "1", "--block-frames", "8"], ["--capacity-frames"]),
+    (["kv", "--capacity-frames", "1", "--block-slots", "8"], ["--capacity-frames"]),
     (["kv", "--reserve", "-1"], ["--reserve must be zero or more"]),
     (["nonsense"], ["invalid choice", "--help"]),
 ])

@@ -24,7 +24,7 @@ def session_on(path, backend: str, model_type: str) -> StreamSession:
     else:
         from infinipot_mlx.reference.backend import load_model
         model, tok, spec, _ = load_model(str(path), device="cpu")
-    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=160, reserve=40, block_frames=2), backend)
+    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=160, reserve=40, block_slots=2), backend)
     side = SIDE[model_type]
     session.add_frames(np.random.default_rng(0).integers(0, 256, (16, side, side, 3), dtype=np.uint8))
     session.flush()
@@ -56,11 +56,11 @@ def test_attention_is_the_same_on_both_backends_and_leaves_logits_alone(model_ty
             np.testing.assert_allclose(logits, plain, atol=1e-5, rtol=0)  # eager vs sdpa kernels
         assert len(masses) == session.spec.num_layers
         for mass, layer in zip(masses, session.cache.layers):
-            assert mass.shape == layer.frame_ids.shape  # (H_kv, n_cached)
+            assert mass.shape == layer.slot_ids.shape  # (H_kv, n_cached)
             groups = round(float(mass.sum(axis=1)[0]))  # one unit of mass per query head of the group
             assert groups >= 1
             np.testing.assert_allclose(mass.sum(axis=1), groups, rtol=1e-5)
-        results.append((logits, masses, [layer.frame_ids.copy() for layer in session.cache.layers]))
+        results.append((logits, masses, [layer.slot_ids.copy() for layer in session.cache.layers]))
     (_, mlx_mass, mlx_ids), (_, ref_mass, ref_ids) = results
     for a, b, fa, fb in zip(mlx_mass, ref_mass, mlx_ids, ref_ids):
         np.testing.assert_array_equal(fa, fb)
@@ -68,10 +68,10 @@ def test_attention_is_the_same_on_both_backends_and_leaves_logits_alone(model_ty
 
 
 def test_moments_sum_mass_per_slot_over_layers_and_heads():
-    frame_ids = [np.array([[-1, 0, 0, 1, 2], [-1, 0, 1, 2, 2]])] * 2  # 2 layers, 2 KV heads, 5 rows
+    slot_ids = [np.array([[-1, 0, 0, 1, 2], [-1, 0, 1, 2, 2]])] * 2  # 2 layers, 2 KV heads, 5 rows
     masses = [np.array([[0.5, 0.1, 0.1, 0.2, 0.1], [0.2, 0.3, 0.1, 0.3, 0.1]])] * 2
-    np.testing.assert_allclose(slot_mass(masses, frame_ids, 3), [1.0, 0.6, 1.0])
-    found = moments(masses, frame_ids, [0.0, 61.0, 3725.0], [0, 0, 1], [{"name": "a.mp4"}, {"name": "b.mp4"}])
+    np.testing.assert_allclose(slot_mass(masses, slot_ids, 3), [1.0, 0.6, 1.0])
+    found = moments(masses, slot_ids, [0.0, 61.0, 3725.0], [0, 0, 1], [{"name": "a.mp4"}, {"name": "b.mp4"}])
     assert [m.slot for m in found] == [0, 2, 1]
     assert [round(m.share, 3) for m in found] == [0.385, 0.385, 0.231]
     assert [m.clock for m in found] == ["00:00", "1:02:05", "01:01"]

@@ -14,7 +14,7 @@ from infinipot_mlx import InfiniPotConfig
 from infinipot_mlx.mlx.backend import load_model
 from infinipot_mlx.session import StreamSession
 
-CONFIG = dict(capacity=160, reserve=40, block_frames=2)  # 16 tokens a slot: compresses every block
+CONFIG = dict(capacity=160, reserve=40, block_slots=2)  # 16 tokens a slot: compresses every block
 
 
 def frames_for(n: int, seed: int = 0) -> np.ndarray:
@@ -50,7 +50,7 @@ def state(session) -> dict:
     layers = session.cache.layers
     return dict(
         n=[layer.n_cached for layer in layers], next_position=session.cache.next_position,
-        frames=[layer.frame_ids.copy() for layer in layers], counters=(
+        frames=[layer.slot_ids.copy() for layer in layers], counters=(
             session.counters.frames_seen, session.counters.slots_seen, session.counters.compressions),
         segment=(session.video_start, session.segment_slots), pending=len(session.pending),
         transcript=list(session.transcript), turns=list(session.turns))
@@ -61,7 +61,7 @@ def assert_consistent(session) -> None:
     assert len({layer.n_cached for layer in layers}) == 1
     seen = session.counters.slots_seen
     for layer in layers:
-        visual = layer.frame_ids[layer.frame_ids >= 0]
+        visual = layer.slot_ids[layer.slot_ids >= 0]
         assert visual.size == 0 or visual.max() < seen  # no frame id from a block that never landed
 
 

@@ -50,7 +50,7 @@ def test_frames_from_one_thread_while_another_asks(tiny_qwen_dir):
     from infinipot_mlx.mlx.backend import load_model
 
     model, tok, spec, path = load_model(str(tiny_qwen_dir))
-    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=200, reserve=40, block_frames=2))
+    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=200, reserve=40, block_slots=2))
     rng = np.random.default_rng(0)
     blocks = [rng.integers(0, 256, (3, 56, 56, 3), dtype=np.uint8) for _ in range(20)]
     errors = []
@@ -75,7 +75,7 @@ def test_frames_from_one_thread_while_another_asks(tiny_qwen_dir):
 def test_chat_answers_a_question_typed_while_the_video_streams(tiny_qwen_dir, tmp_path):
     path = videos.static_events_video(tmp_path / "ev.mp4", n=32, fps=4.0)  # 8 s, 16 frames at 2 fps
     out = subprocess.run([sys.executable, "-m", "infinipot_mlx.chat", str(path), "--model", str(tiny_qwen_dir),
-                          "--realtime", "--block-frames", "2", "--kv-budget", "400", "--reserve", "60",
+                          "--realtime", "--block-slots", "2", "--kv-budget", "400", "--reserve", "60",
                           "--max-tokens", "3"], input="What moved?\n/stats\n", capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr

@@ -70,7 +70,7 @@ def test_spec_of_the_real_7b_config():
 def test_blockwise_stream_equals_one_shot_forward(tiny):
     model, tok, spec, _ = tiny
     frames = frames_for(6)
-    session = session_for(tiny, capacity=100_000, block_frames=2)  # 3 blocks, no compression
+    session = session_for(tiny, capacity=100_000, block_slots=2)  # 3 blocks, no compression
     session.add_frames(frames)
     answer = "".join(session.ask(QUESTION, max_tokens=6))
     assert session.counters.compressions == 0
@@ -84,13 +84,13 @@ def test_blockwise_stream_equals_one_shot_forward(tiny):
     out = model(mx.array([prefix + video + suffix]), pixel_values_videos=mx.array(pixels))
     np.testing.assert_allclose(session.question_logits, np.array(out.logits[0, -1]), atol=1e-4, rtol=0)
 
-    fresh = session_for(tiny, capacity=100_000, block_frames=6)  # one block: another schedule
+    fresh = session_for(tiny, capacity=100_000, block_slots=6)  # one block: another schedule
     fresh.add_frames(frames)
     assert "".join(fresh.ask(QUESTION, max_tokens=6)) == answer
 
 
 def test_image_newline_once_per_video_segment(tiny):
-    session = session_for(tiny, capacity=100_000, block_frames=2)
+    session = session_for(tiny, capacity=100_000, block_slots=2)
     newline_line = 1 + len(session.adapter.tokenizer.encode("\n", add_special_tokens=False))
     session.add_frames(frames_for(4))
     pinned = session.cache.n_pinned
@@ -105,13 +105,13 @@ def test_image_newline_once_per_video_segment(tiny):
 
 
 def test_frames_must_have_the_vision_size(tiny):
-    session = session_for(tiny, capacity=1000, reserve=100, block_frames=2)
+    session = session_for(tiny, capacity=1000, reserve=100, block_slots=2)
     with pytest.raises(ValueError, match=r"VideoSource\(size=\(98, 98\)\)"):
         session.add_frames(np.zeros((2, 112, 112, 3), np.uint8))
 
 
 def test_absolute_stops_before_the_trained_range(short_range):
-    session = session_for(short_range, capacity=256, reserve=64, block_frames=2, position_policy="absolute")
+    session = session_for(short_range, capacity=256, reserve=64, block_slots=2, position_policy="absolute")
     with pytest.raises(PositionLimitError, match="trained range of 512 positions; stop here, or use the compact"):
         for _ in range(40):
             session.add_frames(frames_for(2))
@@ -124,7 +124,7 @@ def test_compact_runs_past_the_trained_range_renumbering_only_when_it_must(short
     """~1000 positions in a 512-position model: positions stay inside the range, and the
     kept keys are renumbered (re-rotated, rounded again) a few times, not at every compression."""
     capacity = 256
-    session = session_for(short_range, capacity=capacity, reserve=64, block_frames=2)
+    session = session_for(short_range, capacity=capacity, reserve=64, block_slots=2)
     assert session.policy == "compact"
     renumbered, last = 0, 0
     for i in range(30):  # 60 frames = 960 visual tokens: ~1000 positions under `absolute`
@@ -140,14 +140,14 @@ def test_compact_runs_past_the_trained_range_renumbering_only_when_it_must(short
 
 
 def test_compact_needs_a_capacity_inside_the_trained_range(short_range):
-    session = session_for(short_range, capacity=2000, reserve=64, block_frames=2)
+    session = session_for(short_range, capacity=2000, reserve=64, block_slots=2)
     with pytest.raises(PositionLimitError, match="lower the capacity"):
         for _ in range(20):
             session.add_frames(frames_for(2))
 
 
 def test_answer_stops_before_the_trained_range_and_a_question_past_it_is_refused(short_range):
-    session = session_for(short_range, capacity=None, method="full", block_frames=2, position_policy="absolute")
+    session = session_for(short_range, capacity=None, method="full", block_slots=2, position_policy="absolute")
     session.add_frames(frames_for(28))  # 448 visual tokens: a 64-token answer would pass 512
     "".join(session.ask(QUESTION, max_tokens=64))
     assert session.stop_reason == "positions"
@@ -164,7 +164,7 @@ def test_quantized_bfloat16_model_streams_in_its_own_dtype(tiny_llava_dir):
     model, tok, spec, _ = load_model(str(tiny_llava_dir))  # a fresh copy: quantized in place
     model.set_dtype(mx.bfloat16)
     nn.quantize(model.language_model, group_size=64, bits=4)
-    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=200, reserve=40, block_frames=2))
+    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=200, reserve=40, block_slots=2))
     session.add_frames(frames_for(12))
     "".join(session.ask(QUESTION, max_tokens=4))
     assert session.counters.compressions >= 1 and session.stop_reason in ("eos", "max_tokens")

@@ -20,7 +20,7 @@ from infinipot_mlx.session import StreamSession
 CASES = [(m, b) for m in ("qwen2_5_vl", "llava_onevision") for b in ("mlx", "reference")]
 DIRS = {"qwen2_5_vl": "tiny_qwen_dir", "llava_onevision": "tiny_llava_dir"}
 SIDE = {"qwen2_5_vl": 112, "llava_onevision": 98}
-CONFIG = dict(capacity=160, reserve=40, block_frames=2)
+CONFIG = dict(capacity=160, reserve=40, block_slots=2)
 
 
 def frames(model_type: str, n: int, seed: int) -> np.ndarray:
@@ -69,7 +69,7 @@ def test_save_load_continues_exactly(case, tmp_path):
     assert loaded.stats()["tokens_cached"] == original.stats()["tokens_cached"]
     assert loaded.cache.next_position == original.cache.next_position
     for a, b in zip(original.cache.layers, loaded.cache.layers):
-        np.testing.assert_array_equal(a.frame_ids, b.frame_ids)
+        np.testing.assert_array_equal(a.slot_ids, b.slot_ids)
         np.testing.assert_array_equal(a.positions, b.positions)
     for session in (original, loaded):
         session.add_frames(frames(model_type, 5, 2))
@@ -106,24 +106,53 @@ def damaged(saved, tmp_path, how: str):
         data = data[: len(data) // 2]
     elif how == "flipped":
         data[-100] ^= 0x01  # a byte of the last tensor
-    elif how == "version":  # the same header, one character changed: "version":"1" -> "9"
+    elif how == "version":  # the same header, one character changed: "version":"2" -> "9"
         length = struct.unpack("<Q", data[:8])[0]
         header = bytes(data[8:8 + length])
-        assert json.loads(header)["__metadata__"]["version"] == "1" and header.count(b'"version":"1"') == 1
-        data[8:8 + length] = header.replace(b'"version":"1"', b'"version":"9"')
+        assert json.loads(header)["__metadata__"]["version"] == "2" and header.count(b'"version":"2"') == 1
+        data[8:8 + length] = header.replace(b'"version":"2"', b'"version":"9"')
     out.write_bytes(bytes(data))
     return out
 
 
 @pytest.mark.parametrize("how,words", [("truncated", ["truncated or damaged", "save it again"]),
                                        ("flipped", ["checksum", "save it again"]),
-                                       ("version", ["version 9 memory file", "reads version 1"])])
+                                       ("version", ["version 9 memory file", "reads versions 1, 2"])])
 def test_a_damaged_file_is_refused_in_one_line(saved, tmp_path, tiny_qwen_dir, how, words):
     path = damaged(saved, tmp_path, how)
     with pytest.raises(MemoryFileError) as err:
         open_session(tiny_qwen_dir, "mlx").load_memory(path)
     message = str(err.value)
     assert "\n" not in message and all(w in message for w in words), message
+
+
+def as_version_1(saved, out):
+    """The same memory as a version 1 file (before 0.2): slot labels named `{layer}.frame`
+    and the config's block_slots named block_frames, with its checksum made again."""
+    from safetensors.numpy import load, save
+
+    from infinipot_mlx.memories import FORMAT, _checksum, _header
+
+    data = saved.read_bytes()
+    tensors, meta = load(data), json.loads(_header(data)["infinipot"])
+    tensors = {(k[: -len("slot")] + "frame" if k.endswith(".slot") else k): v for k, v in tensors.items()}
+    meta["config"]["block_frames"] = meta["config"].pop("block_slots")
+    meta["sha256"] = _checksum(tensors, meta)
+    out.write_bytes(save(tensors, metadata={"format": FORMAT, "version": "1", "infinipot": json.dumps(meta)}))
+    return out
+
+
+def test_a_version_1_memory_still_loads_and_answers_alike(saved, tiny_qwen_dir, tmp_path):
+    old = as_version_1(saved, tmp_path / "v1.mem")
+    new_session, old_session = open_session(tiny_qwen_dir, "mlx"), open_session(tiny_qwen_dir, "mlx")
+    new_session.load_memory(saved)
+    old_session.load_memory(old)
+    assert old_session.config == new_session.config and old_session.config.block_slots == 2
+    for a, b in zip(old_session.cache.layers, new_session.cache.layers):
+        np.testing.assert_array_equal(a.slot_ids, b.slot_ids)
+    (text_old, logits_old), (text_new, logits_new) = answer(old_session, "What?"), answer(new_session, "What?")
+    assert text_old == text_new
+    np.testing.assert_array_equal(logits_old, logits_new)
 
 
 def test_a_memory_of_another_model_names_both(saved, build_tiny, tmp_path):
@@ -153,7 +182,7 @@ def test_kill_9_during_save_leaves_the_previous_file_whole(tiny_qwen_dir, tmp_pa
         from infinipot_mlx.mlx.backend import load_model
         from infinipot_mlx.session import StreamSession
         model, tok, spec, path = load_model({str(tiny_qwen_dir)!r})
-        s = StreamSession(model, tok, spec, InfiniPotConfig(capacity=2000, block_frames=2), model_dir=path)
+        s = StreamSession(model, tok, spec, InfiniPotConfig(capacity=2000, block_slots=2), model_dir=path)
         s.add_frames(np.random.default_rng(0).integers(0, 256, (40, 56, 56, 3), dtype=np.uint8))
         s.save({str(target)!r})
         print("ready", flush=True)

@@ -51,7 +51,7 @@ def sessions(tiny, **config):
 
 def run_both(tiny, frames, **config) -> tuple[Trace, Trace]:
     mlx, ref = sessions(tiny, **config)
-    chunks = split_frames(frames, len(QUESTIONS), mlx.config.block_frames * 2)
+    chunks = split_frames(frames, len(QUESTIONS), mlx.config.block_slots * 2)
     return (run_session(mlx, chunks, QUESTIONS, MAX_TOKENS),
             run_session(ref, chunks, QUESTIONS, MAX_TOKENS))
 
@@ -87,14 +87,14 @@ CASES = [("infinipot_v", 200), ("infinipot_v", 280), ("tar_only", 200), ("van_on
 
 @pytest.mark.parametrize("method,capacity", CASES)
 def test_backends_agree_at_every_compression(tiny, method, capacity):
-    mlx, ref = run_both(tiny, frames_for(28), capacity=capacity, block_frames=2, reserve=48, **METHODS[method])
+    mlx, ref = run_both(tiny, frames_for(28), capacity=capacity, block_slots=2, reserve=48, **METHODS[method])
     assert len(mlx.kept_log) >= 3  # several compressions, one of them before a question
     assert mlx.frames_before == [12, 28]  # two turns, frames streamed in between
     assert_parity(mlx, ref)
 
 
 def test_backends_agree_without_compression(tiny):
-    mlx, ref = run_both(tiny, frames_for(12, seed=1), capacity=None, method="full", block_frames=3)
+    mlx, ref = run_both(tiny, frames_for(12, seed=1), capacity=None, method="full", block_slots=3)
     assert mlx.kept_log == [] and ref.kept_log == []
     assert_parity(mlx, ref)
 
@@ -133,7 +133,7 @@ def one_shot_inputs(tokenizer, spec, frames: np.ndarray, question: str):
 def test_reference_blockwise_stream_equals_one_shot_forward(tiny):
     model, tok, spec, _ = tiny[1]
     frames = frames_for(12)
-    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=100_000, block_frames=2), "reference", fps=FPS)
+    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=100_000, block_slots=2), "reference", fps=FPS)
     session.add_frames(frames)  # 3 blocks, no compression
     answer = "".join(session.ask(QUESTIONS[0], max_tokens=6))
     ids, types, pixels, grid, positions = one_shot_inputs(tok, spec, frames, QUESTIONS[0])
@@ -143,7 +143,7 @@ def test_reference_blockwise_stream_equals_one_shot_forward(tiny):
                     position_ids=torch.from_numpy(positions[:, None, :]), use_cache=False)
     np.testing.assert_allclose(session.question_logits, out.logits[0, -1].numpy(), atol=TOL, rtol=0)
 
-    fresh = StreamSession(model, tok, spec, InfiniPotConfig(capacity=100_000, block_frames=6), "reference", fps=FPS)
+    fresh = StreamSession(model, tok, spec, InfiniPotConfig(capacity=100_000, block_slots=6), "reference", fps=FPS)
     fresh.add_frames(frames)  # one block: another schedule, the same answer
     assert "".join(fresh.ask(QUESTIONS[0], max_tokens=6)) == answer
 
@@ -171,7 +171,7 @@ def test_transformers_mask_over_compressed_cache(tiny):
     """After compressions (n_cached != next_position) new tokens see every slot, causally."""
     from transformers.masking_utils import create_causal_mask
 
-    _, ref = sessions(tiny, capacity=200, block_frames=2, reserve=48)
+    _, ref = sessions(tiny, capacity=200, block_slots=2, reserve=48)
     ref.add_frames(frames_for(12))
     assert ref.counters.compressions >= 1
     config, embeds = ref.adapter.lm.config, torch.zeros(1, 5, 128)
@@ -239,11 +239,11 @@ def test_chat_reference_backend_matches_mlx(tiny, tiny_qwen_dir, noise_mp4):
 
     out = run_cli("infinipot_mlx.chat", str(noise_mp4), "--model", str(tiny_qwen_dir),
                   "--backend", "reference", "--device", "cpu", "--dtype", "float32", "--kv-budget", "200",
-                  "--reserve", "48", "--block-frames", "2", "--fps", "10", "-q", QUESTIONS[0], "--max-tokens", "8")
+                  "--reserve", "48", "--block-slots", "2", "--fps", "10", "-q", QUESTIONS[0], "--max-tokens", "8")
     assert out.returncode == 0, out.stderr
     assert "streaming" in out.stderr
     model, tok, spec, _ = tiny[0]
-    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=200, block_frames=2, reserve=48), fps=10.0)
+    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=200, block_slots=2, reserve=48), fps=10.0)
     frames, _ = VideoSource(noise_mp4, fps=10.0, min_pixels=spec.min_pixels,
                             max_pixels=spec.max_pixels, factor=spec.pixels_per_token).read()
     session.add_frames(frames)

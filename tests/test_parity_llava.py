@@ -60,7 +60,7 @@ def run_both(tiny, frames, **config) -> tuple[Trace, Trace]:
     (mm, mt, ms, _), (rm, rt, rs, _) = tiny
     mlx = StreamSession(mm, mt, ms, cfg, "mlx", record_kept=True)
     ref = StreamSession(rm, rt, rs, cfg, "reference", record_kept=True)
-    chunks = split_frames(frames, len(QUESTIONS), cfg.block_frames)
+    chunks = split_frames(frames, len(QUESTIONS), cfg.block_slots)
     return run_session(mlx, chunks, QUESTIONS, MAX_TOKENS), run_session(ref, chunks, QUESTIONS, MAX_TOKENS)
 
 
@@ -85,7 +85,7 @@ CASES = [("compact", 200, {}), ("compact", 240, {}), ("absolute", 200, {}),
 @pytest.mark.parametrize("policy,capacity,extra", CASES)
 def test_backends_agree_at_every_compression(tiny, short, policy, capacity, extra):
     models = short if policy == "compact" else tiny
-    mlx, ref = run_both(models, frames_for(24), capacity=capacity, block_frames=2, reserve=48,
+    mlx, ref = run_both(models, frames_for(24), capacity=capacity, block_slots=2, reserve=48,
                         position_policy=policy, **extra)
     assert len(mlx.kept_log) >= 4  # several compressions, one of them before a question
     assert mlx.frames_before == [12, 24]  # two turns, frames streamed in between
@@ -94,7 +94,7 @@ def test_backends_agree_at_every_compression(tiny, short, policy, capacity, extr
 
 
 def test_backends_agree_without_compression(tiny):
-    mlx, ref = run_both(tiny, frames_for(8, seed=1), capacity=None, method="full", block_frames=2)
+    mlx, ref = run_both(tiny, frames_for(8, seed=1), capacity=None, method="full", block_slots=2)
     assert mlx.kept_log == [] and ref.kept_log == []
     assert_parity(mlx, ref)
 
@@ -102,8 +102,8 @@ def test_backends_agree_without_compression(tiny):
 def test_compact_and_absolute_differ_after_a_compression(tiny, short):
     """`compact` renumbers only when the range runs out (not before the first question, ~250
     positions in), and the re-rotation is not a no-op: it changes the second answer's logits."""
-    compact, _ = run_both(short, frames_for(24), capacity=200, block_frames=2, reserve=48)
-    absolute, _ = run_both(tiny, frames_for(24), capacity=200, block_frames=2, reserve=48,
+    compact, _ = run_both(short, frames_for(24), capacity=200, block_slots=2, reserve=48)
+    absolute, _ = run_both(tiny, frames_for(24), capacity=200, block_slots=2, reserve=48,
                            position_policy="absolute")
     np.testing.assert_array_equal(compact.question_logits[0], absolute.question_logits[0])  # not yet
     assert np.abs(compact.question_logits[1] - absolute.question_logits[1]).max() > 1e-3  # renumbered
@@ -116,7 +116,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_parity_cli_passes_on_llava(tiny_llava_dir, moving_shapes_mp4):
     out = run_cli("infinipot_mlx.parity", "--model", str(tiny_llava_dir), "--video", str(moving_shapes_mp4),
-                  "--kv-budget", "200", "--reserve", "48", "--fps", "10", "--block-frames", "2")
+                  "--kv-budget", "200", "--reserve", "48", "--fps", "10", "--block-slots", "2")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "30 frames of 98x98" in out.stdout and "PASS" in out.stdout and " NO" not in out.stdout
     assert out.stdout.count("20/20 same") == 2  # two turns, 20 greedy tokens each
@@ -128,12 +128,12 @@ def test_chat_cli_on_llava(tiny, tiny_llava_dir, moving_shapes_mp4):
     from infinipot_mlx.video import VideoSource
 
     out = run_cli("infinipot_mlx.chat", str(moving_shapes_mp4), "--model", str(tiny_llava_dir),
-                  "--kv-budget", "200", "--reserve", "48", "--block-frames", "2", "--fps", "10",
+                  "--kv-budget", "200", "--reserve", "48", "--block-slots", "2", "--fps", "10",
                   "-q", QUESTIONS[0], "--max-tokens", "8")
     assert out.returncode == 0, out.stderr
     assert "streaming" in out.stderr
     model, tok, spec, _ = tiny[0]
-    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=200, block_frames=2, reserve=48), fps=10.0)
+    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=200, block_slots=2, reserve=48), fps=10.0)
     frames, _ = VideoSource(moving_shapes_mp4, fps=10.0, size=spec.frame_size).read()
     session.add_frames(frames)
     answer = "".join(session.ask(QUESTIONS[0], max_tokens=8))

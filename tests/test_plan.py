@@ -7,7 +7,7 @@ from infinipot_mlx import plan
 
 
 def test_paper_block_schedule():
-    # capacity = 32 frames of 256 tokens + a 100-token prompt + reserve; blocks of 8 frames
+    # capacity = 32 slots of 256 tokens + a 100-token prompt + reserve; blocks of 8 slots
     T, prompt, reserve = 256, 100, 512
     capacity = 32 * T + prompt + reserve
     cached = prompt + 32 * T
@@ -33,7 +33,7 @@ def test_recent_count():
 def test_min_capacity_is_tight():
     cap = plan.min_capacity(256, 8, 512, n_pinned=40)
     InfiniPotConfig(capacity=cap).check_fits(256, n_pinned=40)
-    with pytest.raises(ValueError, match="less than one frame"):
+    with pytest.raises(ValueError, match="less than one slot"):
         InfiniPotConfig(capacity=cap - 1).check_fits(256, n_pinned=40)
 
 
@@ -41,7 +41,7 @@ def test_min_capacity_is_tight():
     "kwargs, message",
     [
         (dict(method="h2o"), "unknown method"),
-        (dict(block_frames=0), "block_frames"),
+        (dict(block_slots=0), "block_slots"),
         (dict(tar_ratio=1.5), "tar_ratio"),
         (dict(recent_ratio=0.0), "recent_ratio"),
         (dict(capacity=100, reserve=512), "above the reserve"),

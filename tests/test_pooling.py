@@ -31,9 +31,9 @@ LAYER = {3: 0, 2: 7, 1: 14, 0: 21}  # pooled axes -> a layer of that quarter (of
 NOMINAL = {3: 7, 2: 5, 1: 3}  # pooled axes -> kernel before shrinking
 
 
-def pooled_both(van, frame_ids, patch_ids, grid, axes):
+def pooled_both(van, slot_ids, patch_ids, grid, axes):
     """(MLX, reference) pooled VaN as numpy, for the layer that pools `axes` axes."""
-    args = (frame_ids, patch_ids, grid, LAYER[axes], NUM_LAYERS)
+    args = (slot_ids, patch_ids, grid, LAYER[axes], NUM_LAYERS)
     got = np.array(scoring.pool_value_norm(mx.array(van), *args))
     ref = ref_scoring.pool_value_norm(torch.from_numpy(van), *args).numpy()
     return got, ref
@@ -112,19 +112,19 @@ def odd_fit(kernel, size):
     return min(kernel, size if size % 2 else size - 1)
 
 
-def oracle_pool(van, frame_ids, patch_ids, grid, axes):
+def oracle_pool(van, slot_ids, patch_ids, grid, axes):
     """Pooled VaN (H, N) float64 from the module docstring's definition, cell by cell."""
     rows, cols = grid
-    n_frames = max(len(set(ids.tolist())) for ids in frame_ids)  # G
+    n_frames = max(len(set(ids.tolist())) for ids in slot_ids)  # G
     extent = (n_frames * rows * cols,) if axes == 1 else (n_frames, rows, cols)
     k = NOMINAL[axes]
     kernel = {1: (odd_fit(k, extent[0]),), 2: (1, odd_fit(k, rows), odd_fit(k, cols)),
               3: tuple(odd_fit(k, s) for s in extent)}[axes]
     out = np.zeros(van.shape)
     for h in range(van.shape[0]):
-        rank = {f: i for i, f in enumerate(sorted(set(frame_ids[h].tolist())))}
+        rank = {f: i for i, f in enumerate(sorted(set(slot_ids[h].tolist())))}
         coords = [(rank[f] * rows * cols + p,) if axes == 1 else (rank[f], p // cols, p % cols)
-                  for f, p in zip(frame_ids[h].tolist(), patch_ids[h].tolist())]
+                  for f, p in zip(slot_ids[h].tolist(), patch_ids[h].tolist())]
         cells = {c: float(v) for c, v in zip(coords, van[h])}
         offsets = list(itertools.product(*(range(-(s // 2), s // 2 + 1) for s in kernel)))
         for n, centre in enumerate(coords):
@@ -141,15 +141,15 @@ def oracle_pool(van, frame_ids, patch_ids, grid, axes):
 
 def holey_case(seed, heads, frames, grid, keep_share):
     """Random VaN on a grid thinned per head, frames renumbered with gaps (as after
-    earlier compressions). Returns van (H, N) float32, frame_ids, patch_ids (H, N)."""
+    earlier compressions). Returns van (H, N) float32, slot_ids, patch_ids (H, N)."""
     rng = np.random.default_rng(seed)
     tokens = grid[0] * grid[1]
     n_full = frames * tokens
     n_cand = max(1, int(n_full * keep_share))
     slots = np.stack([np.sort(rng.choice(n_full, n_cand, replace=False)) for _ in range(heads)])
-    frame_ids = 3 * (slots // tokens) + 5  # absent frame ids leave no gap in the grid
+    slot_ids = 3 * (slots // tokens) + 5  # absent frame ids leave no gap in the grid
     van = rng.random((heads, n_cand)).astype(np.float32) + 0.5
-    return van, frame_ids, slots % tokens
+    return van, slot_ids, slots % tokens
 
 
 HOLEY = [(2, 4, (3, 3), 0.6), (3, 9, (8, 8), 0.7), (1, 3, (2, 5), 0.3), (2, 12, (5, 7), 0.5),
@@ -159,10 +159,10 @@ HOLEY = [(2, 4, (3, 3), 0.6), (3, 9, (8, 8), 0.7), (1, 3, (2, 5), 0.3), (2, 12, 
 @pytest.mark.parametrize("axes", [3, 2, 1])
 @pytest.mark.parametrize("index", range(len(HOLEY)))
 def test_holes_match_the_definition(index, axes):
-    van, frame_ids, patch_ids = holey_case(index, *HOLEY[index])
+    van, slot_ids, patch_ids = holey_case(index, *HOLEY[index])
     grid = HOLEY[index][2]
-    want = oracle_pool(van, frame_ids, patch_ids, grid, axes)
-    got, ref = pooled_both(van, frame_ids, patch_ids, grid, axes)
+    want = oracle_pool(van, slot_ids, patch_ids, grid, axes)
+    got, ref = pooled_both(van, slot_ids, patch_ids, grid, axes)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     np.testing.assert_allclose(ref, want, rtol=1e-5)
 
@@ -197,26 +197,26 @@ def newest_block_share(select, pooled_axes=None, *, heads=2, dim=8, grid=(8, 8),
     """
     rng = np.random.default_rng(seed)
     tokens = grid[0] * grid[1]
-    frame_ids = patch_ids = np.zeros((heads, 0), np.int64)
+    slot_ids = patch_ids = np.zeros((heads, 0), np.int64)
     values = np.zeros((heads, 0, dim), np.float32)
     pooling = dict(van_pooling=pooled_axes is not None, layer_idx=LAYER.get(pooled_axes, 0),
                    num_layers=NUM_LAYERS, grid_hw=grid)
     shares, start = [], 0
     while len(shares) < steps:
         n = np.broadcast_to(np.arange(block * tokens), (heads, block * tokens))
-        frame_ids = np.concatenate([frame_ids, start + n // tokens], axis=1)
+        slot_ids = np.concatenate([slot_ids, start + n // tokens], axis=1)
         patch_ids = np.concatenate([patch_ids, n % tokens], axis=1)
         fresh = rng.standard_normal((heads, n.shape[1], dim)).astype(np.float32)
         values = np.concatenate([values, fresh], axis=1)
-        if frame_ids.shape[1] > keep_frames * tokens:
-            kept = select(values, tokens_per_frame=tokens, keep=keep_frames * tokens,
-                          tar_ratio=0.0, frame_ids=frame_ids, patch_ids=patch_ids, **pooling)
-            frame_ids = np.take_along_axis(frame_ids, kept, axis=1)
+        if slot_ids.shape[1] > keep_frames * tokens:
+            kept = select(values, tokens_per_slot=tokens, keep=keep_frames * tokens,
+                          tar_ratio=0.0, slot_ids=slot_ids, patch_ids=patch_ids, **pooling)
+            slot_ids = np.take_along_axis(slot_ids, kept, axis=1)
             patch_ids = np.take_along_axis(patch_ids, kept, axis=1)
             values = np.take_along_axis(values, kept[..., None], axis=1)
             warmup -= 1
             if warmup < 0:
-                shares.append(np.mean(frame_ids >= start))
+                shares.append(np.mean(slot_ids >= start))
         start += block
     return float(np.mean(shares))
 

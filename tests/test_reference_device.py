@@ -42,11 +42,11 @@ def kv(device, n_cand=N_CAND, dtype=torch.float32, seed=0):
 
 def run_select(device, config, holes=False, dtype=torch.float32):
     """Kept indices of select_tokens on device, with or without earlier holes."""
-    ids = dict(zip(("frame_ids", "patch_ids"), holey_ids())) if holes else {}
-    n_cand = ids["frame_ids"].shape[1] if holes else N_CAND
+    ids = dict(zip(("slot_ids", "patch_ids"), holey_ids())) if holes else {}
+    n_cand = ids["slot_ids"].shape[1] if holes else N_CAND
     keys, values = kv(device, n_cand, dtype)
     keep = n_cand if config.get("method") == "full" else KEEP
-    return select.select_tokens(keys, values, tokens_per_frame=TOKENS, keep=keep, grid_hw=GRID,
+    return select.select_tokens(keys, values, tokens_per_slot=TOKENS, keep=keep, grid_hw=GRID,
                                 **ids, **config), n_cand
 
 
@@ -73,23 +73,23 @@ def test_selection_with_half_keys(device, dtype):
 @pytest.mark.parametrize("layer_idx", range(4))
 @pytest.mark.parametrize("holes", [False, True], ids=["dense", "holes"])
 def test_scorers_run_on_meta(holes, layer_idx):
-    frame_ids, patch_ids = holey_ids() if holes else candidates.resolve_ids(
+    slot_ids, patch_ids = holey_ids() if holes else candidates.resolve_ids(
         None, None, HEADS, N_CAND, TOKENS)
-    keys, values = kv("meta", frame_ids.shape[1])
-    recent = candidates.recent_mask(frame_ids, TOKENS, 0.25)
+    keys, values = kv("meta", slot_ids.shape[1])
+    recent = candidates.recent_mask(slot_ids, TOKENS, 0.25)
     outputs = [scoring.temporal_redundancy(keys, patch_ids, recent, TOKENS),
                scoring.value_norm(values)]
-    outputs.append(scoring.pool_value_norm(outputs[1], frame_ids, patch_ids, GRID, layer_idx, 4))
+    outputs.append(scoring.pool_value_norm(outputs[1], slot_ids, patch_ids, GRID, layer_idx, 4))
     for out in outputs:
         assert out.device.type == "meta"
-        assert out.shape == frame_ids.shape and out.dtype == torch.float32
+        assert out.shape == slot_ids.shape and out.dtype == torch.float32
 
 
 def test_values_follow_the_keys_device():
     # the keys' device is the device of the step: values elsewhere are moved, not mixed
     keys, _ = kv("meta")
     _, values = kv("cpu")
-    out = select.select_tokens(keys, values, tokens_per_frame=TOKENS, keep=KEEP, tar_ratio=0.5)
+    out = select.select_tokens(keys, values, tokens_per_slot=TOKENS, keep=KEEP, tar_ratio=0.5)
     assert out.device.type == "meta" and out.shape == (HEADS, KEEP)
 
 
@@ -111,15 +111,15 @@ def test_cuda_selection_equals_cpu(config, holes):
 @pytest.mark.parametrize("layer_idx", range(4))
 @pytest.mark.parametrize("holes", [False, True], ids=["dense", "holes"])
 def test_cuda_scores_match_cpu(holes, layer_idx):
-    frame_ids, patch_ids = holey_ids() if holes else candidates.resolve_ids(
+    slot_ids, patch_ids = holey_ids() if holes else candidates.resolve_ids(
         None, None, HEADS, N_CAND, TOKENS)
-    recent = candidates.recent_mask(frame_ids, TOKENS, 0.25)
+    recent = candidates.recent_mask(slot_ids, TOKENS, 0.25)
 
     def scores(device):
-        keys, values = kv(device, frame_ids.shape[1])
+        keys, values = kv(device, slot_ids.shape[1])
         van = scoring.value_norm(values)
         return (scoring.temporal_redundancy(keys, patch_ids, recent, TOKENS), van,
-                scoring.pool_value_norm(van, frame_ids, patch_ids, GRID, layer_idx, 4))
+                scoring.pool_value_norm(van, slot_ids, patch_ids, GRID, layer_idx, 4))
 
     for got, want in zip(scores("cuda"), scores("cpu")):
         assert got.device.type == "cuda"

@@ -1,6 +1,6 @@
 """Tier 2: the MLX selection core on hand-computed cases, plus hypothesis properties.
 
-Hand cases use H = 2 heads, 4 frames x 4 patches (a 2 x 2 grid), D = 4, token n = 4f + p.
+Hand cases use H = 2 heads, 4 slots x 4 patches (a 2 x 2 grid), D = 4, token n = 4f + p.
 Keys are built from unit vectors e_0..e_3 so that every cosine is obvious; values are
 c * e_0 so that VaN is c. Expected kept sets are written out from the rules of
 ALGORITHM.md section 5, not computed by the code.
@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from infinipot_mlx import candidates
 from infinipot_mlx.mlx.scoring import pool_value_norm, temporal_redundancy, value_norm
-from infinipot_mlx.mlx.select import select_tokens, top_k_latest
+from infinipot_mlx.mlx.select import mask_indices, select_tokens, top_k_mask
 from test_pooling import oracle_pool
 
 E = np.eye(4, dtype=np.float32)
@@ -38,7 +38,7 @@ def hand_kv():
 
 def kept(method="infinipot_v", **kw):
     keys, values = hand_kv()
-    out = select_tokens(keys, values, tokens_per_frame=T, method=method, **kw)
+    out = select_tokens(keys, values, tokens_per_slot=T, method=method, **kw)
     assert out.dtype == mx.int32
     return np.array(out).tolist()
 
@@ -84,26 +84,39 @@ def test_baselines():
 def test_ties_break_towards_later_arrivals():
     keys = np.broadcast_to(E[0], (2, 16, 4))  # every TaR is -1
     values = np.ones((2, 16, 4), np.float32)  # every VaN is 2
-    kw = dict(tokens_per_frame=T, keep=6)
+    kw = dict(tokens_per_slot=T, keep=6)
     assert np.array(select_tokens(keys, values, tar_ratio=1.0, **kw)).tolist() == [
         [10, 11, 12, 13, 14, 15]] * 2
-    assert np.array(select_tokens(keys, values, tar_ratio=0.0, keep=3, tokens_per_frame=T)
+    assert np.array(select_tokens(keys, values, tar_ratio=0.0, keep=3, tokens_per_slot=T)
                     ).tolist() == [[13, 14, 15]] * 2
 
 
-def test_top_k_latest_is_stable_on_many_ties():
-    scores = np.random.default_rng(0).integers(0, 3, size=(3, 20000)).astype(np.float32)
-    got = np.array(top_k_latest(mx.array(scores), 7000))
+@pytest.mark.parametrize("k", [1, 6999, 7000, 7001, 19999, 20000])
+def test_top_k_takes_the_latest_of_many_ties(k):
+    """Both backends' top-k: the k highest scores, ties to the later index (the order of a
+    stable sort by score descending, then index descending), as ascending indices."""
+    import torch
+
+    from infinipot_mlx.reference.select import mask_indices as torch_indices
+    from infinipot_mlx.reference.select import top_k_mask as torch_mask
+
+    rng = np.random.default_rng(k)
+    scores = rng.integers(0, 3, size=(3, 20000)).astype(np.float32)
+    scores[0, rng.integers(0, 20000, 500)] = -np.inf  # masked tokens tie too
+    scores[1, rng.integers(0, 20000, 500)] = np.inf
     n = np.arange(20000)
-    want = [np.lexsort((-n, -s))[:7000] for s in scores]  # score desc, then index desc
-    np.testing.assert_array_equal(got, np.stack(want))
+    want = np.stack([np.sort(np.lexsort((-n, -s))[:k]) for s in scores])  # score desc, index desc
+    got = np.array(mask_indices(top_k_mask(mx.array(scores), k), k))
+    np.testing.assert_array_equal(got, want)
+    t = torch.from_numpy(scores)
+    np.testing.assert_array_equal(torch_indices(torch_mask(t, k), k).numpy(), want)
 
 
 def test_holes_recent_clamp_and_fallback():
     # head 0: frames 0:{1,3} 1:{2,3} 2:{0..3} 3:{0,1}: newest frame 3 is not whole, so
     #   R = frame 3 as it is (tokens 8, 9); patches 2, 3 have no reference and score 0.
     # head 1: frames 0:{0..3} 1:{0,2} 2:{0..3}: r = 2 but frame 1 is not whole -> R = frame 2.
-    frame_ids = [[0, 0, 1, 1, 2, 2, 2, 2, 3, 3], [0, 0, 0, 0, 1, 1, 2, 2, 2, 2]]
+    slot_ids = [[0, 0, 1, 1, 2, 2, 2, 2, 3, 3], [0, 0, 0, 0, 1, 1, 2, 2, 2, 2]]
     patch_ids = [[1, 3, 2, 3, 0, 1, 2, 3, 0, 1], [0, 1, 2, 3, 0, 2, 0, 1, 2, 3]]
     keys = np.zeros((2, 10, 4), np.float32)
     keys[0] = [E[1] + E[2], E[3], E[2], E[3], -E[0], E[1], E[2], E[3], E[0], E[1]]
@@ -111,8 +124,8 @@ def test_holes_recent_clamp_and_fallback():
     keys[1] = [E[0], E[1] + E[2], -E[2], E[3], E[1], E[2] + E[3], E[0], E[1], E[2], E[3]]
     # head 1 TaR: 0: -1, 1: -0.71, 2: +1, 3: -1, 4: 0, 5: -0.71 -> top 2: 2, 4
     values = np.ones((2, 10, 4), np.float32)
-    out = select_tokens(keys, values, tokens_per_frame=T, keep=6, tar_ratio=1.0,
-                        recent_ratio=1.0, frame_ids=frame_ids, patch_ids=patch_ids)
+    out = select_tokens(keys, values, tokens_per_slot=T, keep=6, tar_ratio=1.0,
+                        recent_ratio=1.0, slot_ids=slot_ids, patch_ids=patch_ids)
     assert np.array(out).tolist() == [[3, 4, 6, 7, 8, 9], [2, 4, 6, 7, 8, 9]]
 
 
@@ -121,16 +134,16 @@ def test_select_with_sequence_pooling_spreads_van():
     keys, _ = hand_kv()
     values = np.zeros((2, 16, 4), np.float32)
     values[0, 5, 0] = values[1, 0, 0] = 3.0
-    kw = dict(tokens_per_frame=T, keep=3, tar_ratio=0.0)
+    kw = dict(tokens_per_slot=T, keep=3, tar_ratio=0.0)
     pooled = select_tokens(keys, values, van_pooling=True, layer_idx=2, num_layers=4, **kw)
     assert np.array(pooled).tolist() == [[4, 5, 6], [0, 1, 15]]  # 15: latest of the zero ties
     assert np.array(select_tokens(keys, values, **kw)).tolist() == [[5, 14, 15], [0, 14, 15]]
 
 
-def pool(van, layer_idx, num_layers=4, grid_hw=(3, 3), frame_ids=None, patch_ids=None):
+def pool(van, layer_idx, num_layers=4, grid_hw=(3, 3), slot_ids=None, patch_ids=None):
     van = np.asarray(van, np.float32)[None]
     tokens = grid_hw[0] * grid_hw[1]
-    fi, pi = candidates.resolve_ids(frame_ids, patch_ids, 1, van.shape[1], tokens)
+    fi, pi = candidates.resolve_ids(slot_ids, patch_ids, 1, van.shape[1], tokens)
     out = pool_value_norm(mx.array(van), fi, pi, grid_hw, layer_idx, num_layers)
     return np.array(out)[0].tolist()
 
@@ -157,9 +170,9 @@ def test_pooling_1d_over_dense_grid_with_holes_and_last_quarter_identity():
     # frames 0 and 5 present; frame 0 misses patch 2: dense slots 0 1 [hole] 3 | 4 5 6 7.
     # The hole counts in neither sum nor divisor; the edge padding counts as zeros.
     fi, pi = [0, 0, 0, 5, 5, 5, 5], [0, 1, 3, 0, 1, 2, 3]
-    got = pool([3] * 7, layer_idx=2, grid_hw=(2, 2), frame_ids=fi, patch_ids=pi)
+    got = pool([3] * 7, layer_idx=2, grid_hw=(2, 2), slot_ids=fi, patch_ids=pi)
     assert got == [2, 3, 3, 3, 3, 3, 2]
-    assert pool([3] * 7, layer_idx=3, grid_hw=(2, 2), frame_ids=fi, patch_ids=pi) == [3] * 7
+    assert pool([3] * 7, layer_idx=3, grid_hw=(2, 2), slot_ids=fi, patch_ids=pi) == [3] * 7
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -168,26 +181,26 @@ def test_pooling_1d_over_dense_grid_with_holes_and_last_quarter_identity():
     (dict(keep=4, method="random"), "unknown method"),
     (dict(keep=4, tar_ratio=1.5), "tar_ratio"),
     (dict(keep=4, van_pooling=True, grid_hw=(3, 2)), "rows \\* cols"),
-    (dict(keep=4, frame_ids=np.zeros((2, 16), int)), "together"),
-    (dict(keep=4, frame_ids=np.zeros((2, 16), int), patch_ids=np.zeros((2, 16), int)),
+    (dict(keep=4, slot_ids=np.zeros((2, 16), int)), "together"),
+    (dict(keep=4, slot_ids=np.zeros((2, 16), int), patch_ids=np.zeros((2, 16), int)),
      "appears twice"),
 ])
 def test_bad_requests_raise_value_error(kw, message):
     keys, values = hand_kv()
     with pytest.raises(ValueError, match=message):
-        select_tokens(keys, values, tokens_per_frame=T, **kw)
+        select_tokens(keys, values, tokens_per_slot=T, **kw)
 
 
 def test_pooling_needs_grid_for_non_square_frames():
     keys = np.ones((1, 12, 2), np.float32)
     for tar_ratio in (0.5, 1.0):  # also when the VaN share is empty
         with pytest.raises(ValueError, match="grid_hw"):
-            select_tokens(keys, keys, tokens_per_frame=6, keep=6, van_pooling=True,
+            select_tokens(keys, keys, tokens_per_slot=6, keep=6, van_pooling=True,
                           tar_ratio=tar_ratio)
     with pytest.raises(ValueError, match="layer_idx"):
-        select_tokens(keys, keys, tokens_per_frame=6, keep=6, van_pooling=True, grid_hw=(2, 3),
+        select_tokens(keys, keys, tokens_per_slot=6, keep=6, van_pooling=True, grid_hw=(2, 3),
                       layer_idx=4, num_layers=4)
-    out = select_tokens(keys, keys, tokens_per_frame=6, keep=6, van_pooling=True, grid_hw=(2, 3))
+    out = select_tokens(keys, keys, tokens_per_slot=6, keep=6, van_pooling=True, grid_hw=(2, 3))
     assert out.shape == (1, 6)
 
 
@@ -209,7 +222,7 @@ def selection_case(draw):
     return dict(
         keys=rng.standard_normal((heads, n_cand, dim)).astype(np.float32),
         values=rng.standard_normal((heads, n_cand, dim)).astype(np.float32),
-        frame_ids=slots // tokens, patch_ids=slots % tokens, tokens_per_frame=tokens,
+        slot_ids=slots // tokens, patch_ids=slots % tokens, tokens_per_slot=tokens,
         grid_hw=grid, keep=draw(st.integers(1, n_cand)),
         tar_ratio=draw(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, 0.3])),
         recent_ratio=draw(st.sampled_from([0.1, 0.25, 0.5, 1.0])),
@@ -221,12 +234,12 @@ def oracle_tar_share(keep, tar_ratio):
     return keep - round((1.0 - tar_ratio) * keep)
 
 
-def oracle_recent(frame_ids, tokens, recent_ratio):
+def oracle_recent(slot_ids, tokens, recent_ratio):
     """Recent mask straight from the rule: newest r = max(1, floor(F * ratio)) frames by id,
     clamped to the unbroken run of whole ones; the newest frame alone if it is not whole."""
-    mask = np.zeros(frame_ids.shape, bool)
-    r = max(1, int(frame_ids.shape[1] // tokens * recent_ratio))
-    for h, ids in enumerate(frame_ids):
+    mask = np.zeros(slot_ids.shape, bool)
+    r = max(1, int(slot_ids.shape[1] // tokens * recent_ratio))
+    for h, ids in enumerate(slot_ids):
         newest_first = sorted(set(ids.tolist()), reverse=True)
         whole = 0
         while whole < len(newest_first) and (ids == newest_first[whole]).sum() == tokens:
@@ -255,7 +268,7 @@ def oracle_van(case):
     axes = 3 - (case["layer_idx"] * 4) // case["num_layers"]
     if not case["van_pooling"] or axes == 0:
         return van
-    return oracle_pool(van, case["frame_ids"], case["patch_ids"], case["grid_hw"], axes)
+    return oracle_pool(van, case["slot_ids"], case["patch_ids"], case["grid_hw"], axes)
 
 
 def assert_top(kept, scores, allowed, count, tol=1e-5):
@@ -273,12 +286,12 @@ def assert_top(kept, scores, allowed, count, tol=1e-5):
 @given(selection_case())
 def test_infinipot_v_properties(case):
     out = np.array(select_tokens(**case))
-    heads, n_cand = case["frame_ids"].shape
-    keep, tokens = case["keep"], case["tokens_per_frame"]
+    heads, n_cand = case["slot_ids"].shape
+    keep, tokens = case["keep"], case["tokens_per_slot"]
     assert out.shape == (heads, keep)
     assert np.all(np.diff(out, axis=1) > 0) and out.min() >= 0 and out.max() < n_cand
     k_tar = oracle_tar_share(keep, case["tar_ratio"])
-    recent = oracle_recent(case["frame_ids"], tokens, case["recent_ratio"])
+    recent = oracle_recent(case["slot_ids"], tokens, case["recent_ratio"])
     tar = oracle_tar(case["keys"], case["patch_ids"], recent)
     van = oracle_van(case)
     for h in range(heads):
@@ -297,13 +310,13 @@ def test_infinipot_v_properties(case):
 @settings(max_examples=60, deadline=None)
 @given(selection_case())
 def test_scores_match_their_definitions(case):
-    tokens = case["tokens_per_frame"]
-    recent = oracle_recent(case["frame_ids"], tokens, case["recent_ratio"])
+    tokens = case["tokens_per_slot"]
+    recent = oracle_recent(case["slot_ids"], tokens, case["recent_ratio"])
     got = np.array(temporal_redundancy(mx.array(case["keys"]), case["patch_ids"], recent, tokens))
     np.testing.assert_allclose(got, oracle_tar(case["keys"], case["patch_ids"], recent),
                                atol=1e-5)
     van = value_norm(mx.array(case["values"]))
     if case["van_pooling"]:
-        van = pool_value_norm(van, case["frame_ids"], case["patch_ids"], case["grid_hw"],
+        van = pool_value_norm(van, case["slot_ids"], case["patch_ids"], case["grid_hw"],
                               case["layer_idx"], case["num_layers"])
     np.testing.assert_allclose(np.array(van), oracle_van(case), rtol=1e-5)

@@ -44,7 +44,7 @@ def both(keys, values, **kw):
 def check_parity(shape, seed, keep, config, **ids):
     keys, values = random_kv(shape, seed)
     tokens = shape["grid"][0] * shape["grid"][1]
-    got, want = both(keys, values, tokens_per_frame=tokens, keep=keep, grid_hw=shape["grid"],
+    got, want = both(keys, values, tokens_per_slot=tokens, keep=keep, grid_hw=shape["grid"],
                      **ids, **config)
     np.testing.assert_array_equal(got, want, err_msg=f"{shape} {config} keep={keep}")
     return want
@@ -71,20 +71,20 @@ def test_parity_after_a_previous_compression(shape, config):
     n_cand = shape["frames"] * tokens
     first = check_parity(shape, 11, n_cand * 2 // 3, dict(tar_ratio=0.5))  # holes per head
     frames = np.arange(n_cand) // tokens
-    frame_ids, patch_ids = frames[first], np.arange(n_cand)[first] % tokens
+    slot_ids, patch_ids = frames[first], np.arange(n_cand)[first] % tokens
     rng = np.random.default_rng(12)  # fresh KV for the survivors
     keys, values = (rng.standard_normal((shape["heads"], first.shape[1], shape["dim"]))
                     .astype(np.float32) for _ in range(2))
-    got, want = both(keys, values, tokens_per_frame=tokens, keep=n_cand // 2,
-                     grid_hw=shape["grid"], frame_ids=frame_ids, patch_ids=patch_ids, **config)
+    got, want = both(keys, values, tokens_per_slot=tokens, keep=n_cand // 2,
+                     grid_hw=shape["grid"], slot_ids=slot_ids, patch_ids=patch_ids, **config)
     np.testing.assert_array_equal(got, want)
 
 
 def test_scores_agree():
     keys, values = random_kv(SMALL[3], 3)
     tokens = 49
-    frame_ids, patch_ids = candidates.resolve_ids(None, None, 4, keys.shape[1], tokens)
-    recent = candidates.recent_mask(frame_ids, tokens, 0.25)
+    slot_ids, patch_ids = candidates.resolve_ids(None, None, 4, keys.shape[1], tokens)
+    recent = candidates.recent_mask(slot_ids, tokens, 0.25)
     np.testing.assert_allclose(
         np.array(scoring.temporal_redundancy(mx.array(keys), patch_ids, recent, tokens)),
         ref_scoring.temporal_redundancy(torch.from_numpy(keys), patch_ids, recent, tokens).numpy(),

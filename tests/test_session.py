@@ -52,7 +52,7 @@ def one_shot_inputs(tiny, frames: np.ndarray, question: str):
 def test_blockwise_stream_equals_one_shot_forward(tiny):
     model = tiny[0]
     frames = frames_for(12)
-    session = session_for(tiny, capacity=100_000, block_frames=2)  # 3 blocks, no compression
+    session = session_for(tiny, capacity=100_000, block_slots=2)  # 3 blocks, no compression
     session.add_frames(frames)
     answer = "".join(session.ask(QUESTION, max_tokens=6))
     assert session.counters.compressions == 0
@@ -64,7 +64,7 @@ def test_blockwise_stream_equals_one_shot_forward(tiny):
     np.testing.assert_allclose(session.question_logits, one_shot, atol=1e-4)
 
     # greedy continuation of the one-shot prompt gives the same answer
-    fresh = session_for(tiny, capacity=100_000, block_frames=6)  # one block, other schedule
+    fresh = session_for(tiny, capacity=100_000, block_slots=6)  # one block, other schedule
     fresh.add_frames(frames)
     assert "".join(fresh.ask(QUESTION, max_tokens=6)) == answer
 
@@ -85,7 +85,7 @@ def test_stock_mlx_vlm_positions_differ_in_time(tiny):
 
 def test_cache_never_exceeds_capacity_and_peak_memory_is_flat(tiny):
     capacity, block = 400, 2
-    session = session_for(tiny, capacity=capacity, block_frames=block, reserve=64)
+    session = session_for(tiny, capacity=capacity, block_slots=block, reserve=64)
     T = 16  # 112 px frames: 4 x 4 merged tokens per slot
     slots_10x = 10 * capacity // T
     frames = frames_for(2 * slots_10x, seed=1)
@@ -106,7 +106,7 @@ def test_cache_never_exceeds_capacity_and_peak_memory_is_flat(tiny):
 
 
 def test_multi_turn_prompt_contains_first_answer(tiny):
-    session = session_for(tiny, capacity=600, block_frames=2, reserve=128)
+    session = session_for(tiny, capacity=600, block_slots=2, reserve=128)
     session.add_frames(frames_for(8))
     first = "".join(session.ask("What is red?", max_tokens=5))
     pinned_after_first = session.cache.n_pinned
@@ -122,7 +122,7 @@ def test_multi_turn_prompt_contains_first_answer(tiny):
 
 
 def test_ask_validates_and_stops(tiny):
-    session = session_for(tiny, capacity=600, block_frames=2, reserve=128)
+    session = session_for(tiny, capacity=600, block_slots=2, reserve=128)
     session.add_frames(frames_for(4))
     with pytest.raises(ValueError, match="empty"):
         session.ask("   ")
@@ -135,16 +135,16 @@ def test_ask_validates_and_stops(tiny):
     # every token is counted: the video's close, the question, 3 answer tokens, the closing piece
     question = spec.pieces.video_close + "Describe it." + spec.pieces.question_close
     assert session.cache.n_cached - before == count(question) + 3 + count(spec.pieces.answer_close)
-    longer = session_for(tiny, capacity=600, block_frames=2, reserve=128)  # the same greedy answer,
+    longer = session_for(tiny, capacity=600, block_slots=2, reserve=128)  # the same greedy answer,
     longer.add_frames(frames_for(4))  # with room for more: max_tokens is what cut it
     more = "".join(longer.ask("Describe it.", max_tokens=12))
     assert answer and more.startswith(answer) and len(more) > len(answer)
 
 
 def test_budget_that_cannot_hold_a_block_is_rejected(tiny):
-    session = session_for(tiny, capacity=100, block_frames=8, reserve=16)
+    session = session_for(tiny, capacity=100, block_slots=8, reserve=16)
     with pytest.raises(ValueError, match=r"cap of 100 tokens cannot hold .* 189 tokens needed; raise "
-                       r"--kv-budget \(or --memory\), or lower --max-pixels, --block-frames or --reserve"):
+                       r"--kv-budget \(or --memory\), or lower --max-pixels, --block-slots or --reserve"):
         session.add_frames(frames_for(2))
 
 
@@ -155,7 +155,7 @@ def test_load_rejects_missing_folder(tmp_path):
 
 def test_stop_strings_cut_the_answer(tiny):
     def streamed():
-        session = session_for(tiny, capacity=600, block_frames=2, reserve=128)
+        session = session_for(tiny, capacity=600, block_slots=2, reserve=128)
         session.add_frames(frames_for(4))
         return session
 
@@ -169,7 +169,7 @@ def test_stop_strings_cut_the_answer(tiny):
 def test_sampling_is_seeded(tiny):
     def sample(seed):
         mx.random.seed(seed)
-        session = session_for(tiny, capacity=600, block_frames=2, reserve=128)
+        session = session_for(tiny, capacity=600, block_slots=2, reserve=128)
         session.add_frames(frames_for(4))
         return "".join(session.ask("Describe it.", max_tokens=12, temperature=1.5, top_p=0.9))
 

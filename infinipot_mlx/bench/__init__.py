@@ -2,6 +2,8 @@
 
 Each subcommand is a module of this package with add_arguments(parser) and run(args);
 SUBCOMMANDS maps its name to the module. Benchmarks measure; tests never assert timings.
+cli/bench.py imports only the chosen subcommand's module (its help line is read from the
+module's docstring without importing it), so `--help` and a bad flag answer without mlx.
 """
 
 SUBCOMMANDS = {
@@ -9,4 +11,6 @@ SUBCOMMANDS = {
     "stream": "infinipot_mlx.bench.stream",  # a random Qwen2.5-VL streaming, per method
     "kv": "infinipot_mlx.bench.kv",  # the cache and compression alone at 7B KV shape
     "accuracy": "infinipot_mlx.bench.accuracy",  # the organism's answers under a cap, per method
+    "startup": "infinipot_mlx.bench.startup",  # CLI start-up: --help, a bad flag, imports, first frame
+    "vs-mlx-vlm": "infinipot_mlx.bench.vs_mlx_vlm",  # peak memory and time vs stock mlx-vlm, per length
 }

@@ -7,7 +7,7 @@ the truth). Methods run unchanged: the same configs a user gets, nothing tuned h
 
 Budget b means the cap leaves b x (the video's visual tokens) for visual tokens
 (capacity = pinned prompt + reserve + b x N_video). The newest block is always whole, so
-the smallest room is two slots (one block + one kept frame); a budget below that is
+the smallest room is two slots (one block + one kept slot); a budget below that is
 raised to it and the JSON records the budget actually used.
 
 Statistics: 95% CIs by a cluster bootstrap over videos (questions of one video are not

@@ -1,22 +1,22 @@
 """The KV cache and its compression alone, at Qwen2.5-VL-7B KV shape, over a long stream.
 
-`python -m infinipot_mlx.bench kv [--minutes 60 | --frames N]` appends blocks of random
+`python -m infinipot_mlx.bench kv [--minutes 60 | --slots N]` appends blocks of random
 keys and values to our StreamCache (no model) as the session would, compressing with
 the session's compression step (room.compress_layers) whenever a block would pass
 capacity - reserve (ALGORITHM.md section 3):
-28 layers, 4 KV heads, 128 dims, T = 256 tokens per frame, float16, blocks of 8 frames,
-capacity = 32 frames' worth + prompt + reserve, 1 frame per second for an hour (3600
-frames). "Frame" here is one temporal slot of T tokens (ALGORITHM.md section 1).
+28 layers, 4 KV heads, 128 dims, T = 256 tokens per slot, float16, blocks of 8 slots,
+capacity = 32 slots' worth + prompt + reserve, 1 slot per second for an hour (3600
+slots). A slot is one temporal step of the vision grid, T tokens (ALGORITHM.md section 12).
 
 Keys and values: each block draws, per layer and head, T tokens at random (with
 replacement) from a fixed bank of random normal vectors per head (--bank-tokens); fresh
 normal draws of 59M values per block take seconds on these CPUs, the gather a fraction.
 
-Full KV grows by T x layers x 2 x H x D x 2 bytes (14.7 MB) per frame, ~53 GB at one hour:
+Full KV grows by T x layers x 2 x H x D x 2 bytes (14.7 MB) per slot, ~53 GB at one hour:
 it is measured only while it stays under --full-limit-gb, and the analytic figure is
 reported at every point, labelled as such.
 
-Notation: L layers, H KV heads, D head dim, T tokens per frame, S frames per block.
+Notation: L layers, H KV heads, D head dim, T tokens per slot, S slots per block.
 """
 
 from __future__ import annotations
@@ -27,20 +27,28 @@ import statistics
 import time
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 
 from .. import plan
 from ..config import METHODS, InfiniPotConfig
 from ..errors import UserError
-from ..mlx.cache import StreamCache
-from ..mlx.select import select_tokens
 from ..room import compress_layers
 from .common import environment, load_average, print_environment, require_positive, write_json
 from .plots import Line, Panel, line_panels
 
 GB = 1e9
-DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
+DTYPES: dict = {}  # "float16" -> mx.float16, ...: filled by _import_mlx (the flags parse without mlx)
+
+
+def _import_mlx() -> None:
+    """Bind mx, StreamCache and MLXBackend in this module (run() calls it first)."""
+    global mx, StreamCache, MLXBackend
+    import mlx.core as mx
+
+    from ..mlx.backend import MLXBackend
+    from ..mlx.cache import StreamCache
+
+    DTYPES.update(float16=mx.float16, bfloat16=mx.bfloat16, float32=mx.float32)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,15 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_out/kv"))
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--minutes", type=float, default=60.0, help="video length (default 60)")
-    length.add_argument("--frames", type=int, default=None, help="video length in frames")
-    parser.add_argument("--fps", type=float, default=1.0, help="frames (slots) per second of video")
+    length.add_argument("--slots", type=int, default=None, help="video length in temporal slots")
+    parser.add_argument("--fps", type=float, default=1.0, help="temporal slots per second of video")
     parser.add_argument("--layers", type=int, default=28)
     parser.add_argument("--kv-heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--tokens-per-frame", type=int, default=256, help="T; a square grid")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
-    parser.add_argument("--block-frames", type=int, default=8)
-    parser.add_argument("--capacity-frames", type=int, default=32)
+    parser.add_argument("--tokens-per-slot", type=int, default=256, help="T; a square grid")
+    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="float16")
+    parser.add_argument("--block-slots", type=int, default=8)
+    parser.add_argument("--capacity-slots", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=64, help="pinned text before the video")
     parser.add_argument("--reserve", type=int, default=512)
     parser.add_argument("--method", choices=[m for m, method in METHODS.items() if method.bounded],
@@ -87,7 +95,7 @@ class Source:
 
 
 def _append(cache: StreamCache, source: Source, n: int, labels=None) -> None:
-    """Append n tokens to every layer (labels (frame_ids, patch_ids) or pinned), then sync."""
+    """Append n tokens to every layer (labels (slot_ids, patch_ids) or pinned), then sync."""
     if labels is not None:
         cache.label_next(*labels)
     for layer in cache.layers:
@@ -98,20 +106,20 @@ def _append(cache: StreamCache, source: Source, n: int, labels=None) -> None:
 def _compress(cache: StreamCache, keep: int, T: int, config: InfiniPotConfig, grid) -> float:
     """The session's own compression step (room.compress_layers) on every layer, synced; ms."""
     start = time.perf_counter()
-    compress_layers(cache, select_tokens, keep, T, config, grid)
+    compress_layers(cache, MLXBackend(), keep, T, config, grid)
     mx.eval([a for layer in cache.layers for a in (layer.keys, layer.values)])
     return (time.perf_counter() - start) * 1e3
 
 
 def _points(total: int, first: int, block: int, count: int) -> list[int]:
-    """About `count` log-spaced frame counts from `first` to `total`, on block boundaries."""
+    """About `count` log-spaced slot counts from `first` to `total`, on block boundaries."""
     raw = np.geomspace(max(first, block), total, count)
     return sorted({min(total, block * max(1, round(x / block))) for x in raw} | {total})
 
 
-def _point(cache: StreamCache, frames: int, fps: float, times: list[float], appends: list[float]) -> dict:
+def _point(cache: StreamCache, slots: int, fps: float, times: list[float], appends: list[float]) -> dict:
     """Memory and cache at a point; compression and append ms since the previous point."""
-    return dict(frames=frames, minutes=frames / fps / 60, tokens_cached=cache.n_cached,
+    return dict(slots=slots, minutes=slots / fps / 60, tokens_cached=cache.n_cached,
                 kv_bytes=cache.nbytes, active_memory_bytes=mx.get_active_memory(),
                 peak_memory_bytes=mx.get_peak_memory(), compressions_in_interval=len(times),
                 compress_ms_mean=statistics.fmean(times) if times else None,
@@ -121,18 +129,18 @@ def _point(cache: StreamCache, frames: int, fps: float, times: list[float], appe
 
 def stream(args, config: InfiniPotConfig | None, total: int, points: list[int],
            byte_limit: float | None = None) -> tuple[list[dict], list[float]]:
-    """Stream `total` frames (compressing under `config`, or never when None); points, all ms.
+    """Stream `total` slots (compressing under `config`, or never when None); points, all ms.
 
     Stops early, at a point, when the next block would take the cache past byte_limit.
     """
-    T, S, dtype = args.tokens_per_frame, args.block_frames, DTYPES[args.dtype]
+    T, S, dtype = args.tokens_per_slot, args.block_slots, DTYPES[args.dtype]
     grid = (int(round(T ** 0.5)),) * 2
     source, cache = Source(args, dtype), StreamCache(args.layers)
     mx.reset_peak_memory()
     _append(cache, source, args.prompt_tokens)
-    results, all_times, times, appends, frames = [], [], [], [], 0
-    while frames < total:
-        n = min(S, total - frames)
+    results, all_times, times, appends, slots = [], [], [], [], 0
+    while slots < total:
+        n = min(S, total - slots)
         if byte_limit is not None and (cache.n_cached + n * T) * bytes_per_token(args) > byte_limit:
             break
         if config is not None and plan.needs_compression(cache.n_cached, n * T, config.capacity,
@@ -140,18 +148,18 @@ def stream(args, config: InfiniPotConfig | None, total: int, points: list[int],
             keep = plan.keep_target(config.capacity, config.reserve, cache.n_pinned, n * T)
             times.append(_compress(cache, keep, T, config, grid))
         start = time.perf_counter()
-        labels = (np.repeat(np.arange(frames, frames + n, dtype=np.int32), T),
+        labels = (np.repeat(np.arange(slots, slots + n, dtype=np.int32), T),
                   np.tile(np.arange(T, dtype=np.int32), n))  # (n*T,) each
         _append(cache, source, n * T, labels)
         appends.append((time.perf_counter() - start) * 1e3)
-        frames += n
-        if frames in points:
-            results.append(_point(cache, frames, args.fps, times, appends))
+        slots += n
+        if slots in points:
+            results.append(_point(cache, slots, args.fps, times, appends))
             all_times += times
             times, appends = [], []
             mx.reset_peak_memory()
-    if frames and (not results or results[-1]["frames"] != frames):  # stopped by byte_limit
-        results.append(_point(cache, frames, args.fps, times, appends))
+    if slots and (not results or results[-1]["slots"] != slots):  # stopped by byte_limit
+        results.append(_point(cache, slots, args.fps, times, appends))
     return results, all_times + times
 
 
@@ -161,9 +169,9 @@ def bytes_per_token(args) -> int:
     return args.layers * 2 * args.kv_heads * args.head_dim * itemsize
 
 
-def analytic_full(args, frames: int) -> int:
-    """Bytes of an uncompressed cache after `frames` frames (prompt included)."""
-    return (args.prompt_tokens + frames * args.tokens_per_frame) * bytes_per_token(args)
+def analytic_full(args, slots: int) -> int:
+    """Bytes of an uncompressed cache after `slots` slots (prompt included)."""
+    return (args.prompt_tokens + slots * args.tokens_per_slot) * bytes_per_token(args)
 
 
 def _summary(args, total: int, points: list[dict], times: list[float]) -> dict:
@@ -187,49 +195,50 @@ def _summary(args, total: int, points: list[dict], times: list[float]) -> dict:
 def checked_config(args, capacity: int) -> InfiniPotConfig:
     """The compression config of the flags; UserError when its capacity cannot hold a block."""
     try:
-        config = InfiniPotConfig(capacity=capacity, block_frames=args.block_frames,
+        config = InfiniPotConfig(capacity=capacity, block_slots=args.block_slots,
                                  reserve=args.reserve, method=args.method)
-        config.check_fits(args.tokens_per_frame, args.prompt_tokens)
+        config.check_fits(args.tokens_per_slot, args.prompt_tokens)
     except ValueError as err:
         problem = str(err).split(";")[0]  # the advice after ";" names the chat's flags
-        raise UserError(f"{problem}; raise --capacity-frames, or lower --block-frames or --reserve") from None
+        raise UserError(f"{problem}; raise --capacity-slots, or lower --block-slots or --reserve") from None
     return config
 
 
 def run(args: argparse.Namespace) -> dict:
     """Stream full KV (up to the limit) and the compressed cache; table, kv.json, PNGs."""
-    require_positive(args, "minutes", "frames", "fps", "layers", "kv_heads", "head_dim", "tokens_per_frame",
-                     "block_frames", "capacity_frames", "points", "bank_tokens")
+    require_positive(args, "minutes", "slots", "fps", "layers", "kv_heads", "head_dim", "tokens_per_slot",
+                     "block_slots", "capacity_slots", "points", "bank_tokens")
     require_positive(args, "prompt_tokens", "reserve", "full_limit_gb", strict=False)
     env, started = environment(), time.perf_counter()
-    T = args.tokens_per_frame
-    total = args.frames or round(args.minutes * 60 * args.fps)
+    T = args.tokens_per_slot
+    total = args.slots or round(args.minutes * 60 * args.fps)
     if total < 1:
-        raise UserError(f"--minutes {args.minutes:g} at --fps {args.fps:g} is no frame; stream a longer video")
-    capacity = args.prompt_tokens + args.reserve + args.capacity_frames * T
+        raise UserError(f"--minutes {args.minutes:g} at --fps {args.fps:g} is no slot; stream a longer video")
+    capacity = args.prompt_tokens + args.reserve + args.capacity_slots * T
     config = checked_config(args, capacity)
-    points = _points(total, args.capacity_frames, args.block_frames, args.points)
-    print(f"kv bench: {total} frames x {T} tokens, {args.layers} layers x {args.kv_heads} heads x "
+    _import_mlx()  # the flags are checked
+    points = _points(total, args.capacity_slots, args.block_slots, args.points)
+    print(f"kv bench: {total} slots x {T} tokens, {args.layers} layers x {args.kv_heads} heads x "
           f"{args.head_dim} dims {args.dtype}, capacity {capacity} tokens, {args.method}", flush=True)
     full, _ = stream(args, None, total, points, byte_limit=args.full_limit_gb * GB)
     gc.collect()
     mx.clear_cache()  # the compressed run starts from an empty allocator cache
     method, times = stream(args, config, total, points)
     for p in full + method:
-        p["full_kv_bytes_analytic"] = analytic_full(args, p["frames"])
+        p["full_kv_bytes_analytic"] = analytic_full(args, p["slots"])
     record = dict(
         benchmark="kv",
         shape=dict(layers=args.layers, kv_heads=args.kv_heads, head_dim=args.head_dim,
-                   tokens_per_frame=T, dtype=args.dtype, bytes_per_token=bytes_per_token(args)),
-        stream=dict(frames=total, fps=args.fps, minutes=total / args.fps / 60,
-                    block_frames=args.block_frames, prompt_tokens=args.prompt_tokens,
+                   tokens_per_slot=T, dtype=args.dtype, bytes_per_token=bytes_per_token(args)),
+        stream=dict(slots=total, fps=args.fps, minutes=total / args.fps / 60,
+                    block_slots=args.block_slots, prompt_tokens=args.prompt_tokens,
                     bank_tokens=args.bank_tokens, seed=args.seed),
-        capacity=dict(tokens=capacity, frames=args.capacity_frames, reserve=args.reserve),
+        capacity=dict(tokens=capacity, slots=args.capacity_slots, reserve=args.reserve),
         method=args.method, points=method, full_measured=full,
         full_limit_bytes=args.full_limit_gb * GB,
         summary=_summary(args, total, method, times), compress_ms=times,
         note="full KV is measured only up to full_limit_bytes; full_kv_bytes_analytic is "
-             "(prompt + frames x T) x bytes_per_token, not a measurement. Times are this "
+             "(prompt + slots x T) x bytes_per_token, not a measurement. Times are this "
              "machine's wall clock, shared with other work.",
         **env, load_average_start=env["load_average"], load_average_end=load_average(),
         wall_seconds=time.perf_counter() - started,
@@ -243,20 +252,20 @@ def run(args: argparse.Namespace) -> dict:
 
 def _print(record: dict) -> None:
     """One row per point: the compressed cache, full KV measured where it fit, full analytic."""
-    full = {p["frames"]: p for p in record["full_measured"]}
-    print(f"{'frames':>7}{'min':>7}{'cached':>8}{'KV GB':>8}{'peak GB':>9}{'full peak GB':>13}"
+    full = {p["slots"]: p for p in record["full_measured"]}
+    print(f"{'slots':>7}{'min':>7}{'cached':>8}{'KV GB':>8}{'peak GB':>9}{'full peak GB':>13}"
           f"{'full GB (analytic)':>19}{'compr':>7}{'ms/compr':>10}")
     for p in record["points"]:
-        f = full.get(p["frames"])
+        f = full.get(p["slots"])
         full_peak = f"{f['peak_memory_bytes'] / GB:.3f}" if f else "n/a"
-        print(f"{p['frames']:>7}{p['minutes']:>7.1f}{p['tokens_cached']:>8}{p['kv_bytes'] / GB:>8.3f}"
+        print(f"{p['slots']:>7}{p['minutes']:>7.1f}{p['tokens_cached']:>8}{p['kv_bytes'] / GB:>8.3f}"
               f"{p['peak_memory_bytes'] / GB:>9.3f}"
               f"{full_peak:>13}"
               f"{p['full_kv_bytes_analytic'] / GB:>19.2f}{p['compressions_in_interval']:>7}"
               f"{(p['compress_ms_mean'] or 0):>10.1f}")
     s = record["summary"]
     last = record["full_measured"][-1]
-    print(f"full KV measured up to {last['frames']} frames (peak {last['peak_memory_bytes'] / GB:.2f} GB); "
+    print(f"full KV measured up to {last['slots']} slots (peak {last['peak_memory_bytes'] / GB:.2f} GB); "
           f"beyond that only the analytic figure")
     print(f"{s['compressions']} compressions: median {s['compress_ms_median']:.0f} ms, p90 "
           f"{s['compress_ms_p90']:.0f} ms, max {s['compress_ms_max']:.0f} ms; "
@@ -280,8 +289,8 @@ def _plot(record: dict, out: Path) -> list[Path]:
     lines = [Line(label, [dict(p, gb=p[key] / GB) for p in points], style)
              for label, points, key, style in series]
     title = (f"KV only: {shape['layers']} layers x {shape['kv_heads']} heads x {shape['head_dim']} "
-             f"dims {shape['dtype']}, T={shape['tokens_per_frame']}, {record['stream']['fps']} "
-             "frame/s; this machine")
+             f"dims {shape['dtype']}, T={shape['tokens_per_slot']}, {record['stream']['fps']} "
+             "slot/s; this machine")
     minutes = lambda p: p["minutes"]  # noqa: E731
     memory = [Panel("memory (GB)", lambda p: p["gb"], logy=True)]
     compress = [Panel("ms per compression (mean over interval)", lambda p: p["compress_ms_mean"])]

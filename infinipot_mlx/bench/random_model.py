@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import mlx.core as mx
 import numpy as np
 
 from ..hub.checkpoints import build_tokenizer, qwen2_5_vl_config
@@ -39,7 +38,7 @@ class StreamSize:
     vision_intermediate_size: int
     frame_size: int  # square frames, a multiple of 28
     capacity_slots: int  # visual capacity in slots (T tokens each)
-    block_slots: int  # slots prefilled per block (InfiniPotConfig.block_frames)
+    block_slots: int  # slots prefilled per block (InfiniPotConfig.block_slots)
     answer_tokens: int  # tokens decoded per question
 
     def describe(self) -> dict:
@@ -68,6 +67,7 @@ def model_config(size: StreamSize) -> tuple[dict, object]:
 
 def build_model(size: StreamSize, seed: int = 0):
     """(model, tokenizer, spec, config dict): a random mlx-vlm Qwen2.5-VL, float32."""
+    import mlx.core as mx
     from mlx_vlm.models import qwen2_5_vl
     from transformers import PreTrainedTokenizerFast
 

@@ -10,7 +10,9 @@ M-RoPE positions) once per method, from 1x to 10x the visual capacity:
 At each point (a multiple of the visual capacity) it records memory (peak while streaming,
 reset per point; active), cached tokens, ms per sampled frame of vision, prefill and
 compression since the previous point, the compression share of stream time, then asks a
-question: time to first token and decode tokens/s. Decoding is greedy and the bench's
+question: time to first token and decode tokens/s, and, on the same language model and a
+KV cache of the same length, the decode rate of mlx-lm's generate_step (its pipelined loop)
+for the same number of tokens. Decoding is greedy and the bench's
 backend reports no end-of-sequence id, so every answer is exactly answer_tokens long.
 The question and answer stay pinned in the cache, as in a real multi-turn stream; the
 capacity leaves room for all of them (text_room) besides the visual capacity.
@@ -26,35 +28,34 @@ import math
 import time
 from pathlib import Path
 
-import mlx.core as mx
-
 from ..config import METHODS as METHODS_REGISTRY
 from ..config import InfiniPotConfig
-from ..mlx.backend import MLXBackend
-from ..mlx.cache import StreamCache
-from ..session import StreamSession
 from ..specs import DEFAULT_SYSTEM
-from . import random_model, vlm_caches
-from .common import environment, load_average, print_environment, require_positive, write_json
+from . import random_model
+from .common import (
+    environment,
+    load_average,
+    print_environment,
+    require_positive,
+    write_json,
+)
 from .stream_report import plot_stream, print_table, summarize
+
+mx = vlm_caches = StreamSession = None  # bound by _import_mlx (the flags parse without mlx)
+
+
+def _import_mlx() -> None:
+    """Bind mx, vlm_caches and StreamSession here (run() calls it first)."""
+    global mx, vlm_caches, StreamSession
+    import mlx.core as mx
+
+    from ..session import StreamSession
+    from . import vlm_caches
 
 OUR_METHODS = ("full", *(m for m in METHODS_REGISTRY if m != "full"))  # config.METHODS, full first
 VLM_METHODS = ("mlx_vlm_rotating", "mlx_vlm_quant8")
 METHODS = OUR_METHODS + VLM_METHODS
 QUESTION = "What happened in the video?"
-
-
-class BenchBackend(MLXBackend):
-    """MLXBackend with a chosen cache class and no end-of-sequence id (answers run to max)."""
-
-    def __init__(self, cache_factory=None):
-        self.cache_factory = cache_factory
-
-    def new_cache(self, num_layers: int):
-        return self.cache_factory(num_layers) if self.cache_factory else StreamCache(num_layers)
-
-    def eos_ids(self, tokenizer, spec) -> list[int]:
-        return []
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,13 +95,13 @@ def make_session(method: str, model, tokenizer, spec, plan: dict, fps: float) ->
     """A session on `method`'s cache, with the shared block size and fps."""
     block = plan["block_slots"]
     if method in VLM_METHODS or not METHODS_REGISTRY[method].bounded:
-        config = InfiniPotConfig(capacity=None, method="full", block_frames=block, reserve=0)
+        config = InfiniPotConfig(capacity=None, method="full", block_slots=block, reserve=0)
     else:
-        config = InfiniPotConfig(capacity=plan["capacity"], method=method, block_frames=block,
+        config = InfiniPotConfig(capacity=plan["capacity"], method=method, block_slots=block,
                                  reserve=plan["reserve"])
     factory = {"mlx_vlm_rotating": vlm_caches.rotating(plan["capacity"]),
                "mlx_vlm_quant8": vlm_caches.quantized(bits=8)}.get(method)
-    return StreamSession(model, tokenizer, spec, config, BenchBackend(factory), fps=fps)
+    return StreamSession(model, tokenizer, spec, config, vlm_caches.BenchBackend(factory), fps=fps)
 
 
 def _stream_until(session, target_slots: int, size, seed: int) -> int:
@@ -114,19 +115,56 @@ def _stream_until(session, target_slots: int, size, seed: int) -> int:
     return most
 
 
-def _ask(session, answer_tokens: int) -> dict:
-    """Time to first token and decode rate of one question (exactly answer_tokens tokens)."""
+def _rate(stamps: list[float]) -> float | None:
+    """Tokens per second between the first and the last of one stamp per token."""
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else None
+
+
+def _ask(session, answer_tokens: int, compare: bool) -> dict:
+    """Time to first token and decode rate of one question (exactly answer_tokens tokens);
+    with `compare`, mlx-lm's decode rate on the same LM and a cache of the same length."""
     mx.reset_peak_memory()
-    decoded, decode_s = session.counters.tokens_decoded, session.counters.seconds["decode"]
+    decoded = session.counters.tokens_decoded
+    session.backend.stamps = stamps = []
     start = time.perf_counter()
-    stamps = [time.perf_counter() for _ in session.ask(QUESTION, max_tokens=answer_tokens)]
+    pieces = iter(session.ask(QUESTION, max_tokens=answer_tokens))
+    first = next(pieces, "")  # the question's prefill and the first token
+    first_at = time.perf_counter()
+    "".join(pieces)
+    stamps.append(time.perf_counter())  # the last token is sampled: the answer ends
     decoded = session.counters.tokens_decoded - decoded  # tokens fed back: all but the last
     assert decoded == answer_tokens - 1, "eos is ignored, so every answer has answer_tokens"
-    decode_s = session.counters.seconds["decode"] - decode_s  # sampling + one-token forwards
-    decode = decoded / decode_s if decoded else None
-    return dict(ttft_ms=(stamps[0] - start) * 1e3, decode_tokens_per_s=decode,
-                answer_tokens=decoded + 1, question_peak_memory_bytes=mx.get_peak_memory(),
-                tokens_cached_after_answer=session.cache.n_cached)
+    assert len(stamps) == answer_tokens + 1 and first is not None
+    point = dict(ttft_ms=(first_at - start) * 1e3, decode_tokens_per_s=_rate(stamps[1:]),
+                 answer_tokens=decoded + 1, question_peak_memory_bytes=mx.get_peak_memory(),
+                 tokens_cached_after_answer=session.cache.n_cached)
+    if compare:
+        point["mlx_lm_decode_tokens_per_s"] = mlx_lm_decode_rate(session, answer_tokens)
+        point["decode_vs_mlx_lm"] = point["decode_tokens_per_s"] / point["mlx_lm_decode_tokens_per_s"]
+    return point
+
+
+def mlx_lm_decode_rate(session, answer_tokens: int) -> float:
+    """mlx-lm's generate_step, greedy, on the session's language model from a KVCache holding
+    the same keys and values as the session's cache (same length): tokens per second."""
+    from mlx_lm.generate import generate_step
+    from mlx_lm.models.cache import KVCache
+
+    caches = []
+    for layer in session.cache.layers:
+        cache = KVCache()
+        cache.state = (mx.array(layer.keys), mx.array(layer.values), layer.n_cached)  # copies
+        caches.append(cache)
+    mx.eval([c.keys for c in caches])
+    lm = session.adapter.lm
+
+    def logits(inputs, cache=None, **_):  # mlx-vlm's language model returns an output object
+        return lm(inputs, cache=cache).logits
+
+    stamps = [time.perf_counter() for _ in generate_step(mx.array([1]),  # any token: speed only
+                                                          logits, prompt_cache=caches,
+                                                          max_tokens=answer_tokens)]
+    return _rate(stamps)
 
 
 def _interval(session, before: dict, frames_before: int, plan: dict, most: int) -> dict:
@@ -157,7 +195,7 @@ def run_method(method: str, model, tokenizer, spec, plan: dict, size, args) -> l
         mx.reset_peak_memory()
         most = _stream_until(session, target, size, args.seed)
         point = _interval(session, before, frames_before, plan, most)
-        point.update(_ask(session, args.answer_tokens))
+        point.update(_ask(session, args.answer_tokens, compare=method in OUR_METHODS))
         point["max_tokens_cached"] = max(most, point["tokens_cached_after_answer"])
         points.append(point)
         print(f"  {method:<17} {point['frames']:>5} frames  {point['tokens_cached']:>6} cached  "
@@ -182,6 +220,7 @@ METHOD_NOTES = {
 def run(args: argparse.Namespace) -> dict:
     """Run every method, print the table, write stream.json and the plots; returns the record."""
     require_positive(args, "points", "fps")
+    _import_mlx()
     require_positive(args, "answer_tokens", minimum=1, strict=False)
     env, started = environment(), time.perf_counter()
     size = random_model.SIZES[args.size]
@@ -220,7 +259,10 @@ def _record(args, size, spec, model, plan: dict, methods: dict) -> dict:
         question=dict(text=QUESTION, answer_tokens=args.answer_tokens,
                       decoding="greedy; the bench backend reports no end-of-sequence id, so every "
                                "answer is exactly answer_tokens tokens; decode tokens/s = "
-                               "(answer_tokens - 1) / wall time from first to last token"),
+                               "(answer_tokens - 1) / wall time from first to last token; "
+                               "mlx_lm_decode_tokens_per_s: mlx_lm.generate_step on the same "
+                               "language model from a KVCache copy of the same keys and values, "
+                               "the same number of tokens, measured the same way"),
         methods=methods,
         note="absolute times (ms, tokens/s) are wall clock on this machine, shared with other work; "
              "compare methods through the ratios to full measured in the same run",

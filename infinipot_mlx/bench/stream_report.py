@@ -39,7 +39,8 @@ def summarize(record: dict) -> list[dict]:
         row = dict(method=method, frames=p["frames"], tokens_cached=p["tokens_cached"],
                    kv_bytes=p["kv_bytes"], peak_memory_bytes=p["peak_memory_bytes"],
                    stream_ms_per_frame=p["stream_ms_per_frame"], compress_share=p["compress_share"],
-                   ttft_ms=p["ttft_ms"], decode_tokens_per_s=p["decode_tokens_per_s"])
+                   ttft_ms=p["ttft_ms"], decode_tokens_per_s=p["decode_tokens_per_s"],
+                   decode_vs_mlx_lm=p.get("decode_vs_mlx_lm"))
         if full is not None:
             row["vs_full"] = {
                 "kv_bytes": _ratio(p["kv_bytes"], full["kv_bytes"]),
@@ -67,7 +68,7 @@ def print_table(record: dict) -> None:
           f"{record['question']['answer_tokens']} tokens per answer; ms per sampled frame")
     head = (f"{'method':<17}{'frames':>7}{'xcap':>6}{'cached':>8}{'KV MB':>8}{'peak MB':>9}"
             f"{'active MB':>10}{'vision':>8}{'prefill':>8}{'compr':>7}{'compr%':>7}"
-            f"{'TTFT ms':>9}{'tok/s':>7}")
+            f"{'TTFT ms':>9}{'tok/s':>7}{'mlx-lm':>8}{'ratio':>7}")
     print(head)
     for method, result in record["methods"].items():
         for p in result["points"]:
@@ -76,7 +77,9 @@ def print_table(record: dict) -> None:
                   f"{p['kv_bytes'] / MB:>8.1f}{p['peak_memory_bytes'] / MB:>9.1f}"
                   f"{p['active_memory_bytes'] / MB:>10.1f}{ms['vision']:>8.1f}{ms['prefill']:>8.1f}"
                   f"{ms['compress']:>7.1f}{100 * p['compress_share']:>7.2f}{p['ttft_ms']:>9.1f}"
-                  f"{_fmt(p['decode_tokens_per_s'], '.1f'):>7}")
+                  f"{_fmt(p['decode_tokens_per_s'], '.1f'):>7}"
+                  f"{_fmt(p.get('mlx_lm_decode_tokens_per_s'), '.1f'):>8}"
+                  f"{_fmt(p.get('decode_vs_mlx_lm'), '.2f'):>7}")
     print("\nat the last point, relative to full KV (same run):")
     print(f"{'method':<17}{'KV':>7}{'peak':>7}{'ms/frame':>10}{'prefill/vision':>16}{'TTFT':>7}"
           f"{'decode':>8}")
@@ -87,7 +90,8 @@ def print_table(record: dict) -> None:
               f"{_fmt(r.get('prefill_per_vision'), '.3f'):>16}{_fmt(r.get('ttft'), '.3f'):>7}"
               f"{_fmt(r.get('decode_tokens_per_s'), '.3f'):>8}")
     print("(vision is identical work in every method: its ms per frame shows how fast the shared "
-          "machine was during each method)")
+          "machine was during each method; mlx-lm: its generate_step's decode tokens/s on the same "
+          "LM and cache length, ratio = ours / mlx-lm)")
 
 
 def plot_stream(record: dict, out: Path) -> list[Path]:

@@ -24,7 +24,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
+import time
+
 from mlx_vlm.models.cache import QuantizedKVCache, RotatingKVCache
+
+from ..mlx.backend import MLXBackend
+from ..mlx.cache import StreamCache
 
 from ..rows import LayerStack
 
@@ -53,7 +58,7 @@ class VLMCacheList(LayerStack):
         """Bytes of the layer buffers as the caches report them (allocated, step-rounded)."""
         return sum(c.nbytes for c in self.layers if c.keys is not None)
 
-    def label_next(self, frame_ids, patch_ids) -> None:
+    def label_next(self, slot_ids, patch_ids) -> None:
         """mlx-vlm caches keep no (frame, patch) labels."""
 
     def snapshot(self) -> tuple:
@@ -88,3 +93,26 @@ def quantized(bits: int = 8, group_size: int = 64) -> Callable[[int], VLMCacheLi
     """Factory: num_layers -> QuantizedKVCache list, as `--kv-bits bits` gives it, no cap."""
     return lambda num_layers: VLMCacheList(
         [QuantizedKVCache(group_size=group_size, bits=bits) for _ in range(num_layers)])
+
+
+class BenchBackend(MLXBackend):
+    """MLXBackend with a chosen cache class and no end-of-sequence id (answers run to max);
+    `stamps` holds the time of every sampling (one per answer token, pipelined or not)."""
+
+    def __init__(self, cache_factory=None):
+        self.cache_factory, self.stamps = cache_factory, []
+
+    def make_sampler(self, temperature: float, top_p: float):
+        sample = super().make_sampler(temperature, top_p)
+
+        def timed(logits):
+            self.stamps.append(time.perf_counter())
+            return sample(logits)
+
+        return timed
+
+    def new_cache(self, num_layers: int):
+        return self.cache_factory(num_layers) if self.cache_factory else StreamCache(num_layers)
+
+    def eos_ids(self, tokenizer, spec) -> list[int]:
+        return []

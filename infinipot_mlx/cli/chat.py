@@ -23,6 +23,9 @@ from .console import PromptLines, answer, handle, interactive, stream_frames
 
 DEFAULT_CAPACITY = 6144
 MIN_PIXELS = 28 * 28  # one merged visual token of every supported model
+# mlx/backend.py's and reference/backend.py's DEFAULT_MODEL, here so that finding the checkpoint
+# imports neither mlx-vlm nor torch (tests/test_startup.py checks that they agree)
+DEFAULT_MODELS = {"mlx": "mlx-community/Qwen2.5-VL-7B-Instruct-4bit", "reference": "Qwen/Qwen2.5-VL-7B-Instruct"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="memory budget, e.g. 6GB or 60%% of unified memory; sets the capacity")
     p.add_argument("--reserve", type=int, default=512, metavar="TOKENS",
                    help="room kept free under the cap for a question and its answer")
-    p.add_argument("--block-frames", type=int, default=None, metavar="N",
+    p.add_argument("--block-slots", "--block-frames", type=int, default=None, metavar="N",
                    help="temporal slots per block (Qwen2.5-VL: 2 sampled frames each); default: the "
-                        "largest block, up to 8, that keeps at least as many frames as it brings")
+                        "largest block, up to 8, that keeps at least as many slots as it brings; "
+                        "--block-frames is its name before 0.2")
     p.add_argument("--fps", type=float, default=2.0, help="sampling rate in frames per second")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many sampled frames")
     p.add_argument("--realtime", action="store_true",
@@ -92,7 +96,7 @@ def check_args(args) -> None:
     for name in ("fps",):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name} must be positive")
-    for name in ("block_frames", "max_tokens", "kv_budget", "max_frames", "max_pixels"):
+    for name in ("block_slots", "max_tokens", "kv_budget", "max_frames", "max_pixels"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -123,7 +127,7 @@ def open_session(args, path: str, frame_hw: tuple[int, int] | None = None, saved
     from ..config import InfiniPotConfig
 
     capacity = None if not METHODS[args.method].bounded else (args.kv_budget or DEFAULT_CAPACITY)
-    config = InfiniPotConfig(capacity=capacity, block_frames=args.block_frames, method=args.method,
+    config = InfiniPotConfig(capacity=capacity, block_slots=args.block_slots, method=args.method,
                              reserve=args.reserve)
     if saved is not None:
         config, args.fps = InfiniPotConfig(**saved["config"]), saved["fps"]
@@ -159,7 +163,7 @@ def open_budgeted_session(args, path: str, config, frame_hw: tuple[int, int] | N
     make = partial(StreamSession, model, tokenizer, spec, fps=args.fps)  # make(InfiniPotConfig)
     plan = plan_session(args.memory, model, tokenizer, spec,
                         json.loads((Path(model_dir) / "config.json").read_text()), frame_hw=frame_hw,
-                        block_frames=config.block_frames or DEFAULT_BLOCK_SLOTS, reserve=config.reserve,
+                        block_slots=config.block_slots or DEFAULT_BLOCK_SLOTS, reserve=config.reserve,
                         make_session=make)
     apply_memory_limits(plan)
     print(plan.line())
@@ -176,11 +180,7 @@ def model_path(args, saved: dict | None = None) -> str:
         return str(resolve_model_path(args.model))
     if saved is not None:
         return str(resolve_model_path(saved["model_path"], flag="--model"))
-    if args.backend == "reference":  # the original HF weights; no mlx import on torch-only machines
-        from ..reference.backend import DEFAULT_MODEL
-    else:
-        from ..mlx.backend import DEFAULT_MODEL
-    return str(resolve_model_path(DEFAULT_MODEL))
+    return str(resolve_model_path(DEFAULT_MODELS[args.backend]))  # reference: the original HF weights
 
 
 def seed(args) -> None:
@@ -252,10 +252,10 @@ def run(args) -> int:
     from ..specs import load_spec
 
     _blas.check_blas()
-    seed(args)
     if args.demo:
         from .demo import run_demo
 
+        seed(args)
         return run_demo(args)
     saved = tensors = None
     if args.load is not None:  # a damaged or foreign file fails before the model loads
@@ -263,6 +263,7 @@ def run(args) -> int:
         memories.check_backend(saved, args.backend, args.load)
     path = model_path(args, saved)
     source = open_video(args, load_spec(path)) if args.video is not None else None
+    seed(args)  # the first mlx (or torch) import: after the memory, checkpoint and video are checked
     session = open_session(args, path, source.frame_size if source else None, saved)
     session.record_evidence = True  # cheap: the question's last token only (evidence.py)
     if saved is not None:

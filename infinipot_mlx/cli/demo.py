@@ -23,7 +23,7 @@ def run_demo(args) -> int:
     frames, fps, qa = make_episode(args.seed, split="test")
     overrides = {"method": args.method}
     session = open_organism(**overrides) if not args.kv_budget else open_organism(
-        InfiniPotConfig(capacity=args.kv_budget, block_frames=DEMO_BLOCK_SLOTS,
+        InfiniPotConfig(capacity=args.kv_budget, block_slots=DEMO_BLOCK_SLOTS,
                         reserve=min(args.reserve, args.kv_budget - 1), method=args.method))
     session.record_evidence = True  # cheap: the question's last token only (evidence.py)
     print(f"demo: held-out synthetic video #{args.seed}, {len(frames)} frames at {fps:g} fps, "

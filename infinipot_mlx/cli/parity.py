@@ -74,7 +74,7 @@ class RecordingBackend:
 
         def record(logits) -> int:
             token = sample(logits)
-            self.tokens.append(token)
+            self.tokens.append(int(token))
             self.logits.append(self.inner.to_numpy(logits))
             return token
 
@@ -198,7 +198,7 @@ def format_report(report: Report, mlx: Trace, ref: Trace) -> str:
 # ----- running both backends ----------------------------------------------------------------
 def make_config(args) -> InfiniPotConfig:
     capacity = None if not METHODS[args.method].bounded else args.kv_budget
-    return InfiniPotConfig(capacity=capacity, block_frames=args.block_frames, method=args.method,
+    return InfiniPotConfig(capacity=capacity, block_slots=args.block_slots, method=args.method,
                            reserve=args.reserve, tar_ratio=args.tar_ratio, van_pooling=args.van_pooling)
 
 
@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
     p.add_argument("--tar-ratio", type=float, default=0.5, help="TaR share (1: TaR only, 0: VaN only)")
     p.add_argument("--van-pooling", action="store_true", help="layer-adaptive VaN pooling")
-    p.add_argument("--block-frames", type=int, default=2, metavar="N", help="temporal slots per block")
+    p.add_argument("--block-slots", "--block-frames", type=int, default=2, metavar="N",
+                   help="temporal slots per block (--block-frames: its name before 0.2)")
     p.add_argument("--fps", type=float, default=2.0, help="sampling rate in frames per second")
     p.add_argument("--max-frames", type=int, default=32, metavar="N", help="sampled frames to use")
     p.add_argument("--max-pixels", type=int, default=None, help="pixel budget per frame")
@@ -299,9 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_blas()
-        if args.max_tokens < 1 or args.block_frames < 1 or args.max_frames < 1 or args.fps <= 0 \
+        if args.max_tokens < 1 or args.block_slots < 1 or args.max_frames < 1 or args.fps <= 0 \
                 or (args.max_pixels is not None and args.max_pixels < 1):
-            raise UserError("--max-tokens, --block-frames, --max-frames, --fps and --max-pixels "
+            raise UserError("--max-tokens, --block-slots, --max-frames, --fps and --max-pixels "
                             "must be positive")
         if any(not q.strip() for q in args.questions):
             raise UserError("a question is empty; write a question about the video")

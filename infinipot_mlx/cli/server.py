@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="memory budget (MLX), e.g. 6GB or 60%%: sets each memory's capacity as chat does "
                              "for frames of the default size (448x448, or the model's fixed frame size)")
     p.add_argument("--reserve", type=int, default=512, metavar="TOKENS", help="room kept for a question and its answer")
-    p.add_argument("--block-frames", type=int, default=None, metavar="N", help="temporal slots per block (default: auto)")
+    p.add_argument("--block-slots", "--block-frames", type=int, default=None, metavar="N",
+                   help="temporal slots per block (default: auto; --block-frames: its name before 0.2)")
     p.add_argument("--fps", type=float, default=2.0, help="sampling rate when a request sets none (default 2)")
     p.add_argument("--max-pixels", type=int, default=None, help="pixel budget per frame (default 448x448, fitted)")
     p.add_argument("--method", choices=METHODS, default="infinipot_v", help="compression method")
@@ -83,7 +84,7 @@ def check_args(args) -> None:
     for name in ("reserve", "queue_limit"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
-    for name in ("kv_budget", "block_frames", "max_pixels", "max_sessions", "port"):
+    for name in ("kv_budget", "block_slots", "max_pixels", "max_sessions", "port"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -115,23 +116,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
-    import uvicorn
-
-    from ..server.app import create_app
     from ..server.engine import Engine
     from ..server.media import Limits
 
     _blas.check_blas()
     roots = tuple(Path(f).expanduser().resolve() for f in args.allowed_local_media_path or [])
     engine = Engine(args, Limits(allowed_roots=roots, max_download_bytes=args.max_download_bytes))
-    app = create_app(engine, api_key=args.api_key, max_body_bytes=args.max_body_bytes)
-    capacity = engine.config.capacity or "no cap"
-    if args.host not in LOOPBACK and not roots:
-        print(f"warning: listening on {args.host} and reading any local file a request names; limit that "
-              "with --allowed-local-media-path DIR", file=sys.stderr)
-    print(f"serving {engine.model_id} (KV cap {capacity} tokens, {args.backend}) on "
-          f"http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     try:
+        import uvicorn  # FastAPI and uvicorn once the model has loaded: a bad checkpoint fails without them
+
+        from ..server.app import create_app
+
+        app = create_app(engine, api_key=args.api_key, max_body_bytes=args.max_body_bytes)
+        capacity = engine.config.capacity or "no cap"
+        if args.host not in LOOPBACK and not roots:
+            print(f"warning: listening on {args.host} and reading any local file a request names; limit that "
+                  "with --allowed-local-media-path DIR", file=sys.stderr)
+        print(f"serving {engine.model_id} (KV cap {capacity} tokens, {args.backend}) on "
+              f"http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     finally:
         engine.worker.shutdown()

@@ -62,18 +62,23 @@ class MLXBackend:
         return x.view(mx.bfloat16) if name == "bfloat16" else x.astype(getattr(mx, name))
 
     def make_sampler(self, temperature: float, top_p: float):
-        """logits (V,) -> token id; greedy at temperature 0 (mlx-lm's sampler otherwise)."""
+        """logits (V,) -> token id, an mx scalar not yet computed (int() waits for it);
+        greedy at temperature 0 (mlx-lm's sampler otherwise)."""
         if temperature <= 0:
-            return lambda logits: int(mx.argmax(logits).item())
+            return lambda logits: mx.argmax(logits)
         from mlx_lm.sample_utils import make_sampler
 
         sample = make_sampler(temp=temperature, top_p=top_p if top_p < 1.0 else 0.0)
 
         def draw(logits):
             logits = logits.astype(mx.float32)
-            return int(sample((logits - mx.logsumexp(logits))[None])[0].item())  # log-probabilities
+            return sample((logits - mx.logsumexp(logits))[None])[0]  # log-probabilities
 
         return draw
+
+    def start(self, *arrays) -> None:
+        """Begin computing `arrays` without waiting (mlx-lm's pipelined decode)."""
+        mx.async_eval(*arrays)
 
     def memory(self) -> tuple[int, int]:
         """(active, peak) bytes held by MLX."""

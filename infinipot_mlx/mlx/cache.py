@@ -4,7 +4,7 @@ Notation: B = 1 batch, H = KV heads, D = head dim, L = tokens of one update,
 n = n_cached stored rows per head, N = visual candidates per head, K = kept visual tokens.
 
 A row holds one token's key and value (after RoPE) per head. Rows are kept in arrival
-order per head. Every row is tagged with (frame, patch); -1 marks a pinned (text) row
+order per head. Every row is tagged with (slot, patch); -1 marks a pinned (text) row
 that is never dropped. The session calls `compress` between forward passes; inside a
 forward pass the cache only appends. `next_position` (on StreamCache, set by the session)
 is the logical RoPE position of the next token; `n_cached` is the number of stored rows.
@@ -28,7 +28,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_vlm.models.cache import _BaseCache, create_causal_mask
 
-from ..rows import LayerStack, RowLabels, visual_rows
+from ..rows import LayerStack, RowLabels, run_start, visual_rows
 
 
 class LayerKVCache(RowLabels, _BaseCache):
@@ -75,7 +75,7 @@ class LayerKVCache(RowLabels, _BaseCache):
             keys (1, H, n + L, D), values (1, H, n + L, Dv).
         """
         n, length = self._n, keys.shape[2]
-        frame, patch = self._take_labels(length)
+        slot, patch = self._take_labels(length)
         if self._keys is None or n + length > self._keys.shape[2]:
             spare = -(n + length) % self.step  # round capacity up to a multiple of step
             self._keys = self._grow(self._keys, keys, spare)
@@ -83,7 +83,7 @@ class LayerKVCache(RowLabels, _BaseCache):
         else:
             self._keys[..., n : n + length, :] = keys
             self._values[..., n : n + length, :] = values
-        self._append_labels(frame, patch, keys.shape[1], self._keys.shape[2])
+        self._append_labels(slot, patch, keys.shape[1], self._keys.shape[2])
         self._n = n + length
         return self.keys, self.values
 
@@ -116,13 +116,18 @@ class LayerKVCache(RowLabels, _BaseCache):
 
         Returns:
             rows (H, N) int64 np, keys (H, N, D), values (H, N, Dv),
-            frame_ids (H, N) np, patch_ids (H, N) np.
+            slot_ids (H, N) np, patch_ids (H, N) np.
         """
-        rows = visual_rows(self.frame_ids)  # (H, N)
-        keys, values = _take_rows(self._keys, rows)[0], _take_rows(self._values, rows)[0]
-        frames = np.take_along_axis(self.frame_ids, rows, axis=1)
+        rows = visual_rows(self.slot_ids)  # (H, N)
+        start = run_start(rows)
+        if start is None:  # text between video tokens: one row gather per buffer
+            keys, values = _take_rows(self._keys, rows)[0], _take_rows(self._values, rows)[0]
+        else:  # one run of rows in every head: a view of the buffers, nothing copied
+            stop = start + rows.shape[1]
+            keys, values = self._keys[0, :, start:stop], self._values[0, :, start:stop]
+        slots = np.take_along_axis(self.slot_ids, rows, axis=1)
         patches = np.take_along_axis(self.patch_ids, rows, axis=1)
-        return rows, keys, values, frames, patches
+        return rows, keys, values, slots, patches
 
     def _keep(self, rows: np.ndarray) -> None:
         """Keep the stored rows (H, n_new) in that order: one row gather per buffer."""

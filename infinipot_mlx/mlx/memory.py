@@ -91,7 +91,7 @@ def measure_block(session, frame_hw: tuple[int, int]) -> int:
     import mlx.core as mx
     import numpy as np
 
-    n = session.config.block_frames * session.spec.frames_per_slot
+    n = session.config.block_slots * session.spec.frames_per_slot
     frames = np.zeros((n, *frame_hw, 3), np.uint8)  # (n, H, W, 3)
     active, kv = mx.get_active_memory(), session.cache.nbytes
     mx.reset_peak_memory()
@@ -102,7 +102,7 @@ def measure_block(session, frame_hw: tuple[int, int]) -> int:
 
 
 def plan_session(budget: str | None, model, tokenizer, spec, config: dict, *,
-                 frame_hw: tuple[int, int], block_frames: int, reserve: int,
+                 frame_hw: tuple[int, int], block_slots: int, reserve: int,
                  make_session=None) -> MemoryPlan:
     """The plan of a loaded MLX model; `make_session(InfiniPotConfig)` enables calibration.
 
@@ -120,7 +120,7 @@ def plan_session(budget: str | None, model, tokenizer, spec, config: dict, *,
     pieces = spec.pieces
     opening = pieces.system.format(system=DEFAULT_SYSTEM) + pieces.user_open + pieces.video_open
     kwargs = dict(
-        tokens_per_frame=spec.tokens_per_slot(frame_hw), block_frames=block_frames,
+        tokens_per_slot=spec.tokens_per_slot(frame_hw), block_slots=block_slots,
         reserve=reserve, n_pinned=len(tokenizer.encode(opening, add_special_tokens=False)),
         dtype_bytes=compute_dtype_bytes(model), scores_materialized=not probe.metal,
         resident_bytes=probe.active)
@@ -129,7 +129,7 @@ def plan_session(budget: str | None, model, tokenizer, spec, config: dict, *,
     if make_session is None:
         return plan
     probe_session = make_session(InfiniPotConfig(capacity=None, method="full",
-                                                 block_frames=block_frames, reserve=reserve))
+                                                 block_slots=block_slots, reserve=reserve))
     measured = measure_block(probe_session, frame_hw)
     del probe_session
     return plan_from_config(config, budget_bytes, weights, measured_activation_bytes=measured, **kwargs)

@@ -17,7 +17,7 @@ def organism_config(n_frames: int, share: float, method: str = "infinipot_v", pi
                     **overrides) -> InfiniPotConfig:
     """The cap for an organism stream: pinned + reserve + `share` of the video's tokens.
 
-    The visual room never goes below two slots (the newest block plus one kept frame),
+    The visual room never goes below two slots (the newest block plus one kept slot),
     the least the capacity rule of ALGORITHM.md section 3 allows.
     """
     from .data import GRID
@@ -26,7 +26,7 @@ def organism_config(n_frames: int, share: float, method: str = "infinipot_v", pi
     video_tokens = n_frames // 2 * T
     room = max(round(share * video_tokens), (DEMO_BLOCK_SLOTS + 1) * T)
     capacity = None if not METHODS[method].bounded else pinned + DEMO_RESERVE + room
-    kwargs = dict(capacity=capacity, block_frames=DEMO_BLOCK_SLOTS, reserve=DEMO_RESERVE, method=method)
+    kwargs = dict(capacity=capacity, block_slots=DEMO_BLOCK_SLOTS, reserve=DEMO_RESERVE, method=method)
     return InfiniPotConfig(**{**kwargs, **overrides})
 
 

@@ -92,10 +92,14 @@ class TorchBackend:
         return x.to(self.device)
 
     def make_sampler(self, temperature: float, top_p: float):
-        """logits (V,) -> token id; greedy at temperature 0, else softmax(logits / T) with top-p."""
+        """logits (V,) -> token id (a tensor or int; int() gives the id); greedy at temperature
+        0, else softmax(logits / T) with top-p."""
         if temperature <= 0:
-            return lambda logits: int(torch.argmax(logits).item())
+            return lambda logits: torch.argmax(logits)
         return lambda logits: _sample(logits, temperature, top_p)
+
+    def start(self, *arrays) -> None:
+        """Nothing to start: torch computes eagerly (the MLX mirror begins async work)."""
 
     def memory(self) -> tuple[int, int]:
         """(active, peak) bytes: CUDA tensor bytes, or process RSS on CPU (module docstring)."""

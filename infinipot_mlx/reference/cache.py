@@ -3,7 +3,7 @@
 Notation: B = 1 batch, H = KV heads, D = head dim, L = tokens of one update,
 n = n_cached stored rows per head, N = visual candidates per head, K = kept visual tokens.
 
-Rows are kept in arrival order per head and tagged with (frame, patch); -1 marks a
+Rows are kept in arrival order per head and tagged with (slot, patch); -1 marks a
 pinned (text) row that is never dropped. The session calls `compress` between forward
 passes. `next_position` (on StreamCache) is the logical RoPE position of the next token;
 `n_cached` is the number of stored rows.
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from ..rows import LayerStack, RowLabels, visual_rows
+from ..rows import LayerStack, RowLabels, run_start, visual_rows
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -79,8 +79,8 @@ class LayerKVCache(RowLabels, CacheLayerMixin):
     def values(self, v: torch.Tensor | None) -> None:
         self._values = v
 
-    def set_rows(self, keys, values, frame, patch, pos) -> None:
-        super().set_rows(keys, values, frame, patch, pos)
+    def set_rows(self, keys, values, slot, patch, pos) -> None:
+        super().set_rows(keys, values, slot, patch, pos)
         self.lazy_initialization(keys, values)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -99,7 +99,7 @@ class LayerKVCache(RowLabels, CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(keys, values)
         n, length = self._n, keys.shape[2]
-        frame, patch = self._take_labels(length)
+        slot, patch = self._take_labels(length)
         if self._keys is None or n + length > self._keys.shape[2]:
             spare = -(n + length) % self.step  # round capacity up to a multiple of step
             self._keys = self._grow(self._keys, keys, spare)
@@ -107,7 +107,7 @@ class LayerKVCache(RowLabels, CacheLayerMixin):
         else:
             self._keys[..., n : n + length, :] = keys
             self._values[..., n : n + length, :] = values
-        self._append_labels(frame, patch, keys.shape[1], self._keys.shape[2])
+        self._append_labels(slot, patch, keys.shape[1], self._keys.shape[2])
         self._n = n + length
         return self.keys, self.values
 
@@ -159,16 +159,21 @@ class LayerKVCache(RowLabels, CacheLayerMixin):
 
         Returns:
             rows (H, N) int64 np, keys (H, N, D), values (H, N, Dv),
-            frame_ids (H, N) np, patch_ids (H, N) np.
+            slot_ids (H, N) np, patch_ids (H, N) np.
         """
-        rows = visual_rows(self.frame_ids)  # (H, N)
+        rows = visual_rows(self.slot_ids)  # (H, N)
         keys, values = self.keys[0], self.values[0]  # (H, n, D)
-        idx = torch.as_tensor(rows, device=keys.device)[:, :, None]  # (H, N, 1)
-        keys = torch.gather(keys, 1, idx.expand(-1, -1, keys.shape[-1]))
-        values = torch.gather(values, 1, idx.expand(-1, -1, values.shape[-1]))
-        frames = np.take_along_axis(self.frame_ids, rows, axis=1)
+        start = run_start(rows)
+        if start is None:  # text between video tokens: one row gather per buffer
+            idx = torch.as_tensor(rows, device=keys.device)[:, :, None]  # (H, N, 1)
+            keys = torch.gather(keys, 1, idx.expand(-1, -1, keys.shape[-1]))
+            values = torch.gather(values, 1, idx.expand(-1, -1, values.shape[-1]))
+        else:  # one run of rows in every head: a view of the buffers, nothing copied
+            stop = start + rows.shape[1]
+            keys, values = keys[:, start:stop], values[:, start:stop]
+        slots = np.take_along_axis(self.slot_ids, rows, axis=1)
         patches = np.take_along_axis(self.patch_ids, rows, axis=1)
-        return rows, keys, values, frames, patches
+        return rows, keys, values, slots, patches
 
     def _keep(self, rows: np.ndarray) -> None:
         """Keep the stored rows (H, n_new) in that order: one gather per buffer."""

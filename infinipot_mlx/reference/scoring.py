@@ -4,14 +4,14 @@ Scorers return scores (higher = keep) and select nothing; reference/select.py se
 Same function names and argument order as the MLX side.
 
 Notation: H = KV heads, N = visual candidates per head (arrival order), D = head dim,
-T = tokens per frame, G = frame extent of the dense pooling grid. Metadata
-(frame_ids, patch_ids, masks) is host numpy; see candidates.py for the recent-frame
+T = tokens per slot, G = slot extent of the dense pooling grid. Metadata
+(slot_ids, patch_ids, masks) is host numpy; see candidates.py for the recent-slot
 rule and the dense grid.
 
 VaN pooling with holes: each head's VaN map is scattered into a dense (G, rows, cols)
-grid (its present frames in frame-id order, zeros at the holes: missing patches and
-unused frame slots), pooled with torch.nn.functional.avg_pool3d (first quarter of the
-layers), avg_pool2d per frame (second) or avg_pool1d along the flattened token sequence
+grid (its present slots in slot-id order, zeros at the holes: missing patches and
+unused slot places), pooled with torch.nn.functional.avg_pool3d (first quarter of the
+layers), avg_pool2d per slot (second) or avg_pool1d along the flattened token sequence
 (third), stride 1, padding k // 2, count_include_pad=True, gathered back to the
 candidates and multiplied by candidates.PoolLayout.scale = k_total / count. So a hole
 adds neither to a window's sum nor to its count, while padding beyond the grid's edge
@@ -47,23 +47,24 @@ def value_norm(values: torch.Tensor) -> torch.Tensor:
 
 
 def temporal_redundancy(keys: torch.Tensor, patch_ids: np.ndarray, recent_mask: np.ndarray,
-                        tokens_per_frame: int) -> torch.Tensor:
-    """TaR: -mean over recent frames r of cos(k[f, p], k[r, p]); higher = more novel.
+                        tokens_per_slot: int) -> torch.Tensor:
+    """TaR: -mean over recent slots r of cos(k[f, p], k[r, p]); higher = more novel.
 
     The mean runs over the recent tokens of the same patch; a patch with no recent token
     scores 0. Recent tokens get a score too (select.py keeps them regardless).
     Args:
         keys: (H, N, D) post-RoPE keys.
         patch_ids: (H, N) host ints in [0, T).
-        recent_mask: (H, N) host bool, the recent frames R.
-        tokens_per_frame: T.
+        recent_mask: (H, N) host bool, the recent slots R.
+        tokens_per_slot: T.
     Returns:
         (H, N) float32 scores in [-1, 1].
     """
-    src, weight, rows = candidates.reference_layout(patch_ids, recent_mask, tokens_per_frame)
-    dim = keys.shape[-1]
-    keys = keys.float()
-    recent = keys.reshape(-1, dim)[on_device(src.reshape(-1), keys)]
+    src, weight, rows = candidates.reference_layout(patch_ids, recent_mask, tokens_per_slot)
+    n_heads, _, dim = keys.shape
+    keys = keys.float()  # (H, N, D), maybe a view of the cache: never reshaped whole
+    heads = torch.arange(n_heads, device=keys.device)[:, None]
+    recent = keys[heads, on_device(src.reshape(n_heads, -1), keys)]  # (H, C*T, D)
     recent = recent.reshape(*src.shape, dim)  # (H, C, T, D)
     recent = recent / (torch.linalg.vector_norm(recent, dim=-1, keepdim=True) + EPS)
     ref = torch.sum(recent * on_device(weight, keys)[..., None], dim=1)  # (H, T, D) mean unit key
@@ -71,19 +72,19 @@ def temporal_redundancy(keys: torch.Tensor, patch_ids: np.ndarray, recent_mask: 
     return -torch.sum(keys * ref, dim=-1) / (torch.linalg.vector_norm(keys, dim=-1) + EPS)
 
 
-def pool_value_norm(van: torch.Tensor, frame_ids: np.ndarray, patch_ids: np.ndarray,
+def pool_value_norm(van: torch.Tensor, slot_ids: np.ndarray, patch_ids: np.ndarray,
                     grid_hw: tuple[int, int], layer_idx: int, num_layers: int) -> torch.Tensor:
     """Layer-adaptive average pooling of the VaN map over the dense grid (module docstring).
 
     Args:
         van: (H, N) value norms.
-        frame_ids, patch_ids: (H, N) host ints.
-        grid_hw: (rows, cols) of a frame's merged grid, rows * cols == T.
+        slot_ids, patch_ids: (H, N) host ints.
+        grid_hw: (rows, cols) of a slot's merged grid, rows * cols == T.
         layer_idx, num_layers: choose the kernel by quarter (layer_idx * 4) // num_layers.
     Returns:
         (H, N) pooled VaN (van itself in the last quarter of the layers).
     """
-    layout = candidates.pool_layout(frame_ids, patch_ids, grid_hw, layer_idx, num_layers)
+    layout = candidates.pool_layout(slot_ids, patch_ids, grid_hw, layer_idx, num_layers)
     if layout is None:
         return van
     n_heads, kernel = van.shape[0], layout.kernel

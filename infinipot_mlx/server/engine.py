@@ -92,7 +92,7 @@ class Engine:
         args = self.args
         path = model_path(args)
         capacity = (args.kv_budget or DEFAULT_CAPACITY) if METHODS[args.method].bounded else None
-        config = InfiniPotConfig(capacity=capacity, block_frames=args.block_frames, method=args.method,
+        config = InfiniPotConfig(capacity=capacity, block_slots=args.block_slots, method=args.method,
                                  reserve=args.reserve)
         self.model, self.tokenizer, self.spec, self.config = self._load_model(path, config)
         self.model_dir = Path(path)

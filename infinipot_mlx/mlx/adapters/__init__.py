@@ -13,3 +13,13 @@ def adapter_class(model_type: str):
     from ...specs import model_type as registered
 
     return load_class(registered(model_type).mlx_adapter)
+
+
+def token_array(ids):
+    """(1, L) int32 token ids from a list, or from an mx array of ids (one token sampled and
+    maybe still computing: it is not waited for)."""
+    import mlx.core as mx
+
+    if isinstance(ids, mx.array):
+        return ids.reshape(1, -1).astype(mx.int32)
+    return mx.array([ids], dtype=mx.int32)

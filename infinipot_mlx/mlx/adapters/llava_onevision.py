@@ -26,6 +26,7 @@ import numpy as np
 from ...errors import UserError
 from ...pixels import siglip_frames
 from ...specs import ModelSpec
+from . import token_array
 from .attention import attention_mass, attention_probs
 
 
@@ -78,9 +79,9 @@ class LlavaOnevisionAdapter:
         embed = self.lm.model.embed_tokens
         return getattr(embed, "scales", embed.weight).dtype
 
-    def embed_tokens(self, ids: list[int]) -> mx.array:
-        """Token ids -> (1, L, E) embeddings."""
-        return self.lm.model.embed_tokens(mx.array([ids], dtype=mx.int32))
+    def embed_tokens(self, ids) -> mx.array:
+        """Token ids (a list, or an mx array of them) -> (1, L, E) embeddings."""
+        return self.lm.model.embed_tokens(token_array(ids))
 
     def key_rotation(self) -> KeyRotation:
         """The RoPE rotation the cache applies to move stored keys (compact policy)."""

@@ -16,6 +16,7 @@ import numpy as np
 from ...errors import UserError
 from ...pixels import qwen_patchify
 from ...specs import ModelSpec
+from . import token_array
 from .attention import attention_mass, attention_probs
 
 
@@ -48,9 +49,9 @@ class Qwen2_5_VLAdapter:
         raise UserError("the compact position policy needs a 1-D RoPE model (LLaVA-OneVision); "
                         f"{self.spec.model_type} uses M-RoPE, so use position_policy='absolute'")
 
-    def embed_tokens(self, ids: list[int]) -> mx.array:
-        """Token ids -> (1, L, E) embeddings."""
-        return self.lm.model.embed_tokens(mx.array([ids], dtype=mx.int32))
+    def embed_tokens(self, ids) -> mx.array:
+        """Token ids (a list, or an mx array of them) -> (1, L, E) embeddings."""
+        return self.lm.model.embed_tokens(token_array(ids))
 
     def forward(self, embeds: mx.array, positions: np.ndarray, cache) -> mx.array:
         """Run the LM over new tokens. embeds (1, L, E), positions (3, L) -> last-token logits (1, 1, V)."""

@@ -26,3 +26,13 @@ def cache_keyword(module) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def token_array(ids, device):
+    """(1, L) long token ids on `device` from a list, or from a tensor of ids (the mirror of
+    the MLX adapters' token_array)."""
+    import torch
+
+    if isinstance(ids, torch.Tensor):
+        return ids.reshape(1, -1).to(device=device, dtype=torch.long)
+    return torch.tensor([ids], dtype=torch.long, device=device)

@@ -22,7 +22,7 @@ from transformers.models.qwen2.modeling_qwen2 import rotate_half
 from ...errors import UserError
 from ...pixels import siglip_frames
 from ...specs import ModelSpec
-from . import cache_keyword
+from . import cache_keyword, token_array
 from .attention import attention_mass, eager_attention
 
 
@@ -76,9 +76,9 @@ class LlavaOnevisionAdapter:
         return self.model.model.image_newline[None, None].to(self.lm.embed_tokens.weight.dtype)
 
     @torch.no_grad()
-    def embed_tokens(self, ids: list[int]) -> torch.Tensor:
-        """Token ids -> (1, L, E) embeddings."""
-        return self.lm.embed_tokens(torch.tensor([ids], dtype=torch.long, device=self.device))
+    def embed_tokens(self, ids) -> torch.Tensor:
+        """Token ids (a list, or a tensor of them) -> (1, L, E) embeddings."""
+        return self.lm.embed_tokens(token_array(ids, self.device))
 
     def key_rotation(self) -> KeyRotation:
         """The RoPE rotation the cache applies to move stored keys (compact policy)."""

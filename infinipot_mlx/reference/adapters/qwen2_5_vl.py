@@ -21,7 +21,7 @@ import torch
 from ...errors import UserError
 from ...pixels import qwen_patchify
 from ...specs import ModelSpec
-from . import cache_keyword
+from . import cache_keyword, token_array
 from .attention import attention_mass, eager_attention
 
 
@@ -59,9 +59,9 @@ class Qwen2_5_VLAdapter:
                         f"{self.spec.model_type} uses M-RoPE, so use position_policy='absolute'")
 
     @torch.no_grad()
-    def embed_tokens(self, ids: list[int]) -> torch.Tensor:
-        """Token ids -> (1, L, E) embeddings."""
-        return self.lm.embed_tokens(torch.tensor([ids], dtype=torch.long, device=self.device))
+    def embed_tokens(self, ids) -> torch.Tensor:
+        """Token ids (a list, or a tensor of them) -> (1, L, E) embeddings."""
+        return self.lm.embed_tokens(token_array(ids, self.device))
 
     @torch.no_grad()
     def forward(self, embeds: torch.Tensor, positions: np.ndarray, cache) -> torch.Tensor:
