@@ -220,6 +220,7 @@ class TextStream:
     def __init__(self, tokenizer):
         self.tokenizer, self.tokens, self.text = tokenizer, [], ""
         self.prefix = self.read = 0  # tokens[prefix:read] decode to the last shown context
+        self.context = ""  # their text
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -227,12 +228,12 @@ class TextStream:
     def add(self, token: int) -> str:
         """The new text this token completes ("" while a character is unfinished)."""
         self.tokens.append(token)
-        shown = self._decode(self.tokens[self.prefix:self.read])
         current = self._decode(self.tokens[self.prefix:])
-        if len(current) <= len(shown) or current.endswith("\ufffd"):
+        if len(current) <= len(self.context) or current.endswith("\ufffd"):
             return ""
-        piece = current[len(shown):]
+        piece = current[len(self.context):]
         self.prefix, self.read, self.text = self.read, len(self.tokens), self.text + piece
+        self.context = piece  # the text of tokens[prefix:read]: decoding is concatenative
         return piece
 
     def flush(self) -> str:

@@ -33,7 +33,13 @@ from .. import plan
 from ..config import METHODS, InfiniPotConfig
 from ..errors import UserError
 from ..room import compress_layers
-from .common import environment, load_average, print_environment, require_positive, write_json
+from .common import (
+    environment,
+    load_average,
+    print_environment,
+    require_positive,
+    write_json,
+)
 from .plots import Line, Panel, line_panels
 
 GB = 1e9

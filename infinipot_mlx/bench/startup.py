@@ -22,7 +22,6 @@ Writes startup.json (with the environment() record) and prints a table. Nothing 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shlex
 import statistics
@@ -33,9 +32,15 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .common import environment, load_average, print_environment, require_positive, write_json
+from .common import (
+    environment,
+    load_average,
+    print_environment,
+    require_positive,
+    write_json,
+)
+from .inputs import ROOT, child_env, synthetic_video, tiny_checkpoint
 
-ROOT = Path(__file__).resolve().parents[2]  # the checkout whose code is measured
 HEAVY = ("mlx", "mlx_vlm", "torch", "transformers", "cv2", "fastapi", "uvicorn")
 QUESTION = "What is shown?"
 # (command, case, argv after `python -m infinipot_mlx.`); MODEL and VIDEO: the tiny checkpoint and
@@ -80,58 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # ----- inputs ------------------------------------------------------------------------------------
-def child_env() -> dict:
-    """The children's environment: this checkout first, offline hub, quiet tokenizers."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    env["HF_HUB_OFFLINE"] = "1"  # a tiny local checkpoint: never a download
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return env
-
-
-def tiny_checkpoint(out: Path) -> Path:
-    """out/tiny_qwen2_5_vl, built once by conversions/make_tiny_checkpoint.py (published limits)."""
-    folder = out / "tiny_qwen2_5_vl"
-    if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
-        return folder
-    script = ROOT / "conversions" / "make_tiny_checkpoint.py"
-    if not script.is_file():
-        raise UserError(f"no {script} to build the tiny checkpoint; give --model DIR")
-    cmd = [sys.executable, str(script), "qwen2_5_vl", str(folder), "--processor", "published", "--force"]
-    print("building the tiny checkpoint:", shlex.join(cmd), flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), stdin=subprocess.DEVNULL)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise UserError(f"building the tiny checkpoint failed ({last}); give --model DIR")
-    return folder
-
-
 def squares_video(folder: Path, seconds: float, fps: float = 8.0, side: int = 224) -> Path:
-    """A cached mp4v video of two moving squares on a gradient, `seconds` long."""
-    import cv2
-    import numpy as np
-
-    n = max(2, int(round(seconds * fps)))
-    path = folder / f"squares_{n}f_{fps:g}fps_{side}px.mp4"
-    if path.is_file() and path.stat().st_size > 0:
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part.mp4")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (side, side))
-    if not writer.isOpened():
-        raise UserError(f"this OpenCV build cannot write mp4v to {tmp}")
-    ramp = np.linspace(40, 200, side, dtype=np.float32)
-    square = side // 5
-    for t in range(n):
-        frame = np.stack([np.add.outer(ramp, 0 * ramp), np.add.outer(0 * ramp, ramp),
-                          np.full((side, side), 90.0)], -1).astype(np.uint8)  # (side, side, 3) BGR
-        for (dy, dx), colour in (((3, 5), (40, 40, 230)), ((-4, 2), (40, 200, 60))):
-            y, x = (dy * t) % (side - square), (dx * t) % (side - square)
-            frame[y:y + square, x:x + square] = colour
-        writer.write(frame)
-    writer.release()
-    tmp.replace(path)
-    return path
+    """A cached video of moving squares, `seconds` long (inputs.synthetic_video)."""
+    return synthetic_video(folder, max(2, int(round(seconds * fps))), fps, side)
 
 
 # ----- measuring ---------------------------------------------------------------------------------

@@ -129,9 +129,10 @@ def _ask(session, answer_tokens: int, compare: bool) -> dict:
     start = time.perf_counter()
     pieces = iter(session.ask(QUESTION, max_tokens=answer_tokens))
     first = next(pieces, "")  # the question's prefill and the first token
-    first_at = time.perf_counter()
-    "".join(pieces)
-    stamps.append(time.perf_counter())  # the last token is sampled: the answer ends
+    first_at = last_at = time.perf_counter()
+    for _ in pieces:  # the last answer token is always yielded, before the closing piece is pinned
+        last_at = time.perf_counter()
+    stamps.append(last_at)
     decoded = session.counters.tokens_decoded - decoded  # tokens fed back: all but the last
     assert decoded == answer_tokens - 1, "eos is ignored, so every answer has answer_tokens"
     assert len(stamps) == answer_tokens + 1 and first is not None

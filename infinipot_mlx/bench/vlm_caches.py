@@ -22,15 +22,13 @@ Notation: H KV heads, n stored tokens per layer.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-
 import time
+from collections.abc import Callable
 
 from mlx_vlm.models.cache import QuantizedKVCache, RotatingKVCache
 
 from ..mlx.backend import MLXBackend
 from ..mlx.cache import StreamCache
-
 from ..rows import LayerStack
 
 

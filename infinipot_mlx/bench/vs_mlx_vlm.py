@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from . import inputs
+from .inputs import child_env, tiny_checkpoint
 
 SIDES = {
     "mlx_vlm": "A: mlx-vlm generate, frames at our size (same tokens per frame)",
@@ -56,7 +58,6 @@ DEFAULTS = {"minutes": [1, 2, 5, 10, 20, 40], "fps": 2.0, "frame_size": 224, "ma
 MARKER = "VS_MLX_VLM_RESULT "  # the child's one JSON line
 POLL_S = 0.05
 GB = 10**9
-ROOT = Path(__file__).resolve().parents[2]  # the repository (conversions/ lives there)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -92,7 +93,9 @@ def check_args(args) -> list[float]:
             raise UserError(f"--{name.replace('_', '-')} must be finite, got {bad[0]}")
     require_positive(args, "minutes", "memory_limit_gb", "time_limit_s", "fps", "max_tokens")
     if args.kv_budget is not None:
-        from ..cli.chat import build_parser as chat_parser  # light: no mlx before its flags are checked
+        from ..cli.chat import (
+            build_parser as chat_parser,  # light: no mlx before its flags are checked
+        )
 
         reserve = chat_parser().get_default("reserve")
         if args.kv_budget <= reserve:
@@ -123,55 +126,12 @@ def frame_count(minutes: float, fps: float) -> int:
     return 2 * int(round(minutes * 60 * fps / 2))
 
 
-# ----- inputs: the checkpoint and the videos --------------------------------------------------
-def tiny_checkpoint(out: Path) -> Path:
-    """out/tiny_qwen2_5_vl, built once by conversions/make_tiny_checkpoint.py (published limits)."""
-    folder = out / "tiny_qwen2_5_vl"
-    if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
-        return folder
-    script = ROOT / "conversions" / "make_tiny_checkpoint.py"
-    if not script.is_file():
-        raise UserError(f"no {script} to build the tiny checkpoint; give --model DIR")
-    cmd = [sys.executable, str(script), "qwen2_5_vl", str(folder), "--processor", "published", "--force"]
-    print("building the tiny checkpoint:", shlex.join(cmd))
-    done = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), check=False)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise UserError(f"building the tiny checkpoint failed ({last}); give --model DIR")
-    return folder
-
-
 def synthetic_video(folder: Path, minutes: float, fps: float, side: int) -> Path:
-    """A cached mp4v video of moving squares, `minutes` long, written at `fps`."""
-    import cv2
-
-    from .random_model import moving_frames
-
-    n = frame_count(minutes, fps)
-    path = folder / f"squares_{n}f_{fps:g}fps_{side}px.mp4"
-    if path.is_file() and path.stat().st_size > 0:
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part.mp4")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (side, side))
-    if not writer.isOpened():
-        raise UserError(f"this OpenCV build cannot write mp4v to {tmp}")
-    for start in range(0, n, 256):
-        for frame in moving_frames(start, min(256, n - start), side):
-            writer.write(frame[:, :, ::-1].copy())  # RGB -> BGR
-    writer.release()
-    tmp.replace(path)
-    return path
+    """The cached video of `minutes` at `fps` (inputs.synthetic_video)."""
+    return inputs.synthetic_video(folder, frame_count(minutes, fps), fps, side)
 
 
 # ----- one run in its own process ---------------------------------------------------------
-def child_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return env
-
-
 def child_command(side: str, args, model: Path, video: Path) -> list[str]:
     cmd = [sys.executable, "-m", "infinipot_mlx.bench.vs_mlx_vlm_child", side, str(video),
            "--model", str(model), "--fps", f"{args.fps:g}", "--frame-size", str(args.frame_size),
