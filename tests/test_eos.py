@@ -152,3 +152,35 @@ def test_the_chat_template_end_token_still_stops_the_answer(case):
     answer, session = answer_with(case, bare, words[:1] + [im_end] + words)
     assert session.stop_reason == "eos" and session.backend.seen == 3  # one sampled ahead, undone
     assert answer == tok.decode(words[:1], skip_special_tokens=True) and session.counters.tokens_decoded == 1
+
+
+@pytest.mark.parametrize("stop_at", [None, 3], ids=["max_tokens", "eos_mid_answer"])
+def test_feeding_ahead_leaves_what_a_step_by_step_decode_leaves(case, stop_at):
+    """The pipelined decode (a token fed while it is computed, undone when it ends the answer)
+    leaves the same answer, cache rows (bit for bit), positions and transcript as the same
+    decode done one step at a time (the session told that room is never free as it is, so it
+    waits for each token, checks it, then feeds it)."""
+    backend, model, tok, spec, path, model_type = case
+    im_end = tok.convert_tokens_to_ids(spec.pieces.eos)
+    words = tok.encode(" the cat sat on a mat and then", add_special_tokens=False)[:6]
+    forced = words if stop_at is None else words[:stop_at] + [im_end] + words[stop_at:]
+    results = []
+    for step_by_step in (False, True):
+        config = InfiniPotConfig(capacity=400, reserve=64, block_slots=2)
+        session = StreamSession(model, tok, spec, config, "mlx" if backend == "mlx" else "reference")
+        side = FRAME_SIDE[model_type]
+        session.add_frames(np.random.default_rng(0).integers(0, 256, (4, side, side, 3), dtype=np.uint8))
+        session.backend = ForcedTokens(session.backend, forced)
+        if step_by_step:
+            session._room_is_free = lambda n_tokens: False  # never feed ahead
+        answer = "".join(session.ask("What moved?", max_tokens=len(words)))
+        rows = [{k: (session.backend.to_numpy(v) if k in ("keys", "values") else v)
+                 for k, v in layer.rows().items()} for layer in session.cache.layers]
+        state = (answer, session.stop_reason, session.prompt_text(), session.cache.next_position,
+                 session.counters.tokens_decoded)
+        results.append((state, rows))
+    (ahead, ahead_rows), (stepped, stepped_rows) = results
+    assert ahead == stepped and ahead[1] == ("eos" if stop_at else "max_tokens")
+    for layer_a, layer_b in zip(ahead_rows, stepped_rows):
+        for name in layer_a:
+            np.testing.assert_array_equal(layer_a[name], layer_b[name])
