@@ -22,6 +22,7 @@ from infinipot_mlx.cli import chat
 from infinipot_mlx.cli.library import main
 from infinipot_mlx.library import CATALOGUE, Catalogue
 from infinipot_mlx.memories import content_hash, model_identity, read
+from terminal import sigint_default
 from videos import long_low_res_video, moving_shapes_video, non_video_file, static_events_video
 
 BUDGET = ["--kv-budget", "700"]  # the default reserve (512) leaves room for 3 slots of 56 tokens
@@ -229,7 +230,7 @@ def long_folder(tmp_path_factory):
 def start_index(folder, root, model, stderr) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "infinipot_mlx.library", "index", str(folder), "--library",
                              str(root), "--model", str(model), *BUDGET], stdout=subprocess.PIPE, stderr=stderr,
-                            text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+                            text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), preexec_fn=sigint_default)
 
 
 def signal_after_first_done(child: subprocess.Popen, signum: int) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import videos
+from terminal import sigint_default
 from infinipot_mlx import InfiniPotConfig
 
 QUESTIONS = ["What moved in the video?", "What colour was the bar?"]
@@ -135,7 +136,7 @@ def _start_chat(video, model_dir, *args):
     env = dict(os.environ, HF_HUB_OFFLINE="1", INFINIPOT_CHECK_CAP="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "infinipot_mlx.chat", str(video), "--model", str(model_dir),
                              *map(str, args)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=sigint_default)
 
 
 def _wait_for(stream, text: str, timeout: float = 120) -> str:
