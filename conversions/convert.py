@@ -148,7 +148,12 @@ def qwen_inputs(source: Path, config: dict, seed: int = 0) -> dict:
     grid = (gh // merge, gw // merge)
     prefix = encode(pieces.system.format(system=DEFAULT_SYSTEM) + pieces.user_open + pieces.video_open)
     suffix = encode(pieces.video_close + QUESTION + pieces.question_close)
-    video = mrope_video_positions(len(prefix), 0, gt, grid, tp / FPS, vision.get("tokens_per_second", 2))
+    if config["model_type"] == "qwen2_vl":  # Qwen2-VL: t = the slot's index, no time scaling
+        from infinipot_mlx.positions import mrope_slot_positions
+
+        video = mrope_slot_positions(len(prefix), 0, gt, grid)
+    else:
+        video = mrope_video_positions(len(prefix), 0, gt, grid, tp / FPS, vision.get("tokens_per_second", 2))
     positions = np.concatenate([text_positions(0, len(prefix)), video,
                                 text_positions(next_after(video), len(suffix))], axis=1)  # (3, L)
     ids = prefix + [config["video_token_id"]] * (gt * grid[0] * grid[1]) + suffix
@@ -223,7 +228,7 @@ def _logsumexp(x: np.ndarray) -> np.ndarray:
 
 def verify(source: Path, out: Path, config: dict) -> dict:
     """The same prompt and pixels through both; the metrics of compare_logits."""
-    make = qwen_inputs if config["model_type"] == "qwen2_5_vl" else llava_inputs
+    make = qwen_inputs if config["model_type"] in ("qwen2_5_vl", "qwen2_vl") else llava_inputs
     inputs = make(source, config)
     reference = reference_logits(source, config, inputs)  # the torch model is freed before mlx loads
     return compare_logits(reference, mlx_logits(out, inputs))

@@ -1,6 +1,6 @@
 """Build a tiny random checkpoint in the published hub layout, offline (about 5 s, a few MB).
 
-    python conversions/make_tiny_checkpoint.py {qwen2_5_vl,llava_onevision} OUT_DIR \
+    python conversions/make_tiny_checkpoint.py {qwen2_5_vl,qwen2_vl,llava_onevision} OUT_DIR \
         [--dtype float32|bfloat16] [--seed N]
 
 Configs, tokenizer and processor files come from infinipot_mlx.hub.checkpoints; the random weights
@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 import infinipot_mlx  # noqa: F401  (BLAS preload; must precede any mlx import)
-from infinipot_mlx.hub.checkpoints import MODEL_TYPES, build_tokenizer, llava_onevision_config, qwen2_5_vl_config, write_hub_files
+from infinipot_mlx.hub.checkpoints import (MODEL_TYPES, build_tokenizer, llava_onevision_config, qwen2_5_vl_config,
+                                          qwen2_vl_config, write_hub_files)
 
 VOCAB_SIZE = 512
 DTYPES = ("float32", "bfloat16")
@@ -43,6 +44,11 @@ def tiny_config(model_type: str, tokenizer, dtype: str) -> dict:
             vision_depth=2, vision_hidden_size=64, vision_num_heads=4,
             vision_intermediate_size=128, fullatt_block_indexes=[1], window_size=112,
             tokens_per_second=2, dtype=dtype)
+    if model_type == "qwen2_vl":  # Qwen/Qwen2-VL-7B-Instruct layout; mlp_ratio 2 (published: 4)
+        return qwen2_vl_config(
+            tokenizer, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, intermediate_size=256, mrope_section=[4, 6, 6],
+            vision_depth=2, vision_embed_dim=64, vision_num_heads=4, vision_mlp_ratio=2, dtype=dtype)
     return llava_onevision_config(
         tokenizer, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, intermediate_size=256, vision_hidden_size=64,
@@ -111,7 +117,7 @@ def build_tiny_checkpoint(model_type: str, out_dir: str | Path, dtype: str = "fl
     tokenizer = build_tokenizer(VOCAB_SIZE, model_type)
     config = tiny_config(model_type, tokenizer, dtype)
     write_hub_files(out, model_type, tokenizer, config,
-                    **(QWEN_PROCESSORS[processor] if model_type == "qwen2_5_vl" else {}))
+                    **(QWEN_PROCESSORS[processor] if model_type in ("qwen2_5_vl", "qwen2_vl") else {}))
     hf_config = AutoConfig.from_pretrained(str(out))
     torch.manual_seed(seed)
     model = _model_class(model_type)._from_config(hf_config, dtype=torch.float32)

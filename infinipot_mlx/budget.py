@@ -70,9 +70,11 @@ def model_dims(config: dict) -> ModelDims:
     common = dict(
         layers=text["num_hidden_layers"], heads=heads, kv_heads=text["num_key_value_heads"],
         head_dim=text.get("head_dim") or text["hidden_size"] // heads, hidden=text["hidden_size"],
-        intermediate=text["intermediate_size"], vocab=text["vocab_size"],
-        vision_hidden=vision["hidden_size"], vision_intermediate=vision["intermediate_size"])
-    return ModelDims(**common, **vision_dims(vision))
+        intermediate=text["intermediate_size"], vocab=text["vocab_size"])
+    dims = vision_dims(vision)
+    if "vision_hidden" not in dims:  # Qwen2-VL's vision_config names its width embed_dim
+        dims = dict(dims, vision_hidden=vision["hidden_size"], vision_intermediate=vision["intermediate_size"])
+    return ModelDims(**common, **dims)
 
 
 def qwen2_5_vl_vision(vision: dict) -> dict:
@@ -81,6 +83,15 @@ def qwen2_5_vl_vision(vision: dict) -> dict:
     return dict(vision_heads=vision["num_heads"],
                 patch_values=vision.get("in_chans", 3) * vision.get("temporal_patch_size", 2) * patch**2,
                 merge=vision.get("spatial_merge_size", 2), frame_patches=None, frames_batched=False)
+
+
+def qwen2_vl_vision(vision: dict) -> dict:
+    """Qwen2-VL: Qwen2.5-VL's patches and merge, no window attention (every layer attends over
+    the whole frame, which the frame-at-a-time scores term already counts); the vision width is
+    embed_dim and the MLP embed_dim x mlp_ratio (its hidden_size is the language model's)."""
+    embed = vision.get("embed_dim", 1280)
+    return dict(qwen2_5_vl_vision(vision), vision_hidden=embed,
+                vision_intermediate=int(embed * vision.get("mlp_ratio", 4)))
 
 
 def llava_onevision_vision(vision: dict) -> dict:

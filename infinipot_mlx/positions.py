@@ -86,7 +86,8 @@ def video_positions(spec, video_start: int, first_slot: int, times: np.ndarray,
                     grid_hw: tuple[int, int]) -> np.ndarray:
     """Positions of S slots of a video segment, for the model a ModelSpec describes.
 
-    M-RoPE (spec.position_axes == 3): mrope_positions_at, (3, S*T), time from `times`.
+    M-RoPE (spec.position_axes == 3): mrope_positions_at, (3, S*T), time from `times`;
+    Qwen2-VL (spec.slot_time False): mrope_slot_positions, t = the slot's index, times unused.
     1-D RoPE: one position per token after the segment's earlier slots, (S*T,); a slot's
     time plays no part, only the count of slots (first_slot of them before this block).
 
@@ -96,10 +97,24 @@ def video_positions(spec, video_start: int, first_slot: int, times: np.ndarray,
         times: (S,) seconds of each slot's first frame from the segment's first frame.
         grid_hw: (R, C) merged grid of one slot; T = R * C.
     """
+    if spec.position_axes == 3 and not spec.slot_time:
+        return mrope_slot_positions(video_start, first_slot, len(times), grid_hw)
     if spec.position_axes == 3:
         return mrope_positions_at(video_start, times, grid_hw, spec.tokens_per_second)
     per_slot = grid_hw[0] * grid_hw[1]
     return text_positions(video_start + first_slot * per_slot, len(times) * per_slot, axes=1)
+
+
+def mrope_slot_positions(video_start: int, first_slot: int, n_slots: int,
+                         grid_hw: tuple[int, int]) -> np.ndarray:
+    """Qwen2-VL's M-RoPE positions of S slots: t = video_start + slot (the slot's index in the
+    video segment, whatever its time), h = video_start + row, w = video_start + col, as
+    Qwen2-VL's get_rope_index gives the whole prompt. Returns (3, S * R * C) int64."""
+    rows, cols = grid_hw
+    t = np.repeat(np.arange(first_slot, first_slot + n_slots, dtype=np.int64), rows * cols)
+    h = np.tile(np.repeat(np.arange(rows, dtype=np.int64), cols), n_slots)
+    w = np.tile(np.arange(cols, dtype=np.int64), rows * n_slots)
+    return np.stack([t, h, w]) + video_start  # (3, S*R*C)
 
 
 def mrope_stock_mlx_vlm(video_start: int, n_slots: int, grid_hw: tuple[int, int]) -> np.ndarray:

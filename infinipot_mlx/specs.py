@@ -68,6 +68,7 @@ class ModelSpec:
     frame_size: tuple[int, int] | None = None  # fixed (H, W) of every frame (LLaVA-OV), else any
     token_grid: tuple[int, int] | None = None  # fixed (rows, cols) of a slot's tokens (LLaVA-OV)
     eos_token_ids: tuple[int, ...] = ()  # generation_config.json's eos_token_id (Qwen: im_end, endoftext)
+    slot_time: bool = True  # M-RoPE t from seconds (Qwen2.5-VL); False: t = slot index (Qwen2-VL)
 
     def slot_grid(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
         """Merged grid (rows, cols) of one temporal slot for frames of size (H, W)."""
@@ -194,6 +195,13 @@ def qwen2_5_vl_spec(config: dict, pre: dict) -> ModelSpec:
     )
 
 
+def qwen2_vl_spec(config: dict, pre: dict) -> ModelSpec:
+    """Qwen2-VL (Qwen/Qwen2-VL-7B-Instruct layout): Qwen2.5-VL's grid and template, but the
+    video's M-RoPE time index is the temporal slot itself (no tokens_per_second)."""
+    spec = qwen2_5_vl_spec(config, pre)
+    return dataclasses.replace(spec, model_type="qwen2_vl", tokens_per_second=0.0, slot_time=False)
+
+
 def llava_onevision_spec(config: dict, pre: dict) -> ModelSpec:
     """LLaVA-OneVision (llava-hf layout): one frame per slot, 2x2-pooled SigLIP grid, 1-D RoPE."""
     text, vision = config["text_config"], config["vision_config"]
@@ -250,6 +258,13 @@ MODEL_TYPES = {t.name: t for t in (
               ("video_token_id", "vision_config.patch_size", "vision_config.temporal_patch_size",
                "vision_config.spatial_merge_size"),
               ("infinipot_mlx.budget", "qwen2_5_vl_vision")),
+    ModelType("qwen2_vl", qwen2_vl_spec,
+              ("infinipot_mlx.mlx.adapters.qwen2_vl", "Qwen2VLAdapter"),
+              ("infinipot_mlx.reference.adapters.qwen2_vl", "Qwen2VLAdapter"),
+              "Qwen2VLForConditionalGeneration",
+              ("video_token_id", "vision_config.patch_size", "vision_config.temporal_patch_size",
+               "vision_config.spatial_merge_size"),
+              ("infinipot_mlx.budget", "qwen2_vl_vision")),
     ModelType("llava_onevision", llava_onevision_spec,
               ("infinipot_mlx.mlx.adapters.llava_onevision", "LlavaOnevisionAdapter"),
               ("infinipot_mlx.reference.adapters.llava_onevision", "LlavaOnevisionAdapter"),

@@ -53,6 +53,12 @@ def tiny_qwen_bf16_dir(build_tiny, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen2_vl_dir(build_tiny, tmp_path_factory) -> Path:
+    """Tiny random Qwen2-VL in the Qwen/Qwen2-VL-7B-Instruct layout, float32, seed 0."""
+    return build_tiny("qwen2_vl", tmp_path_factory.mktemp("tiny_qwen2_vl"), "float32", 0)
+
+
+@pytest.fixture(scope="session")
 def tiny_llava_dir(build_tiny, tmp_path_factory) -> Path:
     """Tiny random LLaVA-OneVision in the llava-hf layout, float32, seed 0."""
     return build_tiny("llava_onevision", tmp_path_factory.mktemp("tiny_llava"), "float32", 0)

@@ -13,8 +13,8 @@ from infinipot_mlx.evidence import Moment, format_moments, moments, slot_mass
 from infinipot_mlx.positions import text_positions
 from infinipot_mlx.session import StreamSession
 
-SIDE = {"qwen2_5_vl": 112, "llava_onevision": 98}
-DIRS = {"qwen2_5_vl": "tiny_qwen_dir", "llava_onevision": "tiny_llava_dir"}
+SIDE = {"qwen2_5_vl": 112, "qwen2_vl": 112, "llava_onevision": 98}
+DIRS = {"qwen2_5_vl": "tiny_qwen_dir", "qwen2_vl": "tiny_qwen2_vl_dir", "llava_onevision": "tiny_llava_dir"}
 
 
 def session_on(path, backend: str, model_type: str) -> StreamSession:
@@ -31,7 +31,7 @@ def session_on(path, backend: str, model_type: str) -> StreamSession:
     return session
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "llava_onevision"])
+@pytest.mark.parametrize("model_type", list(DIRS))
 def test_attention_is_the_same_on_both_backends_and_leaves_logits_alone(model_type, request):
     """After compressions, the question's forward_attending gives the logits of forward()
     (MLX: exactly) and per-layer masses that match transformers' eager attention."""

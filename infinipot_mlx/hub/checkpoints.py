@@ -1,4 +1,4 @@
-"""Hub-layout writers for Qwen2.5-VL and LLaVA-OneVision checkpoints (configs, tokenizer, processors).
+"""Hub-layout writers for Qwen2.5-VL, Qwen2-VL and LLaVA-OneVision checkpoints (configs, tokenizer, processors).
 
 Writes folders laid out like Qwen/Qwen2.5-VL-7B-Instruct and llava-hf/llava-onevision-qwen2-7b-ov-hf
 so that both mlx_vlm.load and transformers' from_pretrained / processors open them offline.
@@ -19,7 +19,7 @@ from .tokenizer import CHAT_TEMPLATES, build_tokenizer, special_token_ids, token
 
 __all__ = [
     "MODEL_TYPES", "build_tokenizer", "special_token_ids", "write_tokenizer_files",
-    "qwen2_5_vl_config", "llava_onevision_config", "generation_config",
+    "qwen2_5_vl_config", "qwen2_vl_config", "llava_onevision_config", "generation_config",
     "write_processor_configs", "write_json", "write_hub_files",
 ]
 
@@ -138,6 +138,30 @@ def qwen2_5_vl_config(
     }
 
 
+def qwen2_vl_config(
+    tokenizer: Tokenizer, *, hidden_size: int = 128, num_hidden_layers: int = 2,
+    num_attention_heads: int = 4, num_key_value_heads: int = 2, intermediate_size: int = 256,
+    mrope_section: list[int] | None = None, rope_theta: float = 1000000.0,
+    vision_depth: int = 2, vision_embed_dim: int = 64, vision_num_heads: int = 4,
+    vision_mlp_ratio: int = 2, dtype: str = "float32",
+) -> dict:
+    """config.json in the Qwen/Qwen2-VL-7B-Instruct layout: Qwen2.5-VL's flat text keys and
+    token ids, max_position_embeddings 32768, and the Qwen2-VL vision_config (embed_dim, depth,
+    num_heads, mlp_ratio, in_chans; its hidden_size is the language model's, the merger output).
+    """
+    config = qwen2_5_vl_config(
+        tokenizer, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
+        intermediate_size=intermediate_size, mrope_section=mrope_section, rope_theta=rope_theta,
+        dtype=dtype)
+    vision = {"depth": vision_depth, "embed_dim": vision_embed_dim, "mlp_ratio": vision_mlp_ratio,
+              "num_heads": vision_num_heads, "in_chans": 3, "hidden_size": hidden_size,
+              "patch_size": 14, "spatial_merge_size": 2, "spatial_patch_size": 14,
+              "temporal_patch_size": 2}
+    return {**config, "architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl",
+            "max_position_embeddings": 32768, "vision_config": vision}
+
+
 def _qwen2_text_config(ids: dict[str, int], vocab_size: int, hidden_size: int,
                       num_hidden_layers: int, num_attention_heads: int, num_key_value_heads: int,
                       intermediate_size: int, rope_theta: float, dtype: str) -> dict:
@@ -221,11 +245,12 @@ def generation_config(config: dict) -> dict:
 
 
 def _qwen_processor_configs(min_pixels: int, max_pixels: int, video_min_pixels: int,
-                            video_max_pixels: int, fps: float) -> dict[str, dict]:
+                            video_max_pixels: int, fps: float,
+                            processor_class: str = "Qwen2_5_VLProcessor") -> dict[str, dict]:
     common = {"patch_size": 14, "temporal_patch_size": 2, "merge_size": 2, "image_mean": CLIP_MEAN,
               "image_std": CLIP_STD, "do_rescale": True, "rescale_factor": 1 / 255,
               "do_normalize": True, "do_convert_rgb": True, "do_resize": True, "resample": 3,
-              "processor_class": "Qwen2_5_VLProcessor"}
+              "processor_class": processor_class}
     image = {**common, "image_processor_type": "Qwen2VLImageProcessor", "min_pixels": min_pixels,
              "max_pixels": max_pixels,
              "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
@@ -234,7 +259,7 @@ def _qwen_processor_configs(min_pixels: int, max_pixels: int, video_min_pixels: 
              "size": {"shortest_edge": video_min_pixels, "longest_edge": video_max_pixels},
              "fps": fps, "do_sample_frames": False, "cap_pixels_per_frame": False}
     return {"preprocessor_config.json": image, "video_preprocessor_config.json": video,
-            "processor_config.json": {"processor_class": "Qwen2_5_VLProcessor"}}
+            "processor_config.json": {"processor_class": processor_class}}
 
 
 def _llava_processor_configs(config: dict) -> dict[str, dict]:
@@ -263,14 +288,14 @@ def write_processor_configs(
 ) -> None:
     """Write preprocessor_config.json, video_preprocessor_config.json and processor_config.json.
 
-    Pixel limits apply to Qwen2.5-VL only (LLaVA-OV resizes to the vision image_size). Both the
+    Pixel limits apply to the Qwen models only (LLaVA-OV resizes to the vision image_size). Both the
     flat min/max_pixels and transformers 5's `size` dict are written so mlx-vlm and transformers
     read the same limits (mlx-vlm falls back to other defaults without video_preprocessor_config).
     """
     _check_model_type(model_type)
-    if model_type == "qwen2_5_vl":
-        files = _qwen_processor_configs(min_pixels, max_pixels, video_min_pixels,
-                                        video_max_pixels, fps)
+    if model_type in ("qwen2_5_vl", "qwen2_vl"):
+        files = _qwen_processor_configs(min_pixels, max_pixels, video_min_pixels, video_max_pixels, fps,
+                                        "Qwen2VLProcessor" if model_type == "qwen2_vl" else "Qwen2_5_VLProcessor")
     else:
         files = _llava_processor_configs(config)
     for name, obj in files.items():

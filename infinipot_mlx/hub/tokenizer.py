@@ -36,7 +36,12 @@ LLAVA_ONEVISION_ADDED_TOKENS: list[tuple[str, bool]] = [
     ("<image>", True), ("<video>", True),
 ]
 
-ADDED_TOKENS = {"qwen2_5_vl": QWEN2_5_VL_ADDED_TOKENS, "llava_onevision": LLAVA_ONEVISION_ADDED_TOKENS}
+# Qwen/Qwen2-VL-7B-Instruct: the first 14 of Qwen2.5-VL's (<|endoftext|> .. <|video_pad|>,
+# 151643..151656); the tool-call and FIM tokens came with Qwen2.5.
+QWEN2_VL_ADDED_TOKENS = QWEN2_5_VL_ADDED_TOKENS[:14]
+
+ADDED_TOKENS = {"qwen2_5_vl": QWEN2_5_VL_ADDED_TOKENS, "qwen2_vl": QWEN2_VL_ADDED_TOKENS,
+                "llava_onevision": LLAVA_ONEVISION_ADDED_TOKENS}
 
 # Qwen/Qwen2.5-VL-7B-Instruct chat_template.json (the Qwen2-VL template, verbatim).
 QWEN2_5_VL_CHAT_TEMPLATE = (
@@ -76,7 +81,8 @@ LLAVA_ONEVISION_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-CHAT_TEMPLATES = {"qwen2_5_vl": QWEN2_5_VL_CHAT_TEMPLATE, "llava_onevision": LLAVA_ONEVISION_CHAT_TEMPLATE}
+CHAT_TEMPLATES = {"qwen2_5_vl": QWEN2_5_VL_CHAT_TEMPLATE, "qwen2_vl": QWEN2_5_VL_CHAT_TEMPLATE,
+                  "llava_onevision": LLAVA_ONEVISION_CHAT_TEMPLATE}
 
 DEFAULT_CORPUS = [
     "You are a helpful assistant.",

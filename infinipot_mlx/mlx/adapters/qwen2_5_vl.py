@@ -23,6 +23,8 @@ from .attention import attention_mass, attention_probs
 class Qwen2_5_VLAdapter:
     """Embed frames and text, and run the LM with explicit positions."""
 
+    language_module = "mlx_vlm.models.qwen2_5_vl.language"  # its M-RoPE (forward_attending)
+
     def __init__(self, model, tokenizer, spec: ModelSpec):
         self.model = model
         self.tokenizer = tokenizer
@@ -74,9 +76,11 @@ class Qwen2_5_VLAdapter:
         The decoder loop of mlx-vlm's Qwen2Model, layer by layer with its own modules, so the
         last token's queries (input_layernorm, q_proj, the same M-RoPE) can be read.
         """
-        from mlx_vlm.models.base import create_attention_mask
-        from mlx_vlm.models.qwen2_5_vl.language import apply_multimodal_rotary_pos_emb
+        import importlib
 
+        from mlx_vlm.models.base import create_attention_mask
+
+        language = importlib.import_module(self.language_module)  # the model type's own M-RoPE
         position_ids = mx.array(positions[:, None, :].astype(np.int32))  # (3, 1, L)
         h = embeds if embeds.ndim == 3 else embeds[None]  # (1, L, E)
         model = self.lm.model
@@ -90,7 +94,7 @@ class Qwen2_5_VLAdapter:
             if pe is None:
                 q, _ = attn.rotary_emb.apply_rotary(q, q, position_ids, unsqueeze_dim=1)
             else:
-                q, _ = apply_multimodal_rotary_pos_emb(q, q, *pe, unqueeze_dim=1)
+                q, _ = language.apply_multimodal_rotary_pos_emb(q, q, *pe, unqueeze_dim=1)
             h = layer(h, mask, c, position_ids, pe)
             masses.append(attention_mass(attention_probs(q[:, :, -1], c.keys, attn.scale), self.spec.kv_heads))
         return self._last_logits(model.norm(h)), masses
