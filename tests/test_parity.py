@@ -19,8 +19,8 @@ import torch  # noqa: E402  (a dev dependency: a missing torch must fail, not sk
 from infinipot_mlx import InfiniPotConfig  # noqa: E402
 from infinipot_mlx.session import StreamSession  # noqa: E402
 from infinipot_mlx.cli.parity import Trace, compare, run_session, split_frames  # noqa: E402
-from infinipot_mlx.pixels import qwen_patchify  # noqa: E402
-from infinipot_mlx.positions import mrope_video_positions, next_after, text_positions  # noqa: E402
+from infinipot_mlx.positions import mrope_video_positions  # noqa: E402
+from parity_checks import assert_parity, qwen_one_shot_inputs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FPS, TOL, MAX_TOKENS = 2.0, 1e-4, 20
@@ -54,19 +54,6 @@ def run_both(tiny, frames, **config) -> tuple[Trace, Trace]:
     chunks = split_frames(frames, len(QUESTIONS), mlx.config.block_slots * 2)
     return (run_session(mlx, chunks, QUESTIONS, MAX_TOKENS),
             run_session(ref, chunks, QUESTIONS, MAX_TOKENS))
-
-
-def assert_parity(mlx: Trace, ref: Trace) -> None:
-    assert len(mlx.kept_log) == len(ref.kept_log)
-    for step, (m_layers, r_layers) in enumerate(zip(mlx.kept_log, ref.kept_log)):
-        assert len(m_layers) == len(r_layers)
-        for m, r in zip(m_layers, r_layers):  # (H, K, 2) (frame, patch), candidate order per head
-            np.testing.assert_array_equal(m, r, err_msg=f"compression {step + 1}")
-    for q in range(len(QUESTIONS)):
-        np.testing.assert_allclose(mlx.question_logits[q], ref.question_logits[q], atol=TOL, rtol=0)
-        assert mlx.tokens[q] == ref.tokens[q]
-        np.testing.assert_allclose(mlx.step_logits[q], ref.step_logits[q], atol=TOL, rtol=0)
-    assert compare(mlx, ref).ok
 
 
 METHODS = {
@@ -114,22 +101,6 @@ def test_parity_report_flags_a_difference():
 
 
 # ----- the reference alone ------------------------------------------------------------------
-def one_shot_inputs(tokenizer, spec, frames: np.ndarray, question: str):
-    """input_ids, mm_token_type_ids, pixel_values, grid and our positions of the whole prompt."""
-    pieces = spec.pieces
-    prefix = tokenizer.encode(pieces.system.format(system="You are a helpful assistant.")
-                              + pieces.user_open + pieces.video_open, add_special_tokens=False)
-    suffix = tokenizer.encode(pieces.video_close + question + pieces.question_close, add_special_tokens=False)
-    pixels, (gt, gh, gw) = qwen_patchify(frames, spec.image_mean, spec.image_std)
-    grid = (gh // 2, gw // 2)
-    ids = prefix + [tokenizer.convert_tokens_to_ids("<|video_pad|>")] * (gt * grid[0] * grid[1]) + suffix
-    types = [0] * len(prefix) + [2] * (gt * grid[0] * grid[1]) + [0] * len(suffix)  # 2 = video
-    video = mrope_video_positions(len(prefix), 0, gt, grid, 2 / FPS, spec.tokens_per_second)
-    positions = np.concatenate([text_positions(0, len(prefix)), video,
-                                text_positions(next_after(video), len(suffix))], axis=1)  # (3, L)
-    return ids, types, pixels, (gt, gh, gw), positions
-
-
 def test_reference_blockwise_stream_equals_one_shot_forward(tiny):
     model, tok, spec, _ = tiny[1]
     frames = frames_for(12)
@@ -250,3 +221,9 @@ def test_chat_reference_backend_matches_mlx(tiny, tiny_qwen_dir, noise_mp4):
     answer = "".join(session.ask(QUESTIONS[0], max_tokens=8))
     assert session.counters.compressions >= 2
     assert f"A: {answer}\n" in out.stdout
+
+
+def one_shot_inputs(tokenizer, spec, frames: np.ndarray, question: str):
+    """The whole prompt with Qwen2.5-VL's positions (time from the fps)."""
+    return qwen_one_shot_inputs(tokenizer, spec, frames, question, lambda start, gt, grid: mrope_video_positions(
+        start, 0, gt, grid, 2 / FPS, spec.tokens_per_second))

@@ -19,7 +19,8 @@ import torch  # noqa: E402  (a dev dependency: a missing torch must fail, not sk
 
 from infinipot_mlx import InfiniPotConfig  # noqa: E402
 from infinipot_mlx.session import StreamSession  # noqa: E402
-from infinipot_mlx.cli.parity import Trace, compare, run_session, split_frames  # noqa: E402
+from infinipot_mlx.cli.parity import Trace, run_session, split_frames  # noqa: E402
+from parity_checks import assert_parity  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL, MAX_TOKENS = 1e-4, 20
@@ -62,18 +63,6 @@ def run_both(tiny, frames, **config) -> tuple[Trace, Trace]:
     ref = StreamSession(rm, rt, rs, cfg, "reference", record_kept=True)
     chunks = split_frames(frames, len(QUESTIONS), cfg.block_slots)
     return run_session(mlx, chunks, QUESTIONS, MAX_TOKENS), run_session(ref, chunks, QUESTIONS, MAX_TOKENS)
-
-
-def assert_parity(mlx: Trace, ref: Trace) -> None:
-    assert len(mlx.kept_log) == len(ref.kept_log)
-    for step, (m_layers, r_layers) in enumerate(zip(mlx.kept_log, ref.kept_log)):
-        for m, r in zip(m_layers, r_layers, strict=True):  # (H, K, 2) (frame, patch) per head
-            np.testing.assert_array_equal(m, r, err_msg=f"compression {step + 1}")
-    for q in range(len(QUESTIONS)):
-        np.testing.assert_allclose(mlx.question_logits[q], ref.question_logits[q], atol=TOL, rtol=0)
-        assert mlx.tokens[q] == ref.tokens[q]
-        np.testing.assert_allclose(mlx.step_logits[q], ref.step_logits[q], atol=TOL, rtol=0)
-    assert compare(mlx, ref).ok
 
 
 # 16 tokens per frame, blocks of 2 frames, reserve 48: capacity 200 keeps 93 visual tokens per

@@ -18,11 +18,12 @@ import pytest
 import torch  # noqa: E402  (a dev dependency: a missing torch must fail, not skip)
 
 from infinipot_mlx import InfiniPotConfig  # noqa: E402
-from infinipot_mlx.cli.parity import compare, run_session, split_frames  # noqa: E402
+from infinipot_mlx.cli.parity import run_session, split_frames  # noqa: E402
 from infinipot_mlx.pixels import qwen_patchify  # noqa: E402
-from infinipot_mlx.positions import mrope_slot_positions, next_after, text_positions  # noqa: E402
+from infinipot_mlx.positions import mrope_slot_positions  # noqa: E402
 from infinipot_mlx.session import StreamSession  # noqa: E402
 from infinipot_mlx.specs import load_spec  # noqa: E402
+from parity_checks import assert_parity, qwen_one_shot_inputs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FPS, TOL, MAX_TOKENS = 2.0, 1e-4, 12
@@ -42,23 +43,6 @@ def tiny(tiny_qwen2_vl_dir):
 
     return (mlx_backend.load_model(str(tiny_qwen2_vl_dir)),
             ref_backend.load_model(str(tiny_qwen2_vl_dir), device="cpu"))
-
-
-def one_shot_inputs(tokenizer, spec, frames: np.ndarray, question: str):
-    """ids, token types, pixels, grid (t, h, w) and Qwen2-VL's positions of the whole prompt."""
-    pieces = spec.pieces
-    prefix = tokenizer.encode(pieces.system.format(system="You are a helpful assistant.")
-                              + pieces.user_open + pieces.video_open, add_special_tokens=False)
-    suffix = tokenizer.encode(pieces.video_close + question + pieces.question_close, add_special_tokens=False)
-    pixels, (gt, gh, gw) = qwen_patchify(frames, spec.image_mean, spec.image_std)
-    grid = (gh // 2, gw // 2)
-    n_video = gt * grid[0] * grid[1]
-    ids = prefix + [tokenizer.convert_tokens_to_ids("<|video_pad|>")] * n_video + suffix
-    types = [0] * len(prefix) + [2] * n_video + [0] * len(suffix)  # 2 = video
-    video = mrope_slot_positions(len(prefix), 0, gt, grid)
-    positions = np.concatenate([text_positions(0, len(prefix)), video,
-                                text_positions(next_after(video), len(suffix))], axis=1)  # (3, L)
-    return ids, types, pixels, (gt, gh, gw), positions
 
 
 def stream(loaded, frames, backend: str, block_slots: int, question: str = QUESTIONS[0]):
@@ -167,15 +151,7 @@ def test_backends_agree_at_every_compression(tiny, config):
     mlx, ref = run_both(tiny, frames_for(28 if config["capacity"] else 12, seed=2), **config)
     if config["capacity"]:
         assert len(mlx.kept_log) >= 3
-    assert len(mlx.kept_log) == len(ref.kept_log)
-    for step, (m_layers, r_layers) in enumerate(zip(mlx.kept_log, ref.kept_log)):
-        for m, r in zip(m_layers, r_layers, strict=True):
-            np.testing.assert_array_equal(m, r, err_msg=f"compression {step + 1}")
-    for q in range(len(QUESTIONS)):
-        np.testing.assert_allclose(mlx.question_logits[q], ref.question_logits[q], atol=TOL, rtol=0)
-        assert mlx.tokens[q] == ref.tokens[q]
-        np.testing.assert_allclose(mlx.step_logits[q], ref.step_logits[q], atol=TOL, rtol=0)
-    assert compare(mlx, ref).ok
+    assert_parity(mlx, ref, TOL)
 
 
 # ----- 5. the chat CLI -------------------------------------------------------------------------
@@ -188,3 +164,9 @@ def test_chat_cli_answers(tiny_qwen2_vl_dir, video_dir):
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "A: " in out.stdout
+
+
+def one_shot_inputs(tokenizer, spec, frames: np.ndarray, question: str):
+    """The whole prompt with Qwen2-VL's positions (t = the slot's index)."""
+    return qwen_one_shot_inputs(tokenizer, spec, frames, question,
+                                lambda start, gt, grid: mrope_slot_positions(start, 0, gt, grid))
