@@ -71,16 +71,14 @@ def model_dims(config: dict) -> ModelDims:
         layers=text["num_hidden_layers"], heads=heads, kv_heads=text["num_key_value_heads"],
         head_dim=text.get("head_dim") or text["hidden_size"] // heads, hidden=text["hidden_size"],
         intermediate=text["intermediate_size"], vocab=text["vocab_size"])
-    dims = vision_dims(vision)
-    if "vision_hidden" not in dims:  # Qwen2-VL's vision_config names its width embed_dim
-        dims = dict(dims, vision_hidden=vision["hidden_size"], vision_intermediate=vision["intermediate_size"])
-    return ModelDims(**common, **dims)
+    return ModelDims(**common, **vision_dims(vision))
 
 
 def qwen2_5_vl_vision(vision: dict) -> dict:
     """Qwen2.5-VL: 2-frame temporal patches, 2x2 merge, frames encoded one at a time."""
     patch = vision.get("patch_size", 14)
-    return dict(vision_heads=vision["num_heads"],
+    return dict(vision_hidden=vision["hidden_size"], vision_intermediate=vision["intermediate_size"],
+                vision_heads=vision["num_heads"],
                 patch_values=vision.get("in_chans", 3) * vision.get("temporal_patch_size", 2) * patch**2,
                 merge=vision.get("spatial_merge_size", 2), frame_patches=None, frames_batched=False)
 
@@ -98,7 +96,8 @@ def llava_onevision_vision(vision: dict) -> dict:
     """LLaVA-OneVision: a fixed SigLIP grid per frame, all frames of a block at once."""
     patch = vision.get("patch_size", 14)
     side = vision["image_size"] // patch
-    return dict(vision_heads=vision["num_attention_heads"], patch_values=vision.get("num_channels", 3) * patch**2,
+    return dict(vision_hidden=vision["hidden_size"], vision_intermediate=vision["intermediate_size"],
+                vision_heads=vision["num_attention_heads"], patch_values=vision.get("num_channels", 3) * patch**2,
                 merge=1, frame_patches=side * side, frames_batched=True)
 
 

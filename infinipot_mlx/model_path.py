@@ -11,6 +11,9 @@ from pathlib import Path
 
 from .errors import UserError
 
+# the checkpoint each backend opens without --model: MLX a 4-bit conversion, the reference the
+# original weights (here, not in the backends, so that finding it imports neither mlx nor torch)
+DEFAULT_MODELS = {"mlx": "mlx-community/Qwen2.5-VL-7B-Instruct-4bit", "reference": "Qwen/Qwen2.5-VL-7B-Instruct"}
 HUB_PATTERNS = ["*.json", "*.jsonl", "*.safetensors", "*.py", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
 
 

@@ -260,7 +260,8 @@ def _record(args, size, spec, model, plan: dict, methods: dict) -> dict:
         question=dict(text=QUESTION, answer_tokens=args.answer_tokens,
                       decoding="greedy; the bench backend reports no end-of-sequence id, so every "
                                "answer is exactly answer_tokens tokens; decode tokens/s = "
-                               "(answer_tokens - 1) / wall time from first to last token; "
+                               "(answer_tokens - 1) / wall time from the second token's step to the last "
+                               "token's arrival (the closing piece excluded); "
                                "mlx_lm_decode_tokens_per_s: mlx_lm.generate_step on the same "
                                "language model from a KVCache copy of the same keys and values, "
                                "the same number of tokens, measured the same way"),

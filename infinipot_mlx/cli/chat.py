@@ -23,9 +23,6 @@ from .console import PromptLines, answer, handle, interactive, stream_frames
 
 DEFAULT_CAPACITY = 6144
 MIN_PIXELS = 28 * 28  # one merged visual token of every supported model
-# mlx/backend.py's and reference/backend.py's DEFAULT_MODEL, here so that finding the checkpoint
-# imports neither mlx-vlm nor torch (tests/test_startup.py checks that they agree)
-DEFAULT_MODELS = {"mlx": "mlx-community/Qwen2.5-VL-7B-Instruct-4bit", "reference": "Qwen/Qwen2.5-VL-7B-Instruct"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +171,7 @@ def open_budgeted_session(args, path: str, config, frame_hw: tuple[int, int] | N
 def model_path(args, saved: dict | None = None) -> str:
     """The local checkpoint folder (ModelPathError, a ValueError, when there is none); with a
     saved memory and no --model, the folder the memory was made with."""
-    from ..model_path import resolve_model_path
+    from ..model_path import DEFAULT_MODELS, resolve_model_path
 
     if args.model:
         return str(resolve_model_path(args.model))

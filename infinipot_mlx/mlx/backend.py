@@ -15,14 +15,14 @@ import numpy as np
 
 from ..answer import eos_ids
 from ..config import InfiniPotConfig
-from ..model_path import ModelPathError, resolve_model_path  # noqa: F401  (re-exported)
+from ..model_path import DEFAULT_MODELS, ModelPathError, resolve_model_path  # noqa: F401  (re-exported)
 from ..session import StreamSession
 from ..specs import load_spec
 from .adapters import adapter_class
 from .cache import StreamCache
 from .select import select_tokens
 
-DEFAULT_MODEL = "mlx-community/Qwen2.5-VL-7B-Instruct-4bit"
+DEFAULT_MODEL = DEFAULT_MODELS["mlx"]
 
 
 class MLXBackend:

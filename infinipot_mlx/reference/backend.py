@@ -26,14 +26,14 @@ import torch
 
 from ..answer import eos_ids
 from ..config import InfiniPotConfig
-from ..model_path import resolve_model_path
+from ..model_path import DEFAULT_MODELS, resolve_model_path
 from ..session import StreamSession
 from ..specs import load_spec
 from .adapters import adapter_class
 from .cache import StreamCache
 from .select import select_tokens
 
-DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+DEFAULT_MODEL = DEFAULT_MODELS["reference"]
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ATTENTION = "sdpa"  # no flash-attn needed; sdpa matches MLX to ~1e-6 in float32
