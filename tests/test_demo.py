@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from infinipot_mlx.bench import accuracy
+from infinipot_mlx.errors import UserError
 from infinipot_mlx.organism.session import first_word, organism_config
 
 
@@ -38,7 +41,7 @@ def test_demo_streams_under_the_cap_and_prints_answers_beside_the_truth():
 
 def test_accuracy_bench_writes_every_field_and_holds_the_budget(tmp_path):
     args = argparse.Namespace(n=2, seed_offset=5, budgets="1.0,0.25", methods="full,infinipot_v,uniform",
-                              splits="test", out=tmp_path)
+                              splits="test", out=tmp_path, weights=None)
     assert accuracy.run(args) == 0
     result = json.loads((tmp_path / "accuracy.json").read_text())
     assert {"environment", "summary", "records", "budgets", "methods"} <= result.keys()
@@ -57,3 +60,25 @@ def test_accuracy_bench_writes_every_field_and_holds_the_budget(tmp_path):
     for row in (s for s in result["summary"] if s["qtype"] == "all"):
         hits = [r["evidence_first_hit"] for r in records if (r["method"], r["budget"]) == (row["method"], row["budget"])]
         assert row["evidence_first_hit_rate"] == sum(hits) / len(hits)
+
+
+def test_accuracy_bench_reads_a_given_checkpoint(tmp_path):
+    """--weights: another organism checkpoint folder (here a copy of the shipped one, so the
+    records must equal the default run's); a folder without config.json is refused up front."""
+    import shutil
+
+    from infinipot_mlx.organism import weights_dir
+
+    copy = shutil.copytree(weights_dir(), tmp_path / "copy")
+    runs = {}
+    for name, weights in (("shipped", None), ("copy", copy)):
+        args = argparse.Namespace(n=1, seed_offset=3, budgets="0.25", methods="full,infinipot_v",
+                                  splits="test", out=tmp_path / name, weights=weights)
+        assert accuracy.run(args) == 0
+        runs[name] = json.loads((tmp_path / name / "accuracy.json").read_text())
+    assert runs["copy"]["weights"] == str(copy) and runs["shipped"]["weights"] == "shipped"
+    assert runs["copy"]["records"] == runs["shipped"]["records"]
+    bad = argparse.Namespace(n=1, seed_offset=0, budgets="0.25", methods="full", splits="test",
+                             out=tmp_path / "bad", weights=tmp_path)
+    with pytest.raises(UserError, match="not a checkpoint folder"):
+        accuracy.run(bad)

@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budgets", default="1.0,0.5,0.25,0.1", help="shares of the video's tokens")
     p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
     p.add_argument("--splits", default="test", help="test and/or stress splits: pan,texture,flicker,repeat")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="an organism checkpoint folder (default: the shipped one)")
     p.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
 
 
@@ -49,6 +51,9 @@ def selection(args) -> tuple[list[float], list[str], list[str]]:
     from ..organism import SPLITS
 
     require_positive(args, "n")
+    if args.weights is not None and not (args.weights / "config.json").is_file():
+        raise UserError(f"--weights {args.weights} is not a checkpoint folder (no config.json); "
+                        "give a folder written by python -m infinipot_mlx.organism.train")
     require_positive(args, "seed_offset", strict=False)
     if args.seed_offset + args.n > 10**6:
         raise UserError(f"--seed-offset + --n must be at most 1000000 (videos per split), "
@@ -89,11 +94,12 @@ def run_one(model_bundle, frames: np.ndarray, qa, method: str, budget: float,
                 max_cached=session.cache.n_cached, evidence_first_hit=evidence_hit)
 
 
-def load_bundle():
-    """(model, tokenizer, spec, pinned prompt tokens before the first frame) of the organism."""
+def load_bundle(weights: Path | None = None):
+    """(model, tokenizer, spec, pinned prompt tokens before the first frame) of the organism
+    (the shipped weights, or the checkpoint folder `weights`)."""
     from ..organism.session import open_organism
 
-    probe = open_organism(method="full")
+    probe = open_organism(method="full", weights=weights)
     a = probe.adapter
     pinned = probe.cache.n_pinned + len(a.tokenizer.encode(
         a.spec.pieces.user_open + a.spec.pieces.video_open, add_special_tokens=False))
@@ -185,7 +191,7 @@ def run(args) -> int:
     from ..organism.data import episode_for
 
     budgets, methods, splits = selection(args)  # bad flags fail before the model loads
-    bundle = load_bundle()
+    bundle = load_bundle(args.weights)
     env = environment()
     start, records = time.perf_counter(), []
     jobs = [(s, i) for s in splits for i in range(args.seed_offset, args.seed_offset + args.n)]
@@ -193,9 +199,15 @@ def run(args) -> int:
         episode = episode_for(split, video)  # the frames, questions and events of make_episode
         frames, qa, first = episode.frames, episode.qa, episode.events[0]
         n_video = len(frames) // 2 * 9
+        unbounded = {}  # a method without a cap answers the same at every budget: run it once
         for budget in budgets:
             for method in methods:
-                res = run_one(bundle, frames, qa, method, budget, (first.start, first.start + first.length))
+                if method in unbounded:
+                    res = unbounded[method]
+                else:
+                    res = run_one(bundle, frames, qa, method, budget, (first.start, first.start + first.length))
+                    if not config.METHODS[METHODS[method][0]].bounded:
+                        unbounded[method] = res
                 records.append(dict(split=split, video=video, budget=budget, method=method,
                                     qtypes=[q for _, _, q in qa], budget_used=res["visual_tokens"] / n_video,
                                     **res))
@@ -204,7 +216,8 @@ def run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out / "accuracy.png")
     write_json(args.out, "accuracy.json", dict(
-        environment=env, seconds=time.perf_counter() - start, n=args.n, seed_offset=args.seed_offset,
+        environment=env, weights=str(args.weights or "shipped"), seconds=time.perf_counter() - start,
+        n=args.n, seed_offset=args.seed_offset,
         budgets=budgets, methods=methods, splits=splits, summary=rows, records=records))
     print(f"wrote {args.out / 'accuracy.png'}")
     return 0

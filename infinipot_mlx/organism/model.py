@@ -86,7 +86,7 @@ class Prompt:
     video_at: int  # index of the first <|video_pad|>
     targets: list[tuple[int, int]] = field(default_factory=list)  # (index predicting, token id)
     answers: list[tuple[int, str]] = field(default_factory=list)  # (index predicting, qtype)
-    aux: np.ndarray | None = None  # (2, V) token ids each video token learns: colour/"no", cell
+    aux: np.ndarray | None = None  # (3, V) ids each video token learns (PromptBuilder.aux_targets)
     turn_of: np.ndarray | None = None  # (L,) turn index of independent turns, -1 shared prefix
 
 
@@ -103,6 +103,8 @@ class PromptBuilder:
         self.eos, self.a_close = enc(PIECES.eos), enc(PIECES.answer_close)
         self.video_id = tokenizer.token_to_id("<|video_pad|>")
         self.word_id = {w: enc(w)[0] for w in data.ANSWER_WORDS}
+        # a colour inside a question is another token (" red", not "red"): the id it has there
+        self.question_word_id = {c: single_token(enc, " " + c) for c in data.COLOURS}
         self.second_per_grid, self.tps = 2 / fps, tokens_per_second
 
     def build(self, n_slots: int, qa: list[tuple[str, str, str]], grid=(3, 3),
@@ -135,10 +137,21 @@ class PromptBuilder:
         return prompt
 
     def aux_targets(self, token_colours: list[list[str]]) -> np.ndarray:
-        """(2, V) ids: each video token's colour word ("no" if none) and its cell word."""
-        colour = [self.word_id[c or "no"] for slot in token_colours for c in slot]
+        """(3, V) ids: each video token's colour answer word ("no" if none), its cell word, and
+        its colour as a question says it (" red"; "no" if none)."""
+        colours = [c for slot in token_colours for c in slot]
+        colour = [self.word_id[c or "no"] for c in colours]
         cell = [self.word_id[data.CELLS[k]] for slot in token_colours for k in range(len(slot))]
-        return np.array([colour, cell], np.int32)
+        asked = [self.question_word_id[c] if c else self.word_id["no"] for c in colours]
+        return np.array([colour, cell, asked], np.int32)
+
+
+def single_token(enc, text: str) -> int:
+    """The one token id of text; ValueError if the tokenizer splits it."""
+    ids = enc(text)
+    if len(ids) != 1:
+        raise ValueError(f"{text!r} is {len(ids)} tokens; the organism needs it as one")
+    return ids[0]
 
 
 def pixels_for(frames: np.ndarray, mean=checkpoints.CLIP_MEAN, std=checkpoints.CLIP_STD):
@@ -158,7 +171,7 @@ class Batch:
     t_idx: mx.array  # (B, A) positions that predict answer tokens
     t_ids: mx.array  # (B, A)
     t_w: mx.array  # (B, A) 1 for real targets, 0 for padding
-    aux: mx.array  # (B, 2, V) per-video-token targets (colour or "no", cell)
+    aux: mx.array  # (B, 3, V) per-video-token targets (colour or "no", cell, asked colour)
     aux_w: mx.array  # (B, V)
     video_at: int
     prompts: list[Prompt]
@@ -179,7 +192,7 @@ def make_batch(prompts: list[Prompt], frames: np.ndarray, pad_id: int, no_id: in
         pos[:, b, n:] = p.positions[:, -1:] + 1 + np.arange(L - n)
         for a, (i, tid) in enumerate(p.targets):
             t_idx[b, a], t_ids[b, a], t_w[b, a] = i, tid, 1.0
-    aux = np.stack([p.aux for p in prompts])  # (B, 2, V)
+    aux = np.stack([p.aux for p in prompts])  # (B, 3, V)
     aux_w = np.where(aux[:, 0] == no_id, background_weight, event_weight).astype(np.float32)
     pixels, grid = pixels_for(frames)
     return Batch(pixels, grid, *(mx.array(x) for x in (ids, pos, t_idx, t_ids, t_w, aux, aux_w)),
@@ -226,14 +239,18 @@ def vision_features(vision_tower, pixels: mx.array, grid_thw: mx.array) -> mx.ar
     return vt.merger(x)
 
 
-def hidden_states(model, batch: Batch) -> mx.array:
-    """Vision tower, video features spliced at video_at, LM body. -> (B, L, E)."""
+def hidden_states(model, batch: Batch, with_vision: bool = False):
+    """Vision tower, video features spliced at video_at, LM body. -> (B, L, E).
+
+    with_vision: also return the video features (B, V, E), the LM's input at video tokens.
+    """
     at = batch.video_at
     vis = vision_features(model.vision_tower, batch.pixels, batch.grid_thw)  # (B*V, E)
     vis = vis.reshape(batch.ids.shape[0], -1, vis.shape[-1])  # (B, V, E)
     emb = model.language_model.model.embed_tokens(batch.ids)  # (B, L, E)
     emb = mx.concatenate([emb[:, :at], vis, emb[:, at + vis.shape[1]:]], axis=1)
-    return model.language_model.model(None, inputs_embeds=emb, mask=batch.mask, position_ids=batch.pos)
+    hidden = model.language_model.model(None, inputs_embeds=emb, mask=batch.mask, position_ids=batch.pos)
+    return (hidden, vis) if with_vision else hidden
 
 
 def logits_at(model, hidden: mx.array, idx: mx.array) -> mx.array:
@@ -242,20 +259,31 @@ def logits_at(model, hidden: mx.array, idx: mx.array) -> mx.array:
     return model.language_model.model.embed_tokens.as_linear(h)
 
 
-def loss_fn(model, batch: Batch, aux_weight: float = 0.5) -> mx.array:
-    """Cross-entropy on answer tokens (word and <|im_end|>), plus the auxiliary loss.
+def word_loss(model, states: mx.array, batch: Batch, rows: tuple[int, int]) -> mx.array:
+    """Mean weighted -log p of each video token's words batch.aux[:, rows]. states (B, V, E)."""
+    logp = nn.log_softmax(model.language_model.model.embed_tokens.as_linear(states), axis=-1)  # (B, V, vocab)
+    targets = batch.aux[:, list(rows)].transpose(0, 2, 1)  # (B, V, 2)
+    picked = mx.take_along_axis(logp, targets, axis=-1).mean(-1)  # (B, V)
+    return -(picked * batch.aux_w).sum() / batch.aux_w.sum()
+
+
+def loss_fn(model, batch: Batch, aux_weight: float = 0.5, input_aux_weight: float = 0.0) -> mx.array:
+    """Cross-entropy on answer tokens (word and <|im_end|>), plus the auxiliary losses.
 
     The auxiliary loss asks the LM output at each video token for that token's colour word
     ("no" if none) and cell word, half each: a dense signal that teaches colours and places
-    early. Those outputs are never read at inference.
+    early. Those outputs are never read at inference. The input auxiliary loss asks the video
+    features themselves (read through the tied embedding) for the colour as a question says
+    it (" red") and the cell word, so a video token enters the LM looking like the words
+    that describe it, and a question's colour word can find it by attention from the first
+    layer on.
     """
-    hidden = hidden_states(model, batch)
+    hidden, vis = hidden_states(model, batch, with_vision=True)
     ce = nn.losses.cross_entropy(logits_at(model, hidden, batch.t_idx), batch.t_ids, reduction="none")
     loss = (ce * batch.t_w).sum() / batch.t_w.sum()
+    V = batch.aux.shape[-1]
     if aux_weight:
-        V = batch.aux.shape[-1]
-        logp = nn.log_softmax(model.language_model.model.embed_tokens.as_linear(
-            hidden[:, batch.video_at:batch.video_at + V]), axis=-1)  # (B, V, vocab)
-        picked = mx.take_along_axis(logp, batch.aux.transpose(0, 2, 1), axis=-1).mean(-1)  # (B, V)
-        loss = loss + aux_weight * -(picked * batch.aux_w).sum() / batch.aux_w.sum()
+        loss = loss + aux_weight * word_loss(model, hidden[:, batch.video_at:batch.video_at + V], batch, (0, 1))
+    if input_aux_weight:
+        loss = loss + input_aux_weight * word_loss(model, vis, batch, (2, 1))
     return loss

@@ -31,13 +31,14 @@ def organism_config(n_frames: int, share: float, method: str = "infinipot_v", pi
 
 
 def open_organism(config: InfiniPotConfig | None = None, share: float = DEMO_VISUAL_SHARE,
-                  n_frames: int = 32, method: str = "infinipot_v", **overrides):
-    """A StreamSession on the bundled organism with the demo's cap (or `config`)."""
+                  n_frames: int = 32, method: str = "infinipot_v", weights=None, **overrides):
+    """A StreamSession on the bundled organism (or the checkpoint folder `weights`) with the
+    demo's cap (or `config`)."""
     from ..mlx.backend import load_model
     from ..session import StreamSession
     from . import weights_dir
 
-    model, tokenizer, spec, _ = load_model(str(weights_dir()))
+    model, tokenizer, spec, _ = load_model(str(weights or weights_dir()))
     probe = StreamSession(model, tokenizer, spec, InfiniPotConfig(capacity=None, method="full"), fps=2.0)
     pinned = probe.cache.n_pinned + len(tokenizer.encode(spec.pieces.user_open + spec.pieces.video_open,
                                                          add_special_tokens=False))

@@ -141,6 +141,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--curriculum", type=parse_curriculum, default=STAGES,
                    help=f"start:frames:max_events:max_distractors,... (default {CURRICULUM})")
     p.add_argument("--aux-weight", type=float, default=1.0, help="per-video-token colour/cell loss")
+    p.add_argument("--input-aux-weight", type=float, default=0.0,
+                   help="the same loss on the video features (the LM's input at video tokens)")
     p.add_argument("--questions", choices=("rich", "test"), default="rich",
                    help="training questions: data.training_questions, or the test set's")
     p.add_argument("--independent", type=float, default=0.5,
@@ -192,7 +194,7 @@ class Trainer:
     def train_step(self, batch: om.Batch) -> float:
         self.opt.learning_rate = lr_at(self.step, self.progress(), self.args.lr, self.args.warmup)
         loss_and_grad = nn.value_and_grad(self.model, om.loss_fn)
-        loss, grads = loss_and_grad(self.model, batch, self.args.aux_weight)
+        loss, grads = loss_and_grad(self.model, batch, self.args.aux_weight, self.args.input_aux_weight)
         grads, _ = optim.clip_grad_norm(grads, 1.0)
         self.opt.update(self.model, grads)
         mx.eval(self.model.parameters(), self.opt.state, loss)
