@@ -1,6 +1,6 @@
 """Build a tiny random checkpoint in the published hub layout, offline (about 5 s, a few MB).
 
-    python conversions/make_tiny_checkpoint.py {qwen2_5_vl,qwen2_vl,llava_onevision} OUT_DIR \
+    python conversions/make_tiny_checkpoint.py {qwen2_5_vl,qwen2_vl,llava_onevision,qwen3_vl} OUT_DIR \
         [--dtype float32|bfloat16] [--seed N]
 
 Configs, tokenizer and processor files come from infinipot_mlx.hub.checkpoints; the random weights
@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 import infinipot_mlx  # noqa: F401  (BLAS preload; must precede any mlx import)
-from infinipot_mlx.hub.checkpoints import (MODEL_TYPES, build_tokenizer, llava_onevision_config, qwen2_5_vl_config,
-                                          qwen2_vl_config, write_hub_files)
+from infinipot_mlx.hub.checkpoints import (HUB_MODEL_TYPES, build_tokenizer, llava_onevision_config,
+                                          qwen2_5_vl_config, qwen2_vl_config, qwen3_vl_config, write_hub_files)
 
 VOCAB_SIZE = 512
 DTYPES = ("float32", "bfloat16")
@@ -33,6 +33,16 @@ QWEN_PROCESSORS = {
     "published": {"min_pixels": 56 * 56, "max_pixels": 12_845_056,
                   "video_min_pixels": 128 * 28 * 28, "video_max_pixels": 768 * 28 * 28},
 }
+# Tiny Qwen3-VL (32 px per merged token): images 64x64 .. 32*32*1280 px; videos from 64x64 px
+# up to 1,048,576 px over all frames (t * h * w). "published": Qwen/Qwen3-VL-8B-Instruct's limits.
+QWEN3_PROCESSORS = {
+    "tiny": {"min_pixels": 64 * 64, "max_pixels": 32 * 32 * 1280,
+             "video_min_pixels": 64 * 64, "video_max_pixels": 1024 * 1024},
+    "published": {"min_pixels": 65536, "max_pixels": 16777216,
+                  "video_min_pixels": 4096, "video_max_pixels": 25165824},
+}
+# transformers classes of the model types not (yet) in specs.MODEL_TYPES
+HF_CLASSES = {"qwen3_vl": "Qwen3VLForConditionalGeneration"}
 
 
 def tiny_config(model_type: str, tokenizer, dtype: str) -> dict:
@@ -49,6 +59,12 @@ def tiny_config(model_type: str, tokenizer, dtype: str) -> dict:
             tokenizer, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, intermediate_size=256, mrope_section=[4, 6, 6],
             vision_depth=2, vision_embed_dim=64, vision_num_heads=4, vision_mlp_ratio=2, dtype=dtype)
+    if model_type == "qwen3_vl":  # Qwen/Qwen3-VL-8B-Instruct layout; deepstack after blocks 0 and 1
+        return qwen3_vl_config(
+            tokenizer, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=32, intermediate_size=256, mrope_section=[6, 5, 5],
+            vision_depth=3, vision_hidden_size=64, vision_num_heads=4, vision_intermediate_size=128,
+            num_position_embeddings=64, deepstack_visual_indexes=[0, 1], dtype=dtype)
     return llava_onevision_config(
         tokenizer, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, intermediate_size=256, vision_hidden_size=64,
@@ -61,6 +77,8 @@ def _model_class(model_type: str):
 
     from infinipot_mlx.specs import MODEL_TYPES
 
+    if model_type not in MODEL_TYPES:
+        return getattr(transformers, HF_CLASSES[model_type])
     return getattr(transformers, MODEL_TYPES[model_type].hf_class)
 
 
@@ -99,13 +117,14 @@ def build_tiny_checkpoint(model_type: str, out_dir: str | Path, dtype: str = "fl
                           seed: int = 0, processor: str = "tiny") -> Path:
     """Write a tiny random `model_type` checkpoint to out_dir (created; existing files replaced).
 
-    processor: "tiny" frames, or "published" (the pixel limits of the real Qwen2.5-VL-7B).
+    processor: "tiny" frames, or "published" (the pixel limits of the real Qwen2.5-VL-7B, or of
+        Qwen3-VL-8B for qwen3_vl).
 
     Returns:
         out_dir as a Path.
     """
-    if model_type not in MODEL_TYPES:
-        raise ValueError(f"unknown model_type {model_type!r}; expected one of {MODEL_TYPES}.")
+    if model_type not in HUB_MODEL_TYPES:
+        raise ValueError(f"unknown model_type {model_type!r}; expected one of {HUB_MODEL_TYPES}.")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {DTYPES}.")
     import torch
@@ -116,8 +135,9 @@ def build_tiny_checkpoint(model_type: str, out_dir: str | Path, dtype: str = "fl
     out = Path(out_dir)
     tokenizer = build_tokenizer(VOCAB_SIZE, model_type)
     config = tiny_config(model_type, tokenizer, dtype)
+    limits = {"qwen2_5_vl": QWEN_PROCESSORS, "qwen2_vl": QWEN_PROCESSORS, "qwen3_vl": QWEN3_PROCESSORS}
     write_hub_files(out, model_type, tokenizer, config,
-                    **(QWEN_PROCESSORS[processor] if model_type in ("qwen2_5_vl", "qwen2_vl") else {}))
+                    **(limits[model_type][processor] if model_type in limits else {}))
     hf_config = AutoConfig.from_pretrained(str(out))
     torch.manual_seed(seed)
     model = _model_class(model_type)._from_config(hf_config, dtype=torch.float32)
@@ -128,13 +148,13 @@ def build_tiny_checkpoint(model_type: str, out_dir: str | Path, dtype: str = "fl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model_type", choices=MODEL_TYPES)
+    parser.add_argument("model_type", choices=HUB_MODEL_TYPES)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="delete out_dir first if it exists")
     parser.add_argument("--processor", choices=tuple(QWEN_PROCESSORS), default="tiny",
-                        help="Qwen2.5-VL pixel limits: tiny frames, or the published checkpoint's")
+                        help="Qwen pixel limits: tiny frames, or the published checkpoint's")
     args = parser.parse_args(argv)
     if args.force and args.out_dir.exists():
         shutil.rmtree(args.out_dir)

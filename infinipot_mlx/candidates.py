@@ -26,6 +26,14 @@ AvgPool with count_include_pad=True. The backends pool the zero-filled grid with
 AvgPool (sum / k_total) and multiply by scale = k_total / count, computed here; scale is
 exactly 1 for a window without holes, so a hole-free grid (the first compression) pools
 exactly as the authors' AvgPool.
+
+Slot text (Qwen3-VL). A model whose video prompt puts text inside each temporal group
+(a timestamp, <|vision_start|>, <|vision_end|>) stores those tokens as candidates of their
+slot with patch id rows.SLOT_TEXT. They take no part in the slot-wise layouts (whole
+slots, TaR's per-patch mean, the pooling grid); each of them scores as the best visual
+token of its slot in its head (slot_text_groups; the backends' with_slot_text), so the
+group's text is kept while its slot's best token would be, and is never pinned. Text whose
+slot has no visual token left in that head scores -inf: it leaves first.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import numpy as np
 
 from . import plan
 from .config import METHODS
+from .rows import SLOT_TEXT
 
 # layer quarter -> (kernel before shrinking, pooled axes): 3 = (slot, row, col),
 # 2 = (row, col) per slot, 1 = the flattened token sequence, 0 = no pooling.
@@ -81,22 +90,25 @@ def resolve_ids(slot_ids, patch_ids, n_heads: int, n_cand: int,
         patch_ids = np.broadcast_to(np.asarray(patch_ids, dtype=np.int64), shape)
     except ValueError:
         raise ValueError(f"slot_ids and patch_ids must have shape (H, N) = {shape}") from None
-    if slot_ids.min() < 0 or patch_ids.min() < 0 or patch_ids.max() >= tokens_per_slot:
-        raise ValueError(
-            f"slot ids must be >= 0 and patch ids in [0, {tokens_per_slot}) (tokens_per_slot)")
-    keys = np.sort(slot_ids * tokens_per_slot + patch_ids, axis=1)
+    text = patch_ids == SLOT_TEXT
+    if slot_ids.min() < 0 or np.any((patch_ids < 0) & ~text) or patch_ids.max() >= tokens_per_slot:
+        raise ValueError(f"slot ids must be >= 0 and patch ids in [0, {tokens_per_slot}) "
+                         f"(tokens_per_slot), or {SLOT_TEXT} for a slot's text")
+    keys = np.sort(np.where(text, -1 - np.arange(n_cand), slot_ids * tokens_per_slot + patch_ids), axis=1)
     if np.any(keys[:, 1:] == keys[:, :-1]):
         raise ValueError("a (slot, patch) pair appears twice in one head's candidates")
     return slot_ids, patch_ids
 
 
-def recent_mask(slot_ids: np.ndarray, tokens_per_slot: int, recent_ratio: float) -> np.ndarray:
-    """(H, N) bool: the tokens of each head's recent slots R (module docstring)."""
-    n_heads, n_cand = slot_ids.shape
-    r = plan.recent_count(n_cand // tokens_per_slot, recent_ratio)
+def recent_mask(slot_ids: np.ndarray, tokens_per_slot: int, recent_ratio: float,
+                patch_ids: np.ndarray | None = None) -> np.ndarray:
+    """(H, N) bool: the tokens of each head's recent slots R (module docstring); a slot's
+    text tokens (patch_ids SLOT_TEXT) are in R with their slot but count for nothing."""
+    visual = np.ones(slot_ids.shape, bool) if patch_ids is None else patch_ids != SLOT_TEXT
     mask = np.empty(slot_ids.shape, dtype=bool)
-    for h in range(n_heads):  # H is small (KV heads); everything inside is vectorized
-        slots, counts = np.unique(slot_ids[h], return_counts=True)  # ascending ids
+    for h in range(slot_ids.shape[0]):  # H is small (KV heads); everything inside is vectorized
+        r = plan.recent_count(int(visual[h].sum()) // tokens_per_slot, recent_ratio)
+        slots, counts = np.unique(slot_ids[h, visual[h]], return_counts=True)  # ascending ids
         whole = counts[::-1] == tokens_per_slot  # newest first
         run = len(whole) if whole.all() else int(np.argmin(whole))  # unbroken whole run
         n_recent = min(r, run) if run > 0 else 1
@@ -123,7 +135,9 @@ def reference_layout(patch_ids: np.ndarray, recent: np.ndarray, tokens_per_slot:
         rows: (H, N) int64 row h * T + patch of every candidate into a (H * T, D) table.
     """
     n_heads, n_cand = patch_ids.shape
-    rows = np.arange(n_heads, dtype=np.int64)[:, None] * tokens_per_slot + patch_ids
+    text = patch_ids == SLOT_TEXT  # a slot's text: no patch (its score comes from its slot)
+    recent = recent & ~text
+    rows = np.arange(n_heads, dtype=np.int64)[:, None] * tokens_per_slot + np.where(text, 0, patch_ids)
     counts = np.stack([np.bincount(patch_ids[h, recent[h]], minlength=tokens_per_slot)
                        for h in range(n_heads)])  # (H, T)
     src = np.zeros((n_heads, max(1, int(counts.max())), tokens_per_slot), dtype=np.int64)
@@ -159,7 +173,8 @@ def dense_layout(slot_ids: np.ndarray, patch_ids: np.ndarray,
     """Where each candidate sits in the flattened dense (G, rows, cols) grid.
 
     Returns:
-        cells: (H, N) int64 index into the flattened G * T grid of its head.
+        cells: (H, N) int64 index into the flattened G * T grid of its head; G * T (one
+            past the grid) for a slot's text token, which has no cell.
         n_slots: G, the grid's slot extent (the most slots present in one head).
     """
     cells = np.empty(slot_ids.shape, dtype=np.int64)
@@ -168,7 +183,7 @@ def dense_layout(slot_ids: np.ndarray, patch_ids: np.ndarray,
         slots, rank = np.unique(slot_ids[h], return_inverse=True)
         cells[h] = rank.reshape(-1) * tokens_per_slot + patch_ids[h]
         n_slots = max(n_slots, len(slots))
-    return cells, n_slots
+    return np.where(patch_ids == SLOT_TEXT, n_slots * tokens_per_slot, cells), n_slots
 
 
 def pool_kernel(layer_idx: int, num_layers: int, view: tuple[int, ...]) -> tuple[int, ...]:
@@ -194,7 +209,9 @@ def pool_kernel(layer_idx: int, num_layers: int, view: tuple[int, ...]) -> tuple
 class PoolLayout:
     """How one layer pools each head's VaN map (module docstring: dense grid, holes).
 
-    cells: (H, N) int64 index of every candidate into its head's flattened grid.
+    cells: (H, N) int64 index of every candidate into its head's flattened grid; `size` (one
+        past it) for a slot's text token: the backends scatter into size + 1 cells and
+        read the extra one back as 0.
     view: the per-head grid to pool, (G, rows, cols), or (G * rows * cols,) for 1-D.
     kernel: one odd size per trailing axis of view that is pooled (pool_kernel).
     scale: (H, N) float32 k_total / count of each candidate's window (1 without holes).
@@ -225,10 +242,12 @@ def pool_layout(slot_ids: np.ndarray, patch_ids: np.ndarray, grid_hw: tuple[int,
     if not kernel:
         return None
     view = (n_slots, rows, cols) if len(kernel) > 1 else (n_slots * rows * cols,)
-    holes = np.ones((cells.shape[0], math.prod(view)), dtype=np.int64)
+    size = math.prod(view)
+    holes = np.ones((cells.shape[0], size + 1), dtype=np.int64)  # the extra cell: slot text
     np.put_along_axis(holes, cells, 0, axis=1)  # (H, G*T): 1 at in-grid cells without a token
-    holes = window_sum(holes.reshape(-1, *view), kernel).reshape(len(cells), -1)
+    holes = window_sum(holes[:, :size].reshape(-1, *view), kernel).reshape(len(cells), -1)
     k_total = math.prod(kernel)
+    holes = np.pad(holes, ((0, 0), (0, 1)))  # slot text: no holes, scale 1
     count = np.maximum(k_total - np.take_along_axis(holes, cells, axis=1), 1)  # >= 1 anyway
     scale = (k_total / count).astype(np.float32)  # float64 quotient, exactly 1 without holes
     return PoolLayout(cells, view, kernel, scale)
@@ -247,6 +266,34 @@ def window_sum(x: np.ndarray, kernel: tuple[int, ...]) -> np.ndarray:
         x = (np.take(run, np.arange(k, k + length), axis=axis)
              - np.take(run, np.arange(length), axis=axis))
     return x
+
+
+@dataclass(frozen=True)
+class SlotText:
+    """Where a layer's slot text tokens are, for the backends' with_slot_text.
+
+    text: (H, N) bool, the slot's text tokens (patch id SLOT_TEXT).
+    group: (H, N) int64 rank of each candidate's slot among its head's slots.
+    n_groups: the most slots in one head.
+    """
+
+    text: np.ndarray
+    group: np.ndarray
+    n_groups: int
+
+
+def slot_text_groups(slot_ids: np.ndarray, patch_ids: np.ndarray) -> SlotText | None:
+    """The slot groups of a layer's candidates, None when none of them is slot text."""
+    text = patch_ids == SLOT_TEXT
+    if not text.any():
+        return None
+    group = np.empty(slot_ids.shape, dtype=np.int64)
+    n_groups = 1
+    for h in range(slot_ids.shape[0]):  # H is small
+        slots, rank = np.unique(slot_ids[h], return_inverse=True)
+        group[h] = rank.reshape(-1)
+        n_groups = max(n_groups, len(slots))
+    return SlotText(text, group, n_groups)
 
 
 def uniform_indices(n_cand: int, keep: int) -> np.ndarray:

@@ -128,3 +128,48 @@ def mrope_stock_mlx_vlm(video_start: int, n_slots: int, grid_hw: tuple[int, int]
 def next_after(positions: np.ndarray) -> int:
     """The next text position after a span: max over every axis and token, plus one."""
     return int(positions.max()) + 1
+
+
+# ----- Qwen3-VL: text timestamps, one vision block per temporal group -------------------------
+def qwen3_timestamp_text(slot_index: int, fps: float, frames_per_slot: int = 2,
+                         n_frames: int | None = None) -> str:
+    """The timestamp text Qwen3-VL's processor writes before temporal group (slot) `slot_index`.
+
+    Frames are sampled at `fps` from frame 0 (frame i shown at i / fps seconds); a slot merges
+    frames_per_slot (temporal_patch_size) consecutive frames and is stamped with the mean of
+    its first and last frame's times, formatted "<{t:.1f} seconds>". The arithmetic follows
+    transformers' Qwen3VLProcessor._calculate_timestamps exactly (same float rounding). With
+    n_frames, indices past the last frame repeat it (the processor pads an odd count so).
+
+    Example: slot 1 at fps 2 -> frames 2, 3 -> (1.0 + 1.5) / 2 = 1.25 -> "<1.2 seconds>".
+    """
+    first = slot_index * frames_per_slot
+    last = first + frames_per_slot - 1
+    if n_frames is not None:
+        first, last = min(first, n_frames - 1), min(last, n_frames - 1)
+    seconds = (first / fps + last / fps) / 2
+    return f"<{seconds:.1f} seconds>"
+
+
+def qwen3_group_positions(start: int, text_len: int, grid_hw: tuple[int, int]) -> np.ndarray:
+    """M-RoPE positions of one Qwen3-VL group: text_len text tokens, then one slot's R x C
+    visual tokens, as transformers' Qwen3VLModel.get_rope_index (and mlx-vlm's) give them.
+
+    A group covers the text tokens since the previous group's last visual token (or the prompt
+    start) up to this slot's first visual token: in transformers 5's layout the previous
+    <|vision_end|>, the "<t seconds>" text and this slot's <|vision_start|> (the first group
+    also takes the chat prefix). The text gets start, start + 1, ...; the visual tokens at
+    v = start + text_len get t = v, h = v + row, w = v + col (no time in t: Qwen3-VL encodes
+    time as text). The next group or text starts at next_after(...) = v + max(R, C).
+    Concatenating the groups and text_positions(next, n) for the text after the last slot
+    gives get_rope_index's positions of the whole prompt.
+
+    Returns:
+        (3, text_len + R * C) int64.
+    """
+    rows, cols = grid_hw
+    vis = start + text_len
+    h = np.repeat(np.arange(rows, dtype=np.int64), cols)
+    w = np.tile(np.arange(cols, dtype=np.int64), rows)
+    visual = np.stack([np.zeros_like(h), h, w]) + vis
+    return np.concatenate([text_positions(start, text_len), visual], axis=1)

@@ -13,6 +13,7 @@ import numpy as np
 from .deprecated import old_name
 
 PINNED = -1  # slot/patch id of a pinned (text) row
+SLOT_TEXT = -2  # patch id of a slot's own text row (Qwen3-VL's timestamp, vision start/end)
 
 
 def check_labels(slot_ids, patch_ids) -> tuple[np.ndarray, np.ndarray]:
@@ -20,7 +21,7 @@ def check_labels(slot_ids, patch_ids) -> tuple[np.ndarray, np.ndarray]:
 
     Args:
         slot_ids: (L,) ints, -1 for pinned tokens.
-        patch_ids: (L,) ints, -1 for pinned tokens.
+        patch_ids: (L,) ints, -1 for pinned tokens, SLOT_TEXT for a slot's text tokens.
     Returns:
         slot_ids, patch_ids as int32 arrays (L,).
     """
@@ -28,8 +29,10 @@ def check_labels(slot_ids, patch_ids) -> tuple[np.ndarray, np.ndarray]:
     patch_ids = np.asarray(patch_ids, dtype=np.int32).reshape(-1)
     if slot_ids.shape != patch_ids.shape:
         raise ValueError(f"slot_ids {slot_ids.shape} and patch_ids {patch_ids.shape} differ in length.")
-    if np.any((slot_ids < 0) != (patch_ids < 0)):
-        raise ValueError("A token is pinned (-1) in slot_ids but not in patch_ids, or the reverse.")
+    pinned = slot_ids < 0
+    if np.any(pinned != (patch_ids == PINNED)) or np.any(patch_ids < SLOT_TEXT):
+        raise ValueError("A token is pinned (-1) in slot_ids but not in patch_ids, or the reverse "
+                         f"(a slot's text token has patch id {SLOT_TEXT}).")
     return slot_ids, patch_ids
 
 

@@ -1,4 +1,5 @@
-"""Hub-layout writers for Qwen2.5-VL, Qwen2-VL and LLaVA-OneVision checkpoints (configs, tokenizer, processors).
+"""Hub-layout writers for Qwen2.5-VL, Qwen2-VL, Qwen3-VL and LLaVA-OneVision checkpoints (configs,
+tokenizer, processors).
 
 Writes folders laid out like Qwen/Qwen2.5-VL-7B-Instruct and llava-hf/llava-onevision-qwen2-7b-ov-hf
 so that both mlx_vlm.load and transformers' from_pretrained / processors open them offline.
@@ -18,12 +19,14 @@ from ..specs import MODEL_TYPES as _REGISTRY
 from .tokenizer import CHAT_TEMPLATES, build_tokenizer, special_token_ids, tokenizer_config
 
 __all__ = [
-    "MODEL_TYPES", "build_tokenizer", "special_token_ids", "write_tokenizer_files",
-    "qwen2_5_vl_config", "qwen2_vl_config", "llava_onevision_config", "generation_config",
+    "MODEL_TYPES", "HUB_MODEL_TYPES", "build_tokenizer", "special_token_ids", "write_tokenizer_files",
+    "qwen2_5_vl_config", "qwen2_vl_config", "qwen3_vl_config", "llava_onevision_config", "generation_config",
     "write_processor_configs", "write_json", "write_hub_files",
 ]
 
 MODEL_TYPES = tuple(_REGISTRY)  # the supported model types (specs.MODEL_TYPES)
+# What these writers can lay out: the supported types plus those not (yet) in specs.MODEL_TYPES.
+HUB_MODEL_TYPES = MODEL_TYPES + tuple(t for t in ("qwen3_vl",) if t not in MODEL_TYPES)
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 SIGLIP_MEAN = [0.5, 0.5, 0.5]
@@ -36,8 +39,8 @@ def write_json(path: str | Path, obj: dict) -> None:
 
 
 def _check_model_type(model_type: str) -> None:
-    if model_type not in MODEL_TYPES:
-        raise ValueError(f"unknown model_type {model_type!r}; expected one of {MODEL_TYPES}.")
+    if model_type not in HUB_MODEL_TYPES:
+        raise ValueError(f"unknown model_type {model_type!r}; expected one of {HUB_MODEL_TYPES}.")
 
 
 def write_tokenizer_files(out_dir: str | Path, tokenizer: Tokenizer, model_type: str) -> None:
@@ -162,6 +165,71 @@ def qwen2_vl_config(
             "max_position_embeddings": 32768, "vision_config": vision}
 
 
+def qwen3_vl_config(
+    tokenizer: Tokenizer, *, hidden_size: int = 128, num_hidden_layers: int = 2,
+    num_attention_heads: int = 4, num_key_value_heads: int = 2, head_dim: int = 32,
+    intermediate_size: int = 256, mrope_section: list[int] | None = None,
+    rope_theta: float = 5000000, vision_depth: int = 3, vision_hidden_size: int = 64,
+    vision_num_heads: int = 4, vision_intermediate_size: int = 128,
+    num_position_embeddings: int = 64, deepstack_visual_indexes: list[int] | None = None,
+    tie_word_embeddings: bool = False, dtype: str = "float32",
+) -> dict:
+    """config.json in the Qwen/Qwen3-VL-8B-Instruct layout (written without network access).
+
+    Nested text_config ("qwen3_vl_text": explicit head_dim, rope_scaling with an interleaved
+    mrope_section, rope_theta 5e6) and vision_config (model_type "qwen3_vl" as published;
+    transformers renames it "qwen3_vl_vision"), token ids at the top level. mrope_section
+    defaults to head_dim/2 split 24:20:20 (the published [24, 20, 20] for head_dim 128).
+    num_position_embeddings must be a square (the learned grid is bilinearly resampled).
+    tie_word_embeddings (published: false for 8B) is written at the top level, which
+    transformers reads, and in text_config, which mlx-vlm reads.
+    """
+    ids = special_token_ids(tokenizer)
+    half = head_dim // 2
+    if mrope_section is None:
+        h = half * 20 // 64
+        mrope_section = [half - 2 * h, h, h]
+    if sum(mrope_section) != half:
+        raise ValueError(f"mrope_section {mrope_section} must sum to head_dim/2 = {half}.")
+    side = int(round(num_position_embeddings ** 0.5))
+    if side * side != num_position_embeddings or side < 2:
+        raise ValueError(f"num_position_embeddings {num_position_embeddings} must be a square >= 4.")
+    if deepstack_visual_indexes is None:
+        deepstack_visual_indexes = list(range(min(vision_depth - 1, 3)))
+    text = {
+        "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": _token_id(ids, "<|endoftext|>"), "eos_token_id": _token_id(ids, "<|im_end|>"),
+        "dtype": dtype, "head_dim": head_dim, "hidden_act": "silu", "hidden_size": hidden_size,
+        "initializer_range": 0.02, "intermediate_size": intermediate_size,
+        "max_position_embeddings": 262144, "model_type": "qwen3_vl_text",
+        "num_attention_heads": num_attention_heads, "num_hidden_layers": num_hidden_layers,
+        "num_key_value_heads": num_key_value_heads, "rms_norm_eps": 1e-06,
+        "rope_scaling": {"mrope_interleaved": True, "mrope_section": list(mrope_section),
+                         "rope_type": "default"},
+        "rope_theta": rope_theta, "tie_word_embeddings": tie_word_embeddings, "use_cache": True,
+        "vocab_size": tokenizer.get_vocab_size(),
+    }
+    vision = {
+        "deepstack_visual_indexes": list(deepstack_visual_indexes), "depth": vision_depth,
+        "hidden_act": "gelu_pytorch_tanh", "hidden_size": vision_hidden_size, "in_channels": 3,
+        "initializer_range": 0.02, "intermediate_size": vision_intermediate_size,
+        "model_type": "qwen3_vl", "num_heads": vision_num_heads,
+        "num_position_embeddings": num_position_embeddings, "out_hidden_size": hidden_size,
+        "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+    }
+    return {
+        "architectures": ["Qwen3VLForConditionalGeneration"],
+        "image_token_id": _token_id(ids, "<|image_pad|>"),
+        "model_type": "qwen3_vl",
+        "text_config": text,
+        "tie_word_embeddings": tie_word_embeddings,
+        "video_token_id": _token_id(ids, "<|video_pad|>"),
+        "vision_config": vision,
+        "vision_end_token_id": _token_id(ids, "<|vision_end|>"),
+        "vision_start_token_id": _token_id(ids, "<|vision_start|>"),
+    }
+
+
 def _qwen2_text_config(ids: dict[str, int], vocab_size: int, hidden_size: int,
                       num_hidden_layers: int, num_attention_heads: int, num_key_value_heads: int,
                       intermediate_size: int, rope_theta: float, dtype: str) -> dict:
@@ -262,6 +330,22 @@ def _qwen_processor_configs(min_pixels: int, max_pixels: int, video_min_pixels: 
             "processor_config.json": {"processor_class": processor_class}}
 
 
+def _qwen3_processor_configs(min_pixels: int, max_pixels: int, video_min_pixels: int,
+                             video_max_pixels: int, fps: float) -> dict[str, dict]:
+    """Qwen/Qwen3-VL-8B-Instruct's processor files (written without network access): patch 16,
+    SigLIP mean/std 0.5, pixel limits only in `size` (the video's counts all frames: t * h * w),
+    the video processor samples frames itself (fps 2, 4 .. 768 frames)."""
+    common = {"patch_size": 16, "temporal_patch_size": 2, "merge_size": 2, "image_mean": SIGLIP_MEAN,
+              "image_std": SIGLIP_STD, "processor_class": "Qwen3VLProcessor"}
+    image = {**common, "image_processor_type": "Qwen2VLImageProcessorFast",
+             "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
+    video = {**common, "video_processor_type": "Qwen3VLVideoProcessor",
+             "size": {"shortest_edge": video_min_pixels, "longest_edge": video_max_pixels},
+             "fps": fps, "min_frames": 4, "max_frames": 768, "do_sample_frames": True}
+    return {"preprocessor_config.json": image, "video_preprocessor_config.json": video,
+            "processor_config.json": {"processor_class": "Qwen3VLProcessor"}}
+
+
 def _llava_processor_configs(config: dict) -> dict[str, dict]:
     vision = config["vision_config"]
     side = vision["image_size"]
@@ -290,10 +374,13 @@ def write_processor_configs(
 
     Pixel limits apply to the Qwen models only (LLaVA-OV resizes to the vision image_size). Both the
     flat min/max_pixels and transformers 5's `size` dict are written so mlx-vlm and transformers
-    read the same limits (mlx-vlm falls back to other defaults without video_preprocessor_config).
+    read the same limits (mlx-vlm falls back to other defaults without video_preprocessor_config);
+    Qwen3-VL's files have `size` only, and its video limits count all frames (t * h * w pixels).
     """
     _check_model_type(model_type)
-    if model_type in ("qwen2_5_vl", "qwen2_vl"):
+    if model_type == "qwen3_vl":
+        files = _qwen3_processor_configs(min_pixels, max_pixels, video_min_pixels, video_max_pixels, fps)
+    elif model_type in ("qwen2_5_vl", "qwen2_vl"):
         files = _qwen_processor_configs(min_pixels, max_pixels, video_min_pixels, video_max_pixels, fps,
                                         "Qwen2VLProcessor" if model_type == "qwen2_vl" else "Qwen2_5_VLProcessor")
     else:

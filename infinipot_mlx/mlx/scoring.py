@@ -83,11 +83,32 @@ def pool_value_norm(van: mx.array, slot_ids: np.ndarray, patch_ids: np.ndarray,
         return van
     n_heads = van.shape[0]
     cells = mx.array(layout.cells)
-    dense = mx.zeros((n_heads, layout.size), dtype=van.dtype)
-    dense = mx.put_along_axis(dense, cells, van, axis=1)  # (H, G*T), zeros at holes
-    pooled = _box_mean(dense.reshape(n_heads, *layout.view), layout.kernel)
-    pooled = mx.take_along_axis(pooled.reshape(n_heads, -1), cells, axis=1)  # (H, N)
+    dense = mx.zeros((n_heads, layout.size + 1), dtype=van.dtype)  # + 1: slot text's cell
+    dense = mx.put_along_axis(dense, cells, van, axis=1)  # (H, G*T + 1), zeros at holes
+    pooled = _box_mean(dense[:, : layout.size].reshape(n_heads, *layout.view), layout.kernel)
+    pooled = mx.pad(pooled.reshape(n_heads, -1), [(0, 0), (0, 1)])  # slot text reads 0
+    pooled = mx.take_along_axis(pooled, cells, axis=1)  # (H, N)
     return pooled * mx.array(layout.scale).astype(pooled.dtype)
+
+
+def with_slot_text(scores: mx.array, groups) -> mx.array:
+    """Each slot text token's score := the best visual score of its slot in its head.
+
+    Args:
+        scores: (H, N) float32 per candidate.
+        groups: candidates.SlotText, or None (no slot text: scores unchanged).
+    Returns:
+        (H, N) float32.
+    """
+    if groups is None:
+        return scores
+    text, group = mx.array(groups.text), mx.array(groups.group)
+    n_heads = scores.shape[0]
+    visual = mx.where(text, -mx.inf, scores)  # (H, N) slot text adds nothing to its slot's best
+    heads = mx.broadcast_to(mx.arange(n_heads)[:, None], group.shape)
+    best = mx.full((n_heads, groups.n_groups), -mx.inf, dtype=scores.dtype)
+    best = best.at[heads, group].maximum(visual)  # (H, G)
+    return mx.where(text, mx.take_along_axis(best, group, axis=1), scores)
 
 
 def _box_mean(x: mx.array, kernel: tuple[int, ...]) -> mx.array:

@@ -39,7 +39,7 @@ import numpy as np
 from .. import candidates, plan
 from ..config import METHODS
 from ..deprecated import accepts_old_names
-from .scoring import pool_value_norm, temporal_redundancy, value_norm
+from .scoring import pool_value_norm, temporal_redundancy, value_norm, with_slot_text
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class Request:
     layer_idx: int
     num_layers: int
     grid_hw: tuple[int, int] | None  # resolved (rows, cols) when van_pooling
+    slot_text: candidates.SlotText | None  # slot text candidates (Qwen3-VL), scored by their slot
 
 
 def top_k_mask(scores: mx.array, k: int) -> mx.array:
@@ -88,9 +89,10 @@ def infinipot_v(req: Request) -> mx.array:
     k_tar = plan.tar_share(req.keep, req.tar_ratio)
     taken = mx.zeros((n_heads, n_cand), dtype=mx.bool_)
     if k_tar > 0:
-        recent = candidates.recent_mask(req.slot_ids, req.tokens_per_slot, req.recent_ratio)
+        recent = candidates.recent_mask(req.slot_ids, req.tokens_per_slot, req.recent_ratio, req.patch_ids)
         forced = candidates.newest(recent, k_tar)  # all of R, or its k_tar latest arrivals
         tar = temporal_redundancy(req.keys, req.patch_ids, recent, req.tokens_per_slot)
+        tar = with_slot_text(tar, req.slot_text)
         # forced first, then non-recent by TaR; recent tokens beyond k_tar wait for VaN
         priority = mx.where(mx.array(forced), mx.inf, mx.where(mx.array(recent), -mx.inf, tar))
         taken = top_k_mask(priority, k_tar)
@@ -99,6 +101,7 @@ def infinipot_v(req: Request) -> mx.array:
         if req.van_pooling:
             van = pool_value_norm(van, req.slot_ids, req.patch_ids, req.grid_hw,
                                   req.layer_idx, req.num_layers)
+        van = with_slot_text(van, req.slot_text)
         taken = taken | top_k_mask(mx.where(taken, -mx.inf, van), req.keep - k_tar)
     return mask_indices(taken, req.keep)
 
@@ -153,5 +156,6 @@ def select_tokens(keys, values, *, tokens_per_slot: int, keep: int, method: str 
         grid_hw = candidates.grid_shape(tokens_per_slot, grid_hw)
         candidates.pool_kernel(layer_idx, num_layers, (1, *grid_hw))
     req = Request(keys, values, slot_ids, patch_ids, tokens_per_slot, keep, tar_ratio,
-                  recent_ratio, van_pooling, layer_idx, num_layers, grid_hw)
+                  recent_ratio, van_pooling, layer_idx, num_layers, grid_hw,
+                  candidates.slot_text_groups(slot_ids, patch_ids))
     return SELECTORS[method](req)

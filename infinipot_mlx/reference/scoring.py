@@ -72,6 +72,26 @@ def temporal_redundancy(keys: torch.Tensor, patch_ids: np.ndarray, recent_mask: 
     return -torch.sum(keys * ref, dim=-1) / (torch.linalg.vector_norm(keys, dim=-1) + EPS)
 
 
+def with_slot_text(scores: torch.Tensor, groups) -> torch.Tensor:
+    """Each slot text token's score := the best visual score of its slot in its head.
+
+    Args:
+        scores: (H, N) float32 per candidate.
+        groups: candidates.SlotText, or None (no slot text: scores unchanged).
+    Returns:
+        (H, N) float32.
+    """
+    if groups is None:
+        return scores
+    text, group = on_device(groups.text, scores), on_device(groups.group, scores)
+    minus_inf = torch.full((), float("-inf"), dtype=scores.dtype, device=scores.device)
+    visual = torch.where(text, minus_inf, scores)  # (H, N) slot text adds nothing to its slot's best
+    best = torch.full((scores.shape[0], groups.n_groups), float("-inf"), dtype=scores.dtype,
+                      device=scores.device)
+    best = best.scatter_reduce(1, group, visual, reduce="amax")  # (H, G)
+    return torch.where(text, torch.gather(best, 1, group), scores)
+
+
 def pool_value_norm(van: torch.Tensor, slot_ids: np.ndarray, patch_ids: np.ndarray,
                     grid_hw: tuple[int, int], layer_idx: int, num_layers: int) -> torch.Tensor:
     """Layer-adaptive average pooling of the VaN map over the dense grid (module docstring).
@@ -89,10 +109,11 @@ def pool_value_norm(van: torch.Tensor, slot_ids: np.ndarray, patch_ids: np.ndarr
         return van
     n_heads, kernel = van.shape[0], layout.kernel
     cells = on_device(layout.cells, van)
-    dense = torch.zeros((n_heads, layout.size), dtype=van.dtype, device=van.device)
-    dense = dense.scatter(1, cells, van)  # (H, G*T), zeros at holes
-    grid = dense.reshape(-1, 1, *layout.view[len(layout.view) - len(kernel):])  # (B, 1, *axes)
+    dense = torch.zeros((n_heads, layout.size + 1), dtype=van.dtype, device=van.device)  # + 1: slot text
+    dense = dense.scatter(1, cells, van)  # (H, G*T + 1), zeros at holes
+    grid = dense[:, : layout.size].reshape(-1, 1, *layout.view[len(layout.view) - len(kernel):])
     pooled = AVG_POOL[len(kernel)](grid, kernel, stride=1, padding=[k // 2 for k in kernel],
-                                   count_include_pad=True)
-    pooled = torch.gather(pooled.reshape(n_heads, -1), 1, cells)  # (H, N)
+                                   count_include_pad=True)  # (B, 1, *axes)
+    pooled = torch.nn.functional.pad(pooled.reshape(n_heads, -1), (0, 1))  # slot text reads 0
+    pooled = torch.gather(pooled, 1, cells)  # (H, N)
     return pooled * on_device(layout.scale, pooled, pooled.dtype)

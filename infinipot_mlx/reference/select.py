@@ -42,7 +42,7 @@ import torch
 from .. import candidates, plan
 from ..config import METHODS
 from ..deprecated import accepts_old_names
-from .scoring import on_device, pool_value_norm, temporal_redundancy, value_norm
+from .scoring import on_device, pool_value_norm, temporal_redundancy, value_norm, with_slot_text
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class Request:
     layer_idx: int
     num_layers: int
     grid_hw: tuple[int, int] | None  # resolved (rows, cols) when van_pooling
+    slot_text: candidates.SlotText | None  # slot text candidates (Qwen3-VL), scored by their slot
 
 
 def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -92,9 +93,10 @@ def infinipot_v(req: Request) -> torch.Tensor:
     device = req.keys.device
     taken = torch.zeros((n_heads, n_cand), dtype=torch.bool, device=device)
     if k_tar > 0:
-        recent = candidates.recent_mask(req.slot_ids, req.tokens_per_slot, req.recent_ratio)
+        recent = candidates.recent_mask(req.slot_ids, req.tokens_per_slot, req.recent_ratio, req.patch_ids)
         forced = candidates.newest(recent, k_tar)  # all of R, or its k_tar latest arrivals
         tar = temporal_redundancy(req.keys, req.patch_ids, recent, req.tokens_per_slot)
+        tar = with_slot_text(tar, req.slot_text)
         # forced first, then non-recent by TaR; recent tokens beyond k_tar wait for VaN
         inf = torch.full((), float("inf"), dtype=tar.dtype, device=device)
         priority = torch.where(on_device(forced, tar), inf,
@@ -105,6 +107,7 @@ def infinipot_v(req: Request) -> torch.Tensor:
         if req.van_pooling:
             van = pool_value_norm(van, req.slot_ids, req.patch_ids, req.grid_hw,
                                   req.layer_idx, req.num_layers)
+        van = with_slot_text(van, req.slot_text)
         minus_inf = torch.full((), float("-inf"), dtype=van.dtype, device=device)
         taken = taken | top_k_mask(torch.where(taken, minus_inf, van), req.keep - k_tar)
     return mask_indices(taken, req.keep)
@@ -156,5 +159,6 @@ def select_tokens(keys, values, *, tokens_per_slot: int, keep: int, method: str 
         grid_hw = candidates.grid_shape(tokens_per_slot, grid_hw)
         candidates.pool_kernel(layer_idx, num_layers, (1, *grid_hw))
     req = Request(keys, values, slot_ids, patch_ids, tokens_per_slot, keep, tar_ratio,
-                  recent_ratio, van_pooling, layer_idx, num_layers, grid_hw)
+                  recent_ratio, van_pooling, layer_idx, num_layers, grid_hw,
+                  candidates.slot_text_groups(slot_ids, patch_ids))
     return SELECTORS[method](req)
