@@ -19,8 +19,15 @@ import tempfile
 from pathlib import Path
 
 import infinipot_mlx  # noqa: F401  (BLAS preload; must precede any mlx import)
-from infinipot_mlx.hub.checkpoints import (HUB_MODEL_TYPES, build_tokenizer, llava_onevision_config,
-                                          qwen2_5_vl_config, qwen2_vl_config, qwen3_vl_config, write_hub_files)
+from infinipot_mlx.hub.checkpoints import (
+    MODEL_TYPES,
+    build_tokenizer,
+    llava_onevision_config,
+    qwen2_5_vl_config,
+    qwen2_vl_config,
+    qwen3_vl_config,
+    write_hub_files,
+)
 
 VOCAB_SIZE = 512
 DTYPES = ("float32", "bfloat16")
@@ -42,7 +49,6 @@ QWEN3_PROCESSORS = {
                   "video_min_pixels": 4096, "video_max_pixels": 25165824},
 }
 # transformers classes of the model types not (yet) in specs.MODEL_TYPES
-HF_CLASSES = {"qwen3_vl": "Qwen3VLForConditionalGeneration"}
 
 
 def tiny_config(model_type: str, tokenizer, dtype: str) -> dict:
@@ -77,8 +83,6 @@ def _model_class(model_type: str):
 
     from infinipot_mlx.specs import MODEL_TYPES
 
-    if model_type not in MODEL_TYPES:
-        return getattr(transformers, HF_CLASSES[model_type])
     return getattr(transformers, MODEL_TYPES[model_type].hf_class)
 
 
@@ -123,8 +127,8 @@ def build_tiny_checkpoint(model_type: str, out_dir: str | Path, dtype: str = "fl
     Returns:
         out_dir as a Path.
     """
-    if model_type not in HUB_MODEL_TYPES:
-        raise ValueError(f"unknown model_type {model_type!r}; expected one of {HUB_MODEL_TYPES}.")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown model_type {model_type!r}; expected one of {MODEL_TYPES}.")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {DTYPES}.")
     import torch
@@ -148,7 +152,7 @@ def build_tiny_checkpoint(model_type: str, out_dir: str | Path, dtype: str = "fl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model_type", choices=HUB_MODEL_TYPES)
+    parser.add_argument("model_type", choices=MODEL_TYPES)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument("--seed", type=int, default=0)

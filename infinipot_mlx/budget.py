@@ -92,6 +92,14 @@ def qwen2_vl_vision(vision: dict) -> dict:
                 vision_intermediate=int(embed * vision.get("mlp_ratio", 4)))
 
 
+def qwen3_vl_vision(vision: dict) -> dict:
+    """Qwen3-VL: Qwen2-VL's frame-at-a-time full attention with 16-px patches (in_channels);
+    the DeepStack mergers' outputs are a few slot-sized tensors, within the scores term."""
+    patch = vision.get("patch_size", 16)
+    return dict(qwen2_5_vl_vision(vision), patch_values=vision.get("in_channels", 3)
+                * vision.get("temporal_patch_size", 2) * patch**2)
+
+
 def llava_onevision_vision(vision: dict) -> dict:
     """LLaVA-OneVision: a fixed SigLIP grid per frame, all frames of a block at once."""
     patch = vision.get("patch_size", 14)

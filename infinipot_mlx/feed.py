@@ -16,7 +16,8 @@ import numpy as np
 from . import plan
 from .errors import UserError
 from .locking import serialized
-from .positions import slot_times, text_positions, video_positions
+from .positions import slot_text_positions, slot_times, text_positions, video_positions
+from .rows import SLOT_TEXT
 
 
 def describe_source(source, name: str | None = None, content: str | None = None) -> dict:
@@ -146,25 +147,63 @@ class VideoFeed:
             self._open_video()
             grid = self.spec.slot_grid(self.frame_hw)
             T, S = grid[0] * grid[1], len(frames) // self.spec.frames_per_slot
-            self._room_for_block(S, T)
-            self._renumber_if_needed(S * T)
-            times = self._slot_times([t for _, t in items], S)
-            positions = video_positions(self.spec, self.video_start, self.segment_slots, times, grid)
+            stamps = [t for _, t in items]
+            times = self._slot_times(stamps, S)
+            texts = self._slot_texts(stamps, S) if self.spec.pieces.slot_text else None
+            n_text = sum(len(lead) + len(trail) for lead, trail in texts) if texts else 0
+            self._room_for_block(S, T, n_text)
+            self._renumber_if_needed(S * T + n_text)
+            if texts:
+                positions = slot_text_positions(self.cache.next_position, [len(a) for a, _ in texts],
+                                                [len(b) for _, b in texts], grid)
+            else:
+                positions = video_positions(self.spec, self.video_start, self.segment_slots, times, grid)
             self._check_position_range(positions)
             with self._timed("vision"):
-                embeds = self.adapter.encode_slots(frames)
-                self.backend.sync(embeds)
-            first = self.counters.slots_seen
-            slot_ids = np.repeat(np.arange(first, first + S, dtype=np.int32), T)  # (S*T,)
-            patch_ids = np.tile(np.arange(T, dtype=np.int32), S)  # (S*T,)
+                visual = self.adapter.encode_slots(frames)
+                self.backend.sync(visual)
+            slot_ids, patch_ids = self._block_labels(S, T, texts)
+            embeds, extra = self.adapter.splice_slot_text(visual, texts) if texts else (visual, {})
             with self._timed("prefill"):
-                self._forward(embeds, positions, slot_ids, patch_ids)
+                self._forward(embeds, positions, slot_ids, patch_ids, extra=extra)
             self.transcript.append(f"<video:{S}x{T}>")
             self.slot_seconds.extend((times + (self.segment_t0 or 0.0)).tolist())  # _atomic copies both
             self.slot_video.extend([len(self.videos) - 1] * S)
             self.segment_slots += S
             self.counters.slots_seen += S
             self.counters.frames_seen += len(items)
+
+    def _block_labels(self, S: int, T: int, texts) -> tuple[np.ndarray, np.ndarray]:
+        """(slot_ids, patch_ids) of a block's rows: its S slots' T visual tokens each, with
+        each slot's text (leading, trailing) as SLOT_TEXT rows of that slot."""
+        first = self.counters.slots_seen
+        if not texts:
+            return (np.repeat(np.arange(first, first + S, dtype=np.int32), T),  # (S*T,)
+                    np.tile(np.arange(T, dtype=np.int32), S))
+        slots, patches = [], []
+        for s, (lead, trail) in enumerate(texts):
+            slots.append(np.full(len(lead) + T + len(trail), first + s, np.int32))
+            patches += [np.full(len(lead), SLOT_TEXT, np.int32), np.arange(T, dtype=np.int32),
+                        np.full(len(trail), SLOT_TEXT, np.int32)]
+        return np.concatenate(slots), np.concatenate(patches)
+
+    def _slot_texts(self, stamps: list[float | None], S: int) -> list[tuple[list[int], list[int]]]:
+        """Each slot's text as token ids (leading, trailing): its time, stamped as the model's
+        processor does (the mean of its first and last frame's times, from the segment's first
+        frame; the last frame repeated to fill a slot), and the slot's open and close pieces."""
+        pieces, per = self.spec.pieces, self.spec.frames_per_slot
+        if any(t is None for t in stamps):
+            first = self.segment_slots * per
+            frame_times = [(first + i) / self.fps for i in range(len(stamps))]
+        else:
+            frame_times = [t - (self.segment_t0 or 0.0) for t in stamps]
+        frame_times += frame_times[-1:] * (S * per - len(frame_times))
+        texts = []
+        for s in range(S):
+            seconds = (frame_times[s * per] + frame_times[s * per + per - 1]) / 2
+            stamp = pieces.slot_stamp.format(seconds=seconds) if pieces.slot_stamp else ""
+            texts.append((self._encode(stamp + pieces.slot_open), self._encode(pieces.slot_close)))
+        return texts
 
     def _slot_times(self, stamps: list[float | None], S: int) -> np.ndarray:
         """(S,) seconds of each slot's first frame from the segment's first frame.

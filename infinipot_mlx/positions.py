@@ -173,3 +173,19 @@ def qwen3_group_positions(start: int, text_len: int, grid_hw: tuple[int, int]) -
     w = np.tile(np.arange(cols, dtype=np.int64), rows)
     visual = np.stack([np.zeros_like(h), h, w]) + vis
     return np.concatenate([text_positions(start, text_len), visual], axis=1)
+
+
+def slot_text_positions(start: int, leads: list[int], trails: list[int],
+                        grid_hw: tuple[int, int]) -> np.ndarray:
+    """Positions of a block of Qwen3-VL slots streamed from `start`: per slot, its leading
+    text (leads[s] tokens: the timestamp and <|vision_start|>) and visual tokens as one
+    qwen3_group_positions group, then its trailing text (trails[s]: <|vision_end|>) at the
+    next text positions. The next block starts at next_after(result), as a one-shot prompt
+    continues. Returns (3, sum(leads) + S * R * C + sum(trails)) int64.
+    """
+    parts = []
+    for lead, trail in zip(leads, trails):
+        parts.append(qwen3_group_positions(start, lead, grid_hw))
+        parts.append(text_positions(next_after(parts[-1]), trail))
+        start = next_after(parts[-1]) if trail else next_after(parts[-2])
+    return np.concatenate(parts, axis=1)

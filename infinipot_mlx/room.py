@@ -91,11 +91,25 @@ class RoomKeeper:
             pass
         return cache.n_cached + n_tokens <= cfg.capacity
 
+    def slot_cost(self, hw: tuple[int, int]) -> int:
+        """Cache rows one slot may take: its T visual tokens and, for a model with slot text
+        (Qwen3-VL), the most text tokens a slot brings (a timestamp of up to 6 digits)."""
+        pieces = self.spec.pieces
+        text = 0
+        if pieces.slot_text:
+            if self._slot_text_bound is None:
+                stamp = pieces.slot_stamp.format(seconds=999999.9) if pieces.slot_stamp else ""
+                self._slot_text_bound = len(self._encode(stamp + pieces.slot_open)) + len(self._encode(pieces.slot_close))
+            text = self._slot_text_bound
+        return self.spec.tokens_per_slot(hw) + text
+
+    _slot_text_bound: int | None = None
+
     def visual_floor(self) -> int:
         """Visual tokens that text may squeeze the video to (plan.visual_floor); 0 before frames."""
         if self.frame_hw is None or not self.config.bounded:
             return 0
-        T = self.spec.tokens_per_slot(self.frame_hw)
+        T = self.slot_cost(self.frame_hw)
         block = plan.block_tokens(self.block_slots, T)
         return plan.visual_floor(self.config.capacity, self.config.reserve, self.n_system, block, T)
 
@@ -154,6 +168,7 @@ class RoomKeeper:
             hw = resize(limit)
             if max_pixels is None and self.config.bounded:
                 most = self._visual_room() // ((self.config.block_slots or 1) + 1)  # tokens a slot may take
+                most -= self.slot_cost(hw) - spec.tokens_per_slot(hw)  # its slot text, if any
                 if spec.tokens_per_slot(hw) > most >= 1:
                     hw = resize(most * step * step)
         self._fit_block(hw)
@@ -170,7 +185,7 @@ class RoomKeeper:
 
     def _fit_block(self, hw: tuple[int, int]) -> None:
         """Choose the block (plan.auto_block_slots) unless configured; refuse what cannot fit."""
-        T, cfg = self.spec.tokens_per_slot(hw), self.config
+        T, cfg = self.slot_cost(hw), self.config
         if not cfg.bounded:
             self.block_slots = cfg.block_slots or plan.DEFAULT_BLOCK_SLOTS
             return
@@ -182,11 +197,12 @@ class RoomKeeper:
                                     fixed_frame_size=self.spec.frame_size is not None)
         self.block_slots = slots
 
-    def _room_for_block(self, S: int, T: int) -> None:
-        """Compress before a block would pass capacity - reserve (dropping old turns first
-        when the kept video would fall below its floor)."""
+    def _room_for_block(self, S: int, T: int, n_text: int = 0) -> None:
+        """Compress before a block of S slots of T visual tokens and n_text slot text tokens
+        would pass capacity - reserve (dropping old turns first when the kept video would fall
+        below its floor)."""
         cfg, cache = self.config, self.cache
-        incoming = S * T
+        incoming = S * T + n_text
         if not cfg.bounded or not plan.needs_compression(cache.n_cached, incoming, cfg.capacity, cfg.reserve):
             return
         floor = self.visual_floor()
@@ -195,8 +211,8 @@ class RoomKeeper:
             pass
         if plan.needs_compression(cache.n_cached, incoming, cfg.capacity, cfg.reserve):
             keep = plan.keep_target(cfg.capacity, cfg.reserve, cache.n_pinned, incoming)
-            if keep < T:
-                raise plan.does_not_fit(cfg.capacity, cfg.reserve, cache.n_pinned, S, T,
+            if keep < self.slot_cost(self.frame_hw):
+                raise plan.does_not_fit(cfg.capacity, cfg.reserve, cache.n_pinned, S, self.slot_cost(self.frame_hw),
                                         fixed_frame_size=self.spec.frame_size is not None)
             self.compress(keep, T)  # first, so that `compact` positions are known before the block's
 

@@ -215,7 +215,10 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
         logits = self._forward(self.adapter.embed_tokens(ids), positions, wait=wait)
         return logits[0, -1]
 
-    def _forward(self, embeds, positions: np.ndarray, slot_ids=None, patch_ids=None, wait: bool = True):
+    def _forward(self, embeds, positions: np.ndarray, slot_ids=None, patch_ids=None, wait: bool = True,
+                 extra: dict | None = None):
+        """Run the model over new tokens labelled (slot_ids, patch_ids) (pinned when None);
+        extra: the adapter's forward keywords for a block (Qwen3-VL's DeepStack)."""
         self._check_position_range(positions)
         if slot_ids is not None:
             self.cache.label_next(slot_ids, patch_ids)
@@ -223,7 +226,7 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
             logits, masses = self.adapter.forward_attending(embeds, positions, self.cache)
             self.attention = (masses, [layer.slot_ids.copy() for layer in self.cache.layers])
         else:
-            logits = self.adapter.forward(embeds, positions, self.cache)
+            logits = self.adapter.forward(embeds, positions, self.cache, **(extra or {}))
         if wait:
             self.backend.sync(logits, self.cache)
         self.cache.next_position = max(self.cache.next_position, next_after(positions))

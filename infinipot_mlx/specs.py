@@ -38,12 +38,27 @@ class ChatPieces:
     question_close: str = "<|im_end|>\n<|im_start|>assistant\n"
     answer_close: str = "<|im_end|>\n"
     eos: str = "<|im_end|>"
+    # Text inside every temporal slot (Qwen3-VL): "<1.2 seconds><|vision_start|>", the slot's
+    # visual tokens, "<|vision_end|>". Slot text is stored with its slot (rows.SLOT_TEXT).
+    slot_stamp: str = ""  # format of the slot's time, e.g. "<{seconds:.1f} seconds>"
+    slot_open: str = ""
+    slot_close: str = ""
+
+    @property
+    def slot_text(self) -> bool:
+        """Whether each slot brings text of its own (slot_stamp, slot_open, slot_close)."""
+        return bool(self.slot_stamp or self.slot_open or self.slot_close)
 
 
 # llava-hf's chat template for a user message holding a video, then text:
 # "<|im_start|>user\n<video>\n{text}<|im_end|>\n<|im_start|>assistant\n". The <video>
 # placeholder is the video's tokens (image_newline last, from the adapter), then "\n".
 LLAVA_ONEVISION_PIECES = ChatPieces(video_open="", video_close="\n")
+# Qwen3-VL's processor writes a video as one group per temporal slot:
+# "<{t:.1f} seconds><|vision_start|>" + T x <|video_pad|> + "<|vision_end|>", t the mean time
+# of the slot's frames; nothing opens or closes the video as a whole.
+QWEN3_VL_PIECES = ChatPieces(video_open="", video_close="", slot_stamp="<{seconds:.1f} seconds>",
+                             slot_open="<|vision_start|>", slot_close="<|vision_end|>")
 
 
 @dataclass(frozen=True)
@@ -202,6 +217,37 @@ def qwen2_vl_spec(config: dict, pre: dict) -> ModelSpec:
     return dataclasses.replace(spec, model_type="qwen2_vl", tokens_per_second=0.0, slot_time=False)
 
 
+# Qwen3-VL's video processor limits pixels over a whole clip; a stream sizes one frame at a
+# time, within the same per-frame range as Qwen2.5-VL's videos: 128 to 768 merged tokens.
+QWEN3_VIDEO_TOKENS = (128, 768)
+
+
+def qwen3_vl_spec(config: dict, pre: dict) -> ModelSpec:
+    """Qwen3-VL (Qwen/Qwen3-VL-8B-Instruct layout): nested text_config, 16-px patches merged
+    2x2 (32 px per token), interleaved M-RoPE whose video time is text (slot_stamp)."""
+    text, vision = config["text_config"], config["vision_config"]
+    heads = text["num_attention_heads"]
+    side = vision.get("patch_size", 16) * vision.get("spatial_merge_size", 2)
+    return ModelSpec(
+        model_type="qwen3_vl",
+        num_layers=text["num_hidden_layers"],
+        kv_heads=text["num_key_value_heads"],
+        head_dim=text.get("head_dim") or text["hidden_size"] // heads,
+        frames_per_slot=vision.get("temporal_patch_size", 2),
+        pixels_per_token=side,
+        position_axes=3,
+        tokens_per_second=0.0,  # time is the slot's timestamp text, not a position axis
+        max_positions=text.get("max_position_embeddings"),
+        image_mean=tuple(pre.get("image_mean", (0.5, 0.5, 0.5))),
+        image_std=tuple(pre.get("image_std", (0.5, 0.5, 0.5))),
+        min_pixels=QWEN3_VIDEO_TOKENS[0] * side * side,
+        max_pixels=QWEN3_VIDEO_TOKENS[1] * side * side,
+        default_policy="absolute",
+        pieces=QWEN3_VL_PIECES,
+        slot_time=False,
+    )
+
+
 def llava_onevision_spec(config: dict, pre: dict) -> ModelSpec:
     """LLaVA-OneVision (llava-hf layout): one frame per slot, 2x2-pooled SigLIP grid, 1-D RoPE."""
     text, vision = config["text_config"], config["vision_config"]
@@ -265,6 +311,13 @@ MODEL_TYPES = {t.name: t for t in (
               ("video_token_id", "vision_config.patch_size", "vision_config.temporal_patch_size",
                "vision_config.spatial_merge_size"),
               ("infinipot_mlx.budget", "qwen2_vl_vision")),
+    ModelType("qwen3_vl", qwen3_vl_spec,
+              ("infinipot_mlx.mlx.adapters.qwen3_vl", "Qwen3VLAdapter"),
+              ("infinipot_mlx.reference.adapters.qwen3_vl", "Qwen3VLAdapter"),
+              "Qwen3VLForConditionalGeneration",
+              ("video_token_id", "vision_config.patch_size", "vision_config.temporal_patch_size",
+               "vision_config.spatial_merge_size", "vision_config.deepstack_visual_indexes"),
+              ("infinipot_mlx.budget", "qwen3_vl_vision")),
     ModelType("llava_onevision", llava_onevision_spec,
               ("infinipot_mlx.mlx.adapters.llava_onevision", "LlavaOnevisionAdapter"),
               ("infinipot_mlx.reference.adapters.llava_onevision", "LlavaOnevisionAdapter"),

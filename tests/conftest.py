@@ -59,6 +59,12 @@ def tiny_qwen2_vl_dir(build_tiny, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen3_vl_dir(build_tiny, tmp_path_factory) -> Path:
+    """Tiny random Qwen3-VL in the Qwen/Qwen3-VL-8B-Instruct layout, float32, seed 0."""
+    return build_tiny("qwen3_vl", tmp_path_factory.mktemp("tiny_qwen3_vl"), "float32", 0)
+
+
+@pytest.fixture(scope="session")
 def tiny_llava_dir(build_tiny, tmp_path_factory) -> Path:
     """Tiny random LLaVA-OneVision in the llava-hf layout, float32, seed 0."""
     return build_tiny("llava_onevision", tmp_path_factory.mktemp("tiny_llava"), "float32", 0)

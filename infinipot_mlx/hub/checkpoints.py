@@ -16,17 +16,21 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from ..specs import MODEL_TYPES as _REGISTRY
-from .tokenizer import CHAT_TEMPLATES, build_tokenizer, special_token_ids, tokenizer_config
+from .tokenizer import (
+    CHAT_TEMPLATES,
+    build_tokenizer,
+    special_token_ids,
+    tokenizer_config,
+)
 
 __all__ = [
-    "MODEL_TYPES", "HUB_MODEL_TYPES", "build_tokenizer", "special_token_ids", "write_tokenizer_files",
-    "qwen2_5_vl_config", "qwen2_vl_config", "qwen3_vl_config", "llava_onevision_config", "generation_config",
-    "write_processor_configs", "write_json", "write_hub_files",
+    "MODEL_TYPES", "build_tokenizer", "generation_config", "llava_onevision_config",
+    "qwen2_5_vl_config", "qwen2_vl_config", "qwen3_vl_config", "special_token_ids", "write_hub_files",
+    "write_json", "write_processor_configs", "write_tokenizer_files",
 ]
 
 MODEL_TYPES = tuple(_REGISTRY)  # the supported model types (specs.MODEL_TYPES)
 # What these writers can lay out: the supported types plus those not (yet) in specs.MODEL_TYPES.
-HUB_MODEL_TYPES = MODEL_TYPES + tuple(t for t in ("qwen3_vl",) if t not in MODEL_TYPES)
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 SIGLIP_MEAN = [0.5, 0.5, 0.5]
@@ -39,8 +43,8 @@ def write_json(path: str | Path, obj: dict) -> None:
 
 
 def _check_model_type(model_type: str) -> None:
-    if model_type not in HUB_MODEL_TYPES:
-        raise ValueError(f"unknown model_type {model_type!r}; expected one of {HUB_MODEL_TYPES}.")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown model_type {model_type!r}; expected one of {MODEL_TYPES}.")
 
 
 def write_tokenizer_files(out_dir: str | Path, tokenizer: Tokenizer, model_type: str) -> None:
@@ -191,7 +195,7 @@ def qwen3_vl_config(
         mrope_section = [half - 2 * h, h, h]
     if sum(mrope_section) != half:
         raise ValueError(f"mrope_section {mrope_section} must sum to head_dim/2 = {half}.")
-    side = int(round(num_position_embeddings ** 0.5))
+    side = round(num_position_embeddings ** 0.5)
     if side * side != num_position_embeddings or side < 2:
         raise ValueError(f"num_position_embeddings {num_position_embeddings} must be a square >= 4.")
     if deepstack_visual_indexes is None:

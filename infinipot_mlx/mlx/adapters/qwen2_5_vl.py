@@ -90,7 +90,10 @@ class Qwen2_5_VLAdapter:
         masses = []
         for layer, c in zip(model.layers, cache):
             attn = layer.self_attn
-            q = attn.q_proj(layer.input_layernorm(h)).reshape(1, h.shape[1], attn.n_heads, -1).transpose(0, 2, 1, 3)
+            q = attn.q_proj(layer.input_layernorm(h)).reshape(1, h.shape[1], attn.n_heads, -1)
+            if hasattr(attn, "q_norm"):  # Qwen3-VL normalizes each head's query before RoPE
+                q = attn.q_norm(q)
+            q = q.transpose(0, 2, 1, 3)
             if pe is None:
                 q, _ = attn.rotary_emb.apply_rotary(q, q, position_ids, unsqueeze_dim=1)
             else:
