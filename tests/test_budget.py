@@ -31,6 +31,15 @@ LLAVA_7B = {  # llava-hf/llava-onevision-qwen2-7b-ov-hf (text: Qwen2-7B; vision:
                       "intermediate_size": 4304, "num_attention_heads": 16, "num_hidden_layers": 26,
                       "image_size": 384, "patch_size": 14},
 }
+QWEN3_8B = {  # Qwen/Qwen3-VL-8B-Instruct (nested text_config; 16-px patches; DeepStack)
+    "model_type": "qwen3_vl",
+    "text_config": {"model_type": "qwen3_vl_text", "hidden_size": 4096, "intermediate_size": 12288,
+                    "num_attention_heads": 32, "num_hidden_layers": 36, "num_key_value_heads": 8,
+                    "head_dim": 128, "vocab_size": 151936, "max_position_embeddings": 262144},
+    "vision_config": {"model_type": "qwen3_vl", "depth": 27, "hidden_size": 1152, "intermediate_size": 4304,
+                      "num_heads": 16, "in_channels": 3, "patch_size": 16, "spatial_merge_size": 2,
+                      "temporal_patch_size": 2, "out_hidden_size": 4096, "deepstack_visual_indexes": [8, 16, 24]},
+}
 W4 = 5_600_000_000  # weights assumed for a 4-bit 7B MLX checkpoint (LM 4.5 bits/weight, vision bf16)
 GB = 1e9
 KV_BF16 = 28 * 2 * 4 * 128 * 2  # layers x (K, V) x H_kv x D x bf16 = 57,344 bytes per token
@@ -42,6 +51,17 @@ def test_kv_bytes_per_token_of_the_7b_configs():
     assert qwen2_5_vl_spec(QWEN_7B, {}).kv_bytes_per_token(2) == KV_BF16  # the session's figure
     dims = budget.model_dims(LLAVA_7B)
     assert (dims.head_dim, dims.frame_patches) == (128, 27 * 27)
+
+
+def test_kv_bytes_per_token_of_qwen3_vl_8b():
+    from infinipot_mlx.specs import qwen3_vl_spec
+
+    kv = 36 * 2 * 8 * 128 * 2  # layers x (K, V) x H_kv x D x bf16 = 147,456 bytes per token
+    assert budget.kv_bytes_per_token(budget.model_dims(QWEN3_8B), 2) == kv
+    spec = qwen3_vl_spec(QWEN3_8B, {})
+    assert spec.kv_bytes_per_token(2) == kv and spec.tokens_per_slot((448, 448)) == 196  # 14 x 14
+    dims = budget.model_dims(QWEN3_8B)
+    assert (dims.vision_hidden, dims.patch_values, dims.merge) == (1152, 3 * 2 * 16 * 16, 2)
 
 
 def qwen_hand_plan(budget_bytes: float, weights: float, scores: bool) -> int:
@@ -228,3 +248,18 @@ def test_cli_memory_prints_the_plan_and_stats_show_it(tmp_path, tiny_qwen_dir):
     assert f"/ capacity {plan.group(1).replace(',', '')} |" in done.stdout  # the session uses it
     assert re.search(r"memory: active [\d.]+ MB, peak [\d.]+ MB of planned [\d.]+ MB, budget 40 MB",
                      done.stdout)
+
+
+def test_cli_memory_on_qwen3_vl(tmp_path, tiny_qwen3_vl_dir):
+    """--memory plans a Qwen3-VL session (its slot text counted under the planned capacity)."""
+    from videos import moving_shapes_video
+
+    video = moving_shapes_video(tmp_path / "clip.mp4", n=20)
+    done = subprocess.run([sys.executable, "-m", "infinipot_mlx.chat", str(video), "--model",
+                           str(tiny_qwen3_vl_dir), "--memory", "400MB", "--max-tokens", "3"],
+                          input="/stats\nWhat moved?\n/quit\n", capture_output=True, text=True,
+                          timeout=180, check=False)
+    assert done.returncode == 0, done.stderr
+    plan = re.search(r"capacity ([\d,]+) tokens", done.stdout)
+    assert plan, done.stdout
+    assert f"/ capacity {plan.group(1).replace(',', '')} |" in done.stdout

@@ -13,8 +13,9 @@ from infinipot_mlx.evidence import Moment, format_moments, moments, slot_mass
 from infinipot_mlx.positions import text_positions
 from infinipot_mlx.session import StreamSession
 
-SIDE = {"qwen2_5_vl": 112, "qwen2_vl": 112, "llava_onevision": 98}
-DIRS = {"qwen2_5_vl": "tiny_qwen_dir", "qwen2_vl": "tiny_qwen2_vl_dir", "llava_onevision": "tiny_llava_dir"}
+SIDE = {"qwen2_5_vl": 112, "qwen2_vl": 112, "llava_onevision": 98, "qwen3_vl": 96}
+DIRS = {"qwen2_5_vl": "tiny_qwen_dir", "qwen2_vl": "tiny_qwen2_vl_dir", "llava_onevision": "tiny_llava_dir",
+        "qwen3_vl": "tiny_qwen3_vl_dir"}
 
 
 def session_on(path, backend: str, model_type: str) -> StreamSession:

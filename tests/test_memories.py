@@ -17,9 +17,9 @@ from infinipot_mlx import InfiniPotConfig
 from infinipot_mlx.memories import MemoryFileError, content_hash, model_identity, read
 from infinipot_mlx.session import StreamSession
 
-CASES = [(m, b) for m in ("qwen2_5_vl", "llava_onevision") for b in ("mlx", "reference")]
-DIRS = {"qwen2_5_vl": "tiny_qwen_dir", "llava_onevision": "tiny_llava_dir"}
-SIDE = {"qwen2_5_vl": 112, "llava_onevision": 98}
+CASES = [(m, b) for m in ("qwen2_5_vl", "llava_onevision", "qwen3_vl") for b in ("mlx", "reference")]
+DIRS = {"qwen2_5_vl": "tiny_qwen_dir", "llava_onevision": "tiny_llava_dir", "qwen3_vl": "tiny_qwen3_vl_dir"}
+SIDE = {"qwen2_5_vl": 112, "llava_onevision": 98, "qwen3_vl": 96}  # Qwen3-VL: 32 px per token
 CONFIG = dict(capacity=160, reserve=40, block_slots=2)
 
 
