@@ -1,15 +1,17 @@
-"""Convert a Qwen2.5-VL or LLaVA-OneVision checkpoint from Hugging Face to MLX, then check it.
+"""Convert a Hugging Face checkpoint (Qwen2.5-VL, Qwen2-VL, Qwen3-VL, LLaVA-OneVision) to MLX, then check it.
 
     python conversions/convert.py --hf-path DIR_OR_REPO --mlx-path OUT \
         [--dtype float16|bfloat16|float32] [-q --q-bits 4|8 --q-group-size 64] [--no-verify]
 
 mlx_vlm.convert does the conversion (loading, casting, quantizing, saving). Afterwards the
 source's processor_config.json is put back: mlx-vlm writes an mlx-only one that transformers
-cannot open. Unless --no-verify, one prompt with frames runs through the source
-in transformers (float32) and through the result in mlx_vlm, with the same token ids, the same
+cannot open. Unless --no-verify, one prompt with frames runs through the source in
+transformers (float32) and through the result in mlx_vlm, with the same token ids, the same
 pixel values (pixels.py: qwen_patchify for Qwen, normalize for LLaVA-OV) and, for Qwen, the
-same M-RoPE positions (positions.py). It prints the max |logit difference|, top-1 agreement,
-the mean KL(source || converted) over positions and the sizes on disk.
+same M-RoPE positions (positions.py; Qwen3-VL's slots each within their timestamp text), laid
+out as the checkpoint's ModelSpec says (specs.MODEL_TYPES). It prints the max |logit
+difference|, top-1 agreement, the mean KL(source || converted) over positions and the sizes on
+disk.
 
 Exit codes: 0 done; 1 an unquantized float32 conversion differs by more than 1e-4; 2 bad input,
 one line on stderr (missing folder, corrupt or incomplete config.json, no weights, unsupported
@@ -70,7 +72,7 @@ def read_config(source: Path) -> dict:
     config = read_json(source / "config.json")
     if config.get("model_type") not in MODEL_TYPES:
         raise ConversionError(f"{source} holds a {config.get('model_type')!r} model; this script converts "
-                              f"{' and '.join(MODEL_TYPES)}")
+                              f"{', '.join(MODEL_TYPES)}")
     load_spec(source)  # the keys the session reads
     for key in MODEL_TYPES[config["model_type"]].verify_keys:  # what the check reads
         section, _, name = key.rpartition(".")
@@ -135,29 +137,44 @@ def _image_stats(source: Path) -> tuple[list, list]:
 
 
 def qwen_inputs(source: Path, config: dict, seed: int = 0) -> dict:
-    """ids (L,), pixels (S*gh*gw, C*2*p*p), grid (3,), positions (3, L) for 4 frames of 56x84."""
+    """ids (L,), pixels (S*gh*gw, C*tp*p*p), grid (3,), positions (3, L): 2 slots of 2 x 3 merged
+    tokens, laid out and positioned as the checkpoint's ModelSpec says (specs.MODEL_TYPES):
+    t from each slot's time (Qwen2.5-VL), t = the slot's index (spec.slot_time False, Qwen2-VL),
+    or each slot in its own text (spec.pieces.slot_text: timestamp, open, close; Qwen3-VL)."""
     from infinipot_mlx.pixels import qwen_patchify
-    from infinipot_mlx.positions import mrope_video_positions, next_after, text_positions
-    from infinipot_mlx.specs import DEFAULT_SYSTEM, ChatPieces
+    from infinipot_mlx.positions import next_after, slot_text_positions, slot_times, text_positions, video_positions
+    from infinipot_mlx.specs import DEFAULT_SYSTEM
 
-    vision, pieces, encode = config["vision_config"], ChatPieces(), _encode(source)
+    spec, vision, encode = load_spec(source), config["vision_config"], _encode(source)
+    pieces = spec.pieces
     patch, tp, merge = vision["patch_size"], vision["temporal_patch_size"], vision["spatial_merge_size"]
     side = patch * merge
     frames = np.random.default_rng(seed).integers(0, 256, (2 * tp, 2 * side, 3 * side, 3), np.uint8)
     pixels, (gt, gh, gw) = qwen_patchify(frames, *_image_stats(source), patch, tp, merge)
     grid = (gh // merge, gw // merge)
+    pads = [config["video_token_id"]] * (grid[0] * grid[1])  # one slot's visual tokens
     prefix = encode(pieces.system.format(system=DEFAULT_SYSTEM) + pieces.user_open + pieces.video_open)
     suffix = encode(pieces.video_close + QUESTION + pieces.question_close)
-    if config["model_type"] == "qwen2_vl":  # Qwen2-VL: t = the slot's index, no time scaling
-        from infinipot_mlx.positions import mrope_slot_positions
-
-        video = mrope_slot_positions(len(prefix), 0, gt, grid)
+    if pieces.slot_text:  # per slot: "<t seconds>" + open, its tokens, close (as feed._slot_texts)
+        texts = [(encode(_slot_stamp(pieces, s, tp) + pieces.slot_open), encode(pieces.slot_close))
+                 for s in range(gt)]
+        video = slot_text_positions(len(prefix), [len(a) for a, _ in texts], [len(b) for _, b in texts], grid)
+        video_ids = [i for lead, trail in texts for i in lead + pads + trail]
     else:
-        video = mrope_video_positions(len(prefix), 0, gt, grid, tp / FPS, vision.get("tokens_per_second", 2))
+        video = video_positions(spec, len(prefix), 0, slot_times(0, gt, tp / FPS), grid)
+        video_ids = pads * gt
     positions = np.concatenate([text_positions(0, len(prefix)), video,
                                 text_positions(next_after(video), len(suffix))], axis=1)  # (3, L)
-    ids = prefix + [config["video_token_id"]] * (gt * grid[0] * grid[1]) + suffix
+    ids = prefix + video_ids + suffix
     return dict(ids=ids, pixels=pixels, grid=(gt, gh, gw), positions=positions.astype(np.int64))
+
+
+def _slot_stamp(pieces, slot: int, frames_per_slot: int) -> str:
+    """A slot's time as text: the mean of its first and last frame's times at FPS."""
+    if not pieces.slot_stamp:
+        return ""
+    first, last = slot * frames_per_slot, slot * frames_per_slot + frames_per_slot - 1
+    return pieces.slot_stamp.format(seconds=(first / FPS + last / FPS) / 2)
 
 
 def llava_inputs(source: Path, config: dict, seed: int = 0, frames: int = 2) -> dict:
@@ -195,16 +212,22 @@ def reference_logits(source: Path, config: dict, inputs: dict) -> np.ndarray:
 
 
 def mlx_logits(out: Path, inputs: dict) -> np.ndarray:
-    """mlx_vlm.load of the converted folder: logits (L, V) as float32."""
+    """mlx_vlm.load of the converted folder: logits (L, V) as float32.
+
+    With positions (M-RoPE), the model's own input embeddings (visual tokens, and DeepStack
+    features where the model has them) go to its language model with our positions: some
+    mlx-vlm models (Qwen3-VL) would replace given position_ids by their get_rope_index."""
     import mlx.core as mx
     from mlx_vlm import load
 
     model, _ = load(str(out))
     ids = mx.array([inputs["ids"]])
     if "positions" in inputs:
-        logits = model(ids, pixel_values=mx.array(inputs["pixels"]),
-                       video_grid_thw=mx.array([inputs["grid"]]),
-                       position_ids=mx.array(inputs["positions"][:, None, :].astype(np.int32))).logits
+        features = model.get_input_embeddings(ids, pixel_values_videos=mx.array(inputs["pixels"]),
+                                              video_grid_thw=mx.array([inputs["grid"]])).to_dict()
+        features = {k: v for k, v in features.items() if v is not None}
+        features["position_ids"] = mx.array(inputs["positions"][:, None, :].astype(np.int32))  # (3, 1, L)
+        logits = model.language_model(ids, **features).logits
     else:
         logits = model(ids, pixel_values_videos=mx.array(inputs["pixels"])).logits
     return np.array(logits[0].astype(mx.float32))
@@ -228,7 +251,7 @@ def _logsumexp(x: np.ndarray) -> np.ndarray:
 
 def verify(source: Path, out: Path, config: dict) -> dict:
     """The same prompt and pixels through both; the metrics of compare_logits."""
-    make = qwen_inputs if config["model_type"] in ("qwen2_5_vl", "qwen2_vl") else llava_inputs
+    make = qwen_inputs if load_spec(source).position_axes == 3 else llava_inputs  # M-RoPE or 1-D
     inputs = make(source, config)
     reference = reference_logits(source, config, inputs)  # the torch model is freed before mlx loads
     return compare_logits(reference, mlx_logits(out, inputs))

@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "conversions" / "convert.py"
-FIXTURES = {"qwen2_5_vl": "tiny_qwen_dir", "llava_onevision": "tiny_llava_dir"}
+FIXTURES = {"qwen2_5_vl": "tiny_qwen_dir", "qwen2_vl": "tiny_qwen2_vl_dir", "qwen3_vl": "tiny_qwen3_vl_dir",
+            "llava_onevision": "tiny_llava_dir"}
 METRICS = re.compile(r"max \|logit difference\| (\S+), top-1 agreement (\S+)%, mean KL (\S+) over")
 
 
@@ -66,22 +68,51 @@ def test_quantized_conversion_reports_agreement(model_type, bits, request, conve
     assert convert.folder_bytes(out) < convert.folder_bytes(source)
 
 
-def test_a_tampered_conversion_fails_the_float32_check(convert, capsys, tiny_qwen_dir, tmp_path):
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
+def test_a_tampered_conversion_fails_the_float32_check(model_type, request, convert, capsys, tmp_path):
     import mlx.core as mx
 
-    out = tmp_path / "mlx"
-    code, text, _ = run_convert(convert, capsys, "--hf-path", tiny_qwen_dir, "--mlx-path", out,
+    out, source = tmp_path / "mlx", request.getfixturevalue(FIXTURES[model_type])
+    code, text, _ = run_convert(convert, capsys, "--hf-path", source, "--mlx-path", out,
                                 "--no-verify")
     assert code == 0 and "verification" not in text
     weights = mx.load(str(out / "model.safetensors"))
     key = next(k for k in weights if k.endswith("lm_head.weight"))
     weights[key] = weights[key] * 1.01
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
-    config = json.loads((tiny_qwen_dir / "config.json").read_text())
-    metrics = convert.verify(tiny_qwen_dir, out, config)
+    config = json.loads((source / "config.json").read_text())
+    metrics = convert.verify(source, out, config)
     assert metrics["max_abs_diff"] > 1e-4
     assert "more than 0.0001" in convert.float32_mismatch(metrics, out)
     assert convert.float32_mismatch({"max_abs_diff": float("nan")}, out)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
+def test_verification_prompt_has_the_models_own_positions(model_type, request, convert):
+    """The check's prompt (qwen_inputs, laid out from the ModelSpec) gets from transformers'
+    get_rope_index the positions it passes to both frameworks: slot time (Qwen2.5-VL), slot
+    index (Qwen2-VL), each slot within its timestamp text (Qwen3-VL)."""
+    import torch
+    import transformers
+
+    from infinipot_mlx.specs import MODEL_TYPES
+
+    source = request.getfixturevalue(FIXTURES[model_type])
+    config = json.loads((source / "config.json").read_text())
+    inputs = convert.qwen_inputs(source, config)
+    ids = torch.tensor([inputs["ids"]])
+    n_video = int((ids == config["video_token_id"]).sum())
+    gt, gh, gw = inputs["grid"]
+    assert n_video == gt * gh * gw // config["vision_config"]["spatial_merge_size"] ** 2 == 12
+    stamps = re.findall(r"<[0-9.]+ seconds>", transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(source / "tokenizer.json")).decode(inputs["ids"]))
+    # frames 0, 1 and 2, 3 at 2 fps, stamped as Qwen3VLProcessor does (positions.qwen3_timestamp_text)
+    assert stamps == (["<0.2 seconds>", "<1.2 seconds>"] if model_type == "qwen3_vl" else [])
+    model = getattr(transformers, MODEL_TYPES[model_type].hf_class).from_pretrained(str(source))
+    extra = {"second_per_grid_ts": torch.tensor([2 / convert.FPS])} if model_type == "qwen2_5_vl" else {}
+    theirs, _ = model.model.get_rope_index(ids, (ids == config["video_token_id"]).int() * 2,
+                                           video_grid_thw=torch.tensor([inputs["grid"]]), **extra)
+    np.testing.assert_array_equal(theirs[:, 0].numpy(), inputs["positions"])
 
 
 def run_script(*argv, env: dict | None = None) -> subprocess.CompletedProcess:
