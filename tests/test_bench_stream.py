@@ -1,6 +1,9 @@
-"""Smoke tests of `bench stream` (tiny random Qwen2.5-VL) and `bench kv` (tiny KV shape); no timings."""
+"""Smoke tests of `bench stream` (tiny random Qwen2.5-VL, and --model-type) and `bench kv` (tiny KV
+shape); no timings."""
 
 import json
+
+import pytest
 
 from infinipot_mlx.cli.bench import build_parser
 from infinipot_mlx.bench.stream import METHODS
@@ -35,6 +38,31 @@ def test_bench_stream_writes_every_field_and_holds_the_cap(tmp_path, capsys):
                ("stream_memory.png", "stream_ms_per_frame.png", "stream_decode.png"))
     out = capsys.readouterr().out
     assert "relative to full KV" in out and "BLAS (MLX)" in out
+
+
+@pytest.mark.parametrize("model_type, side", [("qwen2_vl", 112), ("qwen3_vl", 128), ("llava_onevision", 112)])
+def test_bench_stream_model_type(model_type, side, tmp_path):
+    """--model-type builds that model at the tiny preset (same 4 x 4 token grid per slot), streams
+    to 4x the visual capacity under the cap (Qwen3-VL's slot text counted in it) and beside
+    mlx-vlm's rotating cache, and records the type."""
+    args = build_parser().parse_args(["stream", "--size", "tiny", "--model-type", model_type,
+                                      "--out", str(tmp_path), "--points", "1", "4", "--no-plots",
+                                      "--methods", "infinipot_v", "mlx_vlm_rotating"])
+    args.run(args)
+    record = json.loads((tmp_path / "stream.json").read_text())
+    assert record["model_type"] == model_type
+    assert record["stream"]["frame_size"] == side and record["plan"]["T"] == 16
+    assert (record["plan"]["slot_text_tokens"] > 0) == (model_type == "qwen3_vl")
+    capacity = record["plan"]["capacity"]
+    points = record["methods"]["infinipot_v"]["points"]
+    assert [p["x_capacity"] for p in points] == [1.0, 4.0]
+    assert all(p["max_tokens_cached"] <= capacity for p in points) and points[-1]["compressions"] >= 1
+    assert len(record["methods"]["mlx_vlm_rotating"]["points"]) == 2
+
+
+def test_bench_stream_default_model_type_is_qwen2_5_vl():
+    args = build_parser().parse_args(["stream"])
+    assert args.model_type == "qwen2_5_vl"
 
 
 def test_bench_kv_compresses_and_reports_full_kv(tmp_path, capsys):

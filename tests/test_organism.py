@@ -223,3 +223,27 @@ def test_independent_turns_see_only_the_video(tiny):
     for k in range(3):
         alone = answer_logits(builder.build(4, qa[k:k + 1]))
         assert mx.abs(together[k] - alone[0]).max().item() < 1e-4
+
+
+def test_asked_targets_sit_at_each_named_colour(tiny):
+    """Prompt.asked: every colour a question names, at its own token, targets the cell where
+    that colour was shown or "no"; the batch carries them and the loss reads them."""
+    import mlx.core as mx
+
+    om, tok, _, model = tiny
+    builder = om.PromptBuilder(tok)
+    ep = data.episode_for("test", 2, n_frames=8)
+    cells = {e.colour: data.CELLS[e.cell] for e in ep.events}
+    p = builder.build(4, ep.qa, cells=cells)
+    named = [(q, c) for q, _, _ in ep.qa for c in data.COLOURS if f" {c} " in q]
+    assert len(p.asked) == len(named) >= 2  # where and present always name one
+    for (i, target), (_, colour) in zip(p.asked, named):
+        assert tok.id_to_token(p.ids[i]) == "\u0120" + colour
+        assert tok.id_to_token(target) == cells.get(colour, "no")
+    assert builder.build(4, ep.qa).asked == []  # without cells, no targets
+    p.aux = builder.aux_targets(data.token_events(ep.events, 8))
+    batch = om.make_batch([p], ep.frames[None], tok.token_to_id("<|endoftext|>"), tok.token_to_id("no"))
+    assert batch.q_w.sum().item() == len(p.asked)
+    base = om.loss_fn(model, batch, 0.0)
+    with_asked = om.loss_fn(model, batch, 0.0, asked_weight=1.0)
+    assert mx.abs(with_asked - base).item() > 0

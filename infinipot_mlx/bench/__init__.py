@@ -8,7 +8,7 @@ module's docstring without importing it), so `--help` and a bad flag answer with
 
 SUBCOMMANDS = {
     "select": "infinipot_mlx.bench.select",  # one compression of Qwen2.5-VL-7B-shaped KV
-    "stream": "infinipot_mlx.bench.stream",  # a random Qwen2.5-VL streaming, per method
+    "stream": "infinipot_mlx.bench.stream",  # a random Qwen2.5-VL (or --model-type) streaming, per method
     "kv": "infinipot_mlx.bench.kv",  # the cache and compression alone at 7B KV shape
     "accuracy": "infinipot_mlx.bench.accuracy",  # the organism's answers under a cap, per method
     "startup": "infinipot_mlx.bench.startup",  # CLI start-up: --help, a bad flag, imports, first frame

@@ -1,7 +1,8 @@
-"""A random Qwen2.5-VL built in memory from a hub-layout config, and synthetic video frames.
+"""A random vision-language model built in memory from a hub-layout config, and synthetic frames.
 
-No files and no network: the config dict is the one checkpoints.qwen2_5_vl_config writes
-for the hub layout, read by mlx-vlm's own ModelConfig.from_dict, and the model keeps
+No files and no network: the config dict is the one the hub writers write for the model
+type (checkpoints.qwen2_5_vl_config by default; qwen2_vl_config, qwen3_vl_config,
+llava_onevision_config), read by mlx-vlm's own ModelConfig.from_dict, and the model keeps
 MLX's random initialisation (float32). The tokenizer is checkpoints.build_tokenizer's
 byte-level BPE with the real special tokens, wrapped in transformers'
 PreTrainedTokenizerFast (the API the session calls). Frames are moving coloured squares
@@ -9,6 +10,9 @@ over a drifting gradient with light noise, a pure function of (frame index, seed
 
 Sizes keep the real patch 14, spatial merge 2 and temporal patch 2 (2 sampled frames per
 slot), so a 448x448 frame pair gives T = 16 x 16 = 256 visual tokens, as on the hub model.
+Every model type gets the same token grid: Qwen3-VL's 32-px tokens see 512x512 frames
+(frame_side), LLaVA-OneVision one frame per slot at image_size = frame_size (patch 14,
+pooled 2x2).
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..hub.checkpoints import build_tokenizer, qwen2_5_vl_config
-from ..specs import ModelSpec, qwen2_5_vl_spec
+from ..hub import checkpoints
+from ..specs import MODEL_TYPES, ModelSpec
 
 VOCAB = 512  # the fixtures' vocabulary; a real 152k-token LM head is not part of these timings
 
@@ -36,7 +40,7 @@ class StreamSize:
     vision_hidden_size: int
     vision_num_heads: int
     vision_intermediate_size: int
-    frame_size: int  # square frames, a multiple of 28
+    frame_size: int  # square frames, a multiple of 28 (Qwen2.5-VL's pixels per token)
     capacity_slots: int  # visual capacity in slots (T tokens each)
     block_slots: int  # slots prefilled per block (InfiniPotConfig.block_slots)
     answer_tokens: int  # tokens decoded per question
@@ -53,35 +57,55 @@ SIZES = {
 }
 
 
-def model_config(size: StreamSize) -> tuple[dict, object]:
-    """(hub-layout config.json dict, tokenizers.Tokenizer) for a preset."""
-    tok = build_tokenizer(VOCAB, "qwen2_5_vl")
-    config = qwen2_5_vl_config(
-        tok, hidden_size=size.hidden_size, num_hidden_layers=size.num_hidden_layers,
-        num_attention_heads=size.num_attention_heads, num_key_value_heads=size.num_key_value_heads,
-        intermediate_size=size.intermediate_size, vision_depth=size.vision_depth,
-        vision_hidden_size=size.vision_hidden_size, vision_num_heads=size.vision_num_heads,
-        vision_intermediate_size=size.vision_intermediate_size)
-    return config, tok
+def model_config(size: StreamSize, model_type: str = "qwen2_5_vl") -> tuple[dict, object]:
+    """(hub-layout config.json dict, tokenizers.Tokenizer) of a `model_type` at a preset's sizes."""
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown model_type {model_type!r}; expected one of {tuple(MODEL_TYPES)}")
+    tok = checkpoints.build_tokenizer(VOCAB, model_type)
+    text = dict(hidden_size=size.hidden_size, num_hidden_layers=size.num_hidden_layers,
+                num_attention_heads=size.num_attention_heads, num_key_value_heads=size.num_key_value_heads,
+                intermediate_size=size.intermediate_size)
+    if model_type == "qwen2_vl":  # vision MLP as embed_dim x mlp_ratio
+        return checkpoints.qwen2_vl_config(
+            tok, **text, vision_depth=size.vision_depth, vision_embed_dim=size.vision_hidden_size,
+            vision_num_heads=size.vision_num_heads,
+            vision_mlp_ratio=size.vision_intermediate_size // size.vision_hidden_size), tok
+    if model_type == "qwen3_vl":  # position grid of the frames' 16-px patches; DeepStack on
+        patches = size.frame_size // 28 * 2  # the first blocks (as many as the LM can take, up to 3)
+        return checkpoints.qwen3_vl_config(
+            tok, **text, head_dim=size.hidden_size // size.num_attention_heads,
+            vision_depth=size.vision_depth, vision_hidden_size=size.vision_hidden_size,
+            vision_num_heads=size.vision_num_heads, vision_intermediate_size=size.vision_intermediate_size,
+            num_position_embeddings=patches * patches,
+            deepstack_visual_indexes=list(range(min(size.vision_depth, size.num_hidden_layers, 3)))), tok
+    if model_type == "llava_onevision":  # one frame per slot at image_size = frame_size
+        return checkpoints.llava_onevision_config(
+            tok, **text, vision_hidden_size=size.vision_hidden_size, vision_num_layers=size.vision_depth,
+            vision_num_heads=size.vision_num_heads, vision_intermediate_size=size.vision_intermediate_size,
+            image_size=size.frame_size, patch_size=14), tok
+    return checkpoints.qwen2_5_vl_config(
+        tok, **text, vision_depth=size.vision_depth, vision_hidden_size=size.vision_hidden_size,
+        vision_num_heads=size.vision_num_heads, vision_intermediate_size=size.vision_intermediate_size), tok
 
 
-def build_model(size: StreamSize, seed: int = 0):
-    """(model, tokenizer, spec, config dict): a random mlx-vlm Qwen2.5-VL, float32."""
+def build_model(size: StreamSize, seed: int = 0, model_type: str = "qwen2_5_vl"):
+    """(model, tokenizer, spec, config dict): a random mlx-vlm `model_type`, float32."""
     import mlx.core as mx
-    from mlx_vlm.models import qwen2_5_vl
+    from mlx_vlm.utils import get_model_and_args, update_module_configs
     from transformers import PreTrainedTokenizerFast
 
-    config, tok = model_config(size)
-    model_config_ = qwen2_5_vl.ModelConfig.from_dict(dict(config))
-    model_config_.text_config = qwen2_5_vl.TextConfig.from_dict(config)
-    model_config_.vision_config = qwen2_5_vl.VisionConfig.from_dict(config["vision_config"])
+    config, tok = model_config(size, model_type)
+    module, _ = get_model_and_args(config=dict(config))
+    sections = {**config, "text_config": config.get("text_config") or config}  # flat Qwen2(.5)-VL text
+    model_config_ = update_module_configs(module.ModelConfig.from_dict(dict(config)), module, sections,
+                                          ["text", "vision"])
     mx.random.seed(seed)
-    model = qwen2_5_vl.Model(model_config_)
+    model = module.Model(model_config_)
     model.eval()
     mx.eval(model.parameters())
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
                                         pad_token="<|endoftext|>")
-    return model, tokenizer, qwen2_5_vl_spec(config, {}), config
+    return model, tokenizer, MODEL_TYPES[model_type].read_spec(config, {}), config
 
 
 def weights_bytes(model) -> int:
@@ -113,6 +137,15 @@ def moving_frames(start: int, n: int, side: int, seed: int = 0) -> np.ndarray:
     return out
 
 
+def frame_side(spec: ModelSpec, size: StreamSize) -> int:
+    """Side in pixels of the square frames the preset streams to `spec`'s model: its fixed frame
+    size (LLaVA-OneVision), else the preset's token grid (frame_size / 28) at its pixels per token."""
+    if spec.frame_size is not None:
+        return spec.frame_size[0]
+    return size.frame_size // 28 * spec.pixels_per_token
+
+
 def tokens_per_slot(spec: ModelSpec, size: StreamSize) -> int:
     """T for the preset's frames."""
-    return spec.tokens_per_slot((size.frame_size, size.frame_size))
+    side = frame_side(spec, size)
+    return spec.tokens_per_slot((side, side))

@@ -1,8 +1,8 @@
-"""Stream a synthetic video through a random Qwen2.5-VL: memory, ms per frame, decode speed.
+"""Stream a synthetic video through a random model (Qwen2.5-VL by default): memory, ms per frame, decode speed.
 
-`python -m infinipot_mlx.bench stream [--size tiny|mid] [--out DIR]` streams the same
-frames, block by block, through the same loop (session.StreamSession: our adapter, explicit
-M-RoPE positions) once per method, from 1x to 10x the visual capacity:
+`python -m infinipot_mlx.bench stream [--size tiny|mid] [--model-type TYPE] [--out DIR]` streams
+the same frames, block by block, through the same loop (session.StreamSession: our adapter,
+explicit positions) once per method, from 1x to 10x the visual capacity:
 - full: our StreamCache, never compressed (the uncapped reference);
 - infinipot_v, uniform, sliding_window: our StreamCache under InfiniPotConfig(capacity);
 - mlx_vlm_rotating / mlx_vlm_quant8: mlx-vlm's RotatingKVCache at the same token cap and
@@ -16,6 +16,9 @@ for the same number of tokens. Decoding is greedy and the bench's
 backend reports no end-of-sequence id, so every answer is exactly answer_tokens long.
 The question and answer stay pinned in the cache, as in a real multi-turn stream; the
 capacity leaves room for all of them (text_room) besides the visual capacity.
+--model-type (default qwen2_5_vl; specs.MODEL_TYPES) builds that model at the preset's sizes
+(random_model.model_config) with the same token grid per slot; a slot's own text (Qwen3-VL's
+timestamp and markers) counts in the visual capacity, as the session counts it (slot_cost).
 Writes stream.json and three PNGs under --out and prints a table. Absolute times are
 this machine's wall clock; compare methods through ratios from the same run.
 """
@@ -30,7 +33,7 @@ from pathlib import Path
 
 from ..config import METHODS as METHODS_REGISTRY
 from ..config import InfiniPotConfig
-from ..specs import DEFAULT_SYSTEM
+from ..specs import DEFAULT_SYSTEM, MODEL_TYPES
 from . import random_model
 from .common import (
     environment,
@@ -64,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder for stream.json and the PNGs (default bench_out/stream)")
     parser.add_argument("--size", choices=sorted(random_model.SIZES), default="mid",
                         help="model and stream preset (default mid)")
+    parser.add_argument("--model-type", choices=tuple(MODEL_TYPES), default="qwen2_5_vl",
+                        help="the random model's type, at the preset's sizes (default qwen2_5_vl)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--points", type=float, nargs="+", default=[1, 2, 4, 6, 8, 10],
                         help="measure after this many times the visual capacity has streamed")
@@ -79,16 +84,21 @@ def stream_plan(spec, tokenizer, size, points: list[float], answer_tokens: int) 
     count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
     p = spec.pieces
     T = random_model.tokens_per_slot(spec, size)
+    slot_text = 0  # the most text tokens a slot brings, as the session bounds it (room.slot_cost)
+    if p.slot_text:
+        stamp = p.slot_stamp.format(seconds=999999.9) if p.slot_stamp else ""
+        slot_text = count(stamp + p.slot_open) + count(p.slot_close)
     question = count(p.user_open + QUESTION + p.question_close)
     per_turn = count(p.user_open) + count(p.video_open) + count(p.video_close) + question \
         + answer_tokens + count(p.answer_close) + 8  # 8: tokenization margin
     text_room = count(p.system.format(system=DEFAULT_SYSTEM)) + len(points) * per_turn
     reserve = question + answer_tokens + count(p.video_close) + 8  # no compression at ask
-    visual = size.capacity_slots * T
+    visual = size.capacity_slots * (T + slot_text)
     block = size.block_slots
     targets = [block * math.ceil(x * size.capacity_slots / block) for x in sorted(points)]
-    return dict(T=T, capacity=text_room + reserve + visual, capacity_visual=visual,
-                reserve=reserve, text_room=text_room, block_slots=block, target_slots=targets)
+    return dict(T=T, slot_text_tokens=slot_text, capacity=text_room + reserve + visual,
+                capacity_visual=visual, reserve=reserve, text_room=text_room, block_slots=block,
+                target_slots=targets, frame_side=random_model.frame_side(spec, size))
 
 
 def make_session(method: str, model, tokenizer, spec, plan: dict, fps: float) -> StreamSession:
@@ -107,10 +117,11 @@ def make_session(method: str, model, tokenizer, spec, plan: dict, fps: float) ->
 def _stream_until(session, target_slots: int, size, seed: int) -> int:
     """Add blocks of frames until target_slots slots streamed; the most tokens cached after any block."""
     block = size.block_slots * session.spec.frames_per_slot
+    side = random_model.frame_side(session.spec, size)
     most = session.cache.n_cached
     while session.counters.slots_seen < target_slots:
         start = session.counters.frames_seen
-        session.add_frames(random_model.moving_frames(start, block, size.frame_size, seed))
+        session.add_frames(random_model.moving_frames(start, block, side, seed))
         most = max(most, session.cache.n_cached)
     return most
 
@@ -177,7 +188,7 @@ def _interval(session, before: dict, frames_before: int, plan: dict, most: int) 
     stream_seconds = sum(s.seconds[k] for k in phases)
     return dict(
         frames=s.frames_seen, slots=s.slots_seen, visual_tokens_streamed=s.slots_seen * plan["T"],
-        x_capacity=s.slots_seen * plan["T"] / plan["capacity_visual"],
+        x_capacity=s.slots_seen * (plan["T"] + plan["slot_text_tokens"]) / plan["capacity_visual"],
         tokens_cached=cache.n_cached, max_tokens_cached=most, tokens_visual=cache.n_visual,
         kv_bytes=cache.nbytes, active_memory_bytes=mx.get_active_memory(),
         peak_memory_bytes=mx.get_peak_memory(), ms_per_frame=ms,
@@ -226,9 +237,9 @@ def run(args: argparse.Namespace) -> dict:
     env, started = environment(), time.perf_counter()
     size = random_model.SIZES[args.size]
     args.answer_tokens = args.answer_tokens or size.answer_tokens
-    model, tokenizer, spec, _ = random_model.build_model(size, args.seed)
+    model, tokenizer, spec, _ = random_model.build_model(size, args.seed, args.model_type)
     plan = stream_plan(spec, tokenizer, size, args.points, args.answer_tokens)
-    print(f"stream bench ({args.size}): T={plan['T']} tokens/slot, capacity {plan['capacity']} tokens "
+    print(f"stream bench ({args.size}, {args.model_type}): T={plan['T']} tokens/slot, capacity {plan['capacity']} tokens "
           f"({plan['capacity_visual']} visual), blocks of {plan['block_slots']} slot(s), "
           f"to {plan['target_slots'][-1]} slots", flush=True)
     methods = {m: dict(description=METHOD_NOTES[m],
@@ -250,10 +261,11 @@ def _record(args, size, spec, model, plan: dict, methods: dict) -> dict:
     """Configuration, model sizes, question protocol and every measured point."""
     return dict(
         benchmark="stream",
+        model_type=args.model_type,
         size=dict(name=args.size, **size.describe(), tokens_per_slot=plan["T"], dtype="float32",
                   vocab=random_model.VOCAB, weights_bytes=random_model.weights_bytes(model),
                   kv_bytes_per_token=spec.kv_bytes_per_token(4)),
-        stream=dict(fps=args.fps, frames_per_slot=spec.frames_per_slot, frame_size=size.frame_size,
+        stream=dict(fps=args.fps, frames_per_slot=spec.frames_per_slot, frame_size=plan["frame_side"],
                     frames="moving squares over a drifting gradient (random_model.moving_frames)",
                     points_x_capacity=sorted(args.points), seed=args.seed),
         plan=plan,

@@ -1,6 +1,6 @@
 """mlx-vlm's own KV caches behind the few attributes our streaming loop reads.
 
-The stream benchmark runs the same loop (our adapter, explicit M-RoPE positions, the same
+The stream benchmark runs the same loop (our adapter, explicit positions, the same
 blocks) with mlx-vlm's caches in place of StreamCache, under method "full" so that our
 compression never triggers. What mlx-vlm's attention needs it finds on the layer caches
 themselves: QuantizedKVCache has `.bits`, so mlx-vlm's scaled_dot_product_attention takes
@@ -24,6 +24,8 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+
+import numpy as np
 
 from mlx_vlm.models.cache import QuantizedKVCache, RotatingKVCache
 
@@ -58,6 +60,14 @@ class VLMCacheList(LayerStack):
 
     def label_next(self, slot_ids, patch_ids) -> None:
         """mlx-vlm caches keep no (frame, patch) labels."""
+
+    def place_next(self, positions) -> None:
+        """1-D RoPE (LLaVA-OneVision's adapter): mlx-vlm's caches rotate new tokens from their
+        running offset (every token seen), so they take only positions that continue it, as
+        method "full" streams them. ValueError for any other position."""
+        first, seen = int(np.asarray(positions).reshape(-1)[0]), int(self.layers[0].offset)
+        if first != seen:
+            raise ValueError(f"mlx-vlm's caches place the next token at {seen}, not at {first}")
 
     def snapshot(self) -> tuple:
         """Shallow copies of the layer caches (their counters; the arrays are shared).

@@ -87,6 +87,7 @@ class Prompt:
     targets: list[tuple[int, int]] = field(default_factory=list)  # (index predicting, token id)
     answers: list[tuple[int, str]] = field(default_factory=list)  # (index predicting, qtype)
     aux: np.ndarray | None = None  # (3, V) ids each video token learns (PromptBuilder.aux_targets)
+    asked: list[tuple[int, int]] = field(default_factory=list)  # (a question's colour token, its cell or "no")
     turn_of: np.ndarray | None = None  # (L,) turn index of independent turns, -1 shared prefix
 
 
@@ -108,13 +109,16 @@ class PromptBuilder:
         self.second_per_grid, self.tps = 2 / fps, tokens_per_second
 
     def build(self, n_slots: int, qa: list[tuple[str, str, str]], grid=(3, 3),
-              independent: bool = False) -> Prompt:
+              independent: bool = False, cells: dict[str, str] | None = None) -> Prompt:
         """Prompt for a video of n_slots slots followed by the question-answer turns.
 
         independent: every turn is laid out as the first question after the video (same
         start position, no "<|im_start|>user" reopening) and tagged in Prompt.turn_of, so
         a mask can hide earlier turns from it (no answer can be read off earlier answers).
+        cells: colour -> cell word of the video's shapes; each colour a question names then
+        gets an auxiliary target at its token (Prompt.asked): that cell word, or "no".
         """
+        colour_of = {tid: c for c, tid in self.question_word_id.items()}
         ids, pos = list(self.head), [text_positions(0, len(self.head))]
         video_at, n_video = len(ids), n_slots * grid[0] * grid[1]
         pos.append(mrope_video_positions(video_at, 0, n_slots, grid, self.second_per_grid, self.tps))
@@ -125,6 +129,9 @@ class PromptBuilder:
         for k, (question, answer, qtype) in enumerate(qa):
             reopen = self.user_open if k and not independent else []
             turn = reopen + self.enc(question) + self.q_close
+            if cells is not None:
+                prompt.asked += [(len(ids) + j, self.word_id[cells.get(colour_of[tid], "no")])
+                                 for j, tid in enumerate(turn) if tid in colour_of]
             answer_ids = self.enc(answer) + self.eos
             for j, tid in enumerate(answer_ids):
                 prompt.targets.append((len(ids) + len(turn) + j - 1, tid))
@@ -173,6 +180,9 @@ class Batch:
     t_w: mx.array  # (B, A) 1 for real targets, 0 for padding
     aux: mx.array  # (B, 3, V) per-video-token targets (colour or "no", cell, asked colour)
     aux_w: mx.array  # (B, V)
+    q_idx: mx.array  # (B, Q) positions of the questions' colour tokens (Prompt.asked)
+    q_ids: mx.array  # (B, Q) their targets
+    q_w: mx.array  # (B, Q) 1 for real targets, 0 for padding
     video_at: int
     prompts: list[Prompt]
     mask: mx.array | str = "causal"  # or (B, 1, L, L) bool when turns are independent
@@ -194,9 +204,14 @@ def make_batch(prompts: list[Prompt], frames: np.ndarray, pad_id: int, no_id: in
             t_idx[b, a], t_ids[b, a], t_w[b, a] = i, tid, 1.0
     aux = np.stack([p.aux for p in prompts])  # (B, 3, V)
     aux_w = np.where(aux[:, 0] == no_id, background_weight, event_weight).astype(np.float32)
+    Q = max(1, max(len(p.asked) for p in prompts))
+    q_idx, q_ids, q_w = (np.zeros((B, Q), dt) for dt in (np.int32, np.int32, np.float32))
+    for b, p in enumerate(prompts):
+        for a, (i, tid) in enumerate(p.asked):
+            q_idx[b, a], q_ids[b, a], q_w[b, a] = i, tid, 1.0
     pixels, grid = pixels_for(frames)
-    return Batch(pixels, grid, *(mx.array(x) for x in (ids, pos, t_idx, t_ids, t_w, aux, aux_w)),
-                 prompts[0].video_at, prompts, turn_mask(prompts, L))
+    arrays = (ids, pos, t_idx, t_ids, t_w, aux, aux_w, q_idx, q_ids, q_w)
+    return Batch(pixels, grid, *(mx.array(x) for x in arrays), prompts[0].video_at, prompts, turn_mask(prompts, L))
 
 
 def turn_mask(prompts: list[Prompt], L: int) -> mx.array | str:
@@ -267,7 +282,8 @@ def word_loss(model, states: mx.array, batch: Batch, rows: tuple[int, int]) -> m
     return -(picked * batch.aux_w).sum() / batch.aux_w.sum()
 
 
-def loss_fn(model, batch: Batch, aux_weight: float = 0.5, input_aux_weight: float = 0.0) -> mx.array:
+def loss_fn(model, batch: Batch, aux_weight: float = 0.5, input_aux_weight: float = 0.0,
+            asked_weight: float = 0.0) -> mx.array:
     """Cross-entropy on answer tokens (word and <|im_end|>), plus the auxiliary losses.
 
     The auxiliary loss asks the LM output at each video token for that token's colour word
@@ -276,7 +292,9 @@ def loss_fn(model, batch: Batch, aux_weight: float = 0.5, input_aux_weight: floa
     features themselves (read through the tied embedding) for the colour as a question says
     it (" red") and the cell word, so a video token enters the LM looking like the words
     that describe it, and a question's colour word can find it by attention from the first
-    layer on.
+    layer on. The asked loss asks the LM output at each colour a question names for the cell
+    where that colour was shown, or "no": the binding "present" and "where" need, trained
+    where it happens.
     """
     hidden, vis = hidden_states(model, batch, with_vision=True)
     ce = nn.losses.cross_entropy(logits_at(model, hidden, batch.t_idx), batch.t_ids, reduction="none")
@@ -286,4 +304,7 @@ def loss_fn(model, batch: Batch, aux_weight: float = 0.5, input_aux_weight: floa
         loss = loss + aux_weight * word_loss(model, hidden[:, batch.video_at:batch.video_at + V], batch, (0, 1))
     if input_aux_weight:
         loss = loss + input_aux_weight * word_loss(model, vis, batch, (2, 1))
+    if asked_weight and float(batch.q_w.sum()) > 0:
+        ce = nn.losses.cross_entropy(logits_at(model, hidden, batch.q_idx), batch.q_ids, reduction="none")
+        loss = loss + asked_weight * (ce * batch.q_w).sum() / batch.q_w.sum()
     return loss

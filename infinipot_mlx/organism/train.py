@@ -72,7 +72,8 @@ def make_batch(builder: om.PromptBuilder, seeds: list[int], opts: data.VideoOpti
     prompts = []
     for seed, ep in zip(seeds, eps):
         qa = data.training_questions(ep, seed) if rich else ep.qa
-        prompts.append(builder.build(opts.n_frames // 2, qa, independent=independent))
+        cells = {e.colour: data.CELLS[e.cell] for e in ep.events}
+        prompts.append(builder.build(opts.n_frames // 2, qa, independent=independent, cells=cells))
         prompts[-1].aux = builder.aux_targets(data.token_events(ep.events, opts.n_frames))
     frames = np.stack([ep.frames for ep in eps])
     return om.make_batch(prompts, frames, pad_id, builder.word_id["no"])
@@ -143,6 +144,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--aux-weight", type=float, default=1.0, help="per-video-token colour/cell loss")
     p.add_argument("--input-aux-weight", type=float, default=0.0,
                    help="the same loss on the video features (the LM's input at video tokens)")
+    p.add_argument("--asked-weight", type=float, default=0.0,
+                   help="loss at each colour a question names: its cell, or 'no' if not shown")
     p.add_argument("--questions", choices=("rich", "test"), default="rich",
                    help="training questions: data.training_questions, or the test set's")
     p.add_argument("--independent", type=float, default=0.5,
@@ -194,7 +197,8 @@ class Trainer:
     def train_step(self, batch: om.Batch) -> float:
         self.opt.learning_rate = lr_at(self.step, self.progress(), self.args.lr, self.args.warmup)
         loss_and_grad = nn.value_and_grad(self.model, om.loss_fn)
-        loss, grads = loss_and_grad(self.model, batch, self.args.aux_weight, self.args.input_aux_weight)
+        loss, grads = loss_and_grad(self.model, batch, self.args.aux_weight, self.args.input_aux_weight,
+                                    self.args.asked_weight)
         grads, _ = optim.clip_grad_norm(grads, 1.0)
         self.opt.update(self.model, grads)
         mx.eval(self.model.parameters(), self.opt.state, loss)
