@@ -93,15 +93,10 @@ class RoomKeeper:
 
     def slot_cost(self, hw: tuple[int, int]) -> int:
         """Cache rows one slot may take: its T visual tokens and, for a model with slot text
-        (Qwen3-VL), the most text tokens a slot brings (a timestamp of up to 6 digits)."""
-        pieces = self.spec.pieces
-        text = 0
-        if pieces.slot_text:
-            if self._slot_text_bound is None:
-                stamp = pieces.slot_stamp.format(seconds=999999.9) if pieces.slot_stamp else ""
-                self._slot_text_bound = len(self._encode(stamp + pieces.slot_open)) + len(self._encode(pieces.slot_close))
-            text = self._slot_text_bound
-        return self.spec.tokens_per_slot(hw) + text
+        (Qwen3-VL), the most text tokens a slot brings (ChatPieces.slot_text_bound)."""
+        if self._slot_text_bound is None:
+            self._slot_text_bound = self.spec.pieces.slot_text_bound(self._encode)
+        return self.spec.tokens_per_slot(hw) + self._slot_text_bound
 
     _slot_text_bound: int | None = None
 

@@ -49,6 +49,14 @@ class ChatPieces:
         """Whether each slot brings text of its own (slot_stamp, slot_open, slot_close)."""
         return bool(self.slot_stamp or self.slot_open or self.slot_close)
 
+    def slot_text_bound(self, encode) -> int:
+        """The most text tokens a slot brings: a timestamp of six digits with its open and
+        close pieces (0 without slot text). encode: text -> token ids."""
+        if not self.slot_text:
+            return 0
+        stamp = self.slot_stamp.format(seconds=999999.9) if self.slot_stamp else ""
+        return len(encode(stamp + self.slot_open)) + len(encode(self.slot_close))
+
 
 # llava-hf's chat template for a user message holding a video, then text:
 # "<|im_start|>user\n<video>\n{text}<|im_end|>\n<|im_start|>assistant\n". The <video>

@@ -139,6 +139,7 @@ def test_convert_bad_input_is_one_line(argv, words, tiny_qwen_dir, tmp_path):
 @pytest.mark.parametrize("argv, words", [
     (["accuracy", "--methods", "nonsense"], ["--methods", "nonsense", "infinipot_v"]),
     (["stream", "--methods", "zz"], ["invalid choice", "bench stream --help"]),  # argparse
+    (["stream", "--model-type", "llama"], ["--model-type", "invalid choice", "qwen3_vl"]),
 ])
 def test_bench_bad_flags_are_one_line(argv, words):
     one_line_error(run("-m", "infinipot_mlx.bench", *argv), *words)

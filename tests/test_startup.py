@@ -70,6 +70,7 @@ BAD = [  # (module, argv): argparse errors, then each command's own checks
     ("infinipot_mlx.bench", ["no-such-subcommand"]),
     ("infinipot_mlx.bench", ["kv", "--no-such-flag"]),
     ("infinipot_mlx.bench", ["kv", "--reserve", "-1"]),
+    ("infinipot_mlx.bench", ["stream", "--model-type", "llama"]),
     ("infinipot_mlx.bench", ["accuracy", "--n", "0"]),
     ("infinipot_mlx.bench", ["startup", "--repeats", "0"]),
     ("infinipot_mlx.server", ["--no-such-flag"]),

@@ -109,7 +109,8 @@ def plan_session(budget: str | None, model, tokenizer, spec, config: dict, *,
     Args:
         budget: "6GB", "60%", ... or None (DEFAULT_FRACTION of memory).
         model, tokenizer, spec: from session.load_model.  config: its config.json dict.
-        frame_hw: (H, W) of the frames that will stream (T = spec.tokens_per_slot(frame_hw)).
+        frame_hw: (H, W) of the frames that will stream (T = spec.tokens_per_slot(frame_hw),
+            plus the slot's text for Qwen3-VL: a slot's rows).
         make_session: builds a StreamSession for a config; one block of blank frames runs
             through a throwaway session to check the computed activations (None: no check).
     """
@@ -119,8 +120,9 @@ def plan_session(budget: str | None, model, tokenizer, spec, config: dict, *,
     probe = memory_probe()
     pieces = spec.pieces
     opening = pieces.system.format(system=DEFAULT_SYSTEM) + pieces.user_open + pieces.video_open
+    slot_text = pieces.slot_text_bound(lambda text: tokenizer.encode(text, add_special_tokens=False))
     kwargs = dict(
-        tokens_per_slot=spec.tokens_per_slot(frame_hw), block_slots=block_slots,
+        tokens_per_slot=spec.tokens_per_slot(frame_hw) + slot_text, block_slots=block_slots,
         reserve=reserve, n_pinned=len(tokenizer.encode(opening, add_special_tokens=False)),
         dtype_bytes=compute_dtype_bytes(model), scores_materialized=not probe.metal,
         resident_bytes=probe.active)
