@@ -142,7 +142,8 @@ def qwen_inputs(source: Path, config: dict, seed: int = 0) -> dict:
     t from each slot's time (Qwen2.5-VL), t = the slot's index (spec.slot_time False, Qwen2-VL),
     or each slot in its own text (spec.pieces.slot_text: timestamp, open, close; Qwen3-VL)."""
     from infinipot_mlx.pixels import qwen_patchify
-    from infinipot_mlx.positions import next_after, slot_text_positions, slot_times, text_positions, video_positions
+    from infinipot_mlx.positions import (next_after, slot_seconds, slot_text_positions, slot_times,
+                                         text_positions, video_positions)
     from infinipot_mlx.specs import DEFAULT_SYSTEM
 
     spec, vision, encode = load_spec(source), config["vision_config"], _encode(source)
@@ -156,8 +157,9 @@ def qwen_inputs(source: Path, config: dict, seed: int = 0) -> dict:
     prefix = encode(pieces.system.format(system=DEFAULT_SYSTEM) + pieces.user_open + pieces.video_open)
     suffix = encode(pieces.video_close + QUESTION + pieces.question_close)
     if pieces.slot_text:  # per slot: "<t seconds>" + open, its tokens, close (as feed._slot_texts)
-        texts = [(encode(_slot_stamp(pieces, s, tp) + pieces.slot_open), encode(pieces.slot_close))
-                 for s in range(gt)]
+        stamps = slot_seconds([i / FPS for i in range(len(frames))], gt, tp)
+        texts = [(encode(pieces.slot_stamp.format(seconds=t) + pieces.slot_open), encode(pieces.slot_close))
+                 for t in stamps]
         video = slot_text_positions(len(prefix), [len(a) for a, _ in texts], [len(b) for _, b in texts], grid)
         video_ids = [i for lead, trail in texts for i in lead + pads + trail]
     else:
@@ -167,14 +169,6 @@ def qwen_inputs(source: Path, config: dict, seed: int = 0) -> dict:
                                 text_positions(next_after(video), len(suffix))], axis=1)  # (3, L)
     ids = prefix + video_ids + suffix
     return dict(ids=ids, pixels=pixels, grid=(gt, gh, gw), positions=positions.astype(np.int64))
-
-
-def _slot_stamp(pieces, slot: int, frames_per_slot: int) -> str:
-    """A slot's time as text: the mean of its first and last frame's times at FPS."""
-    if not pieces.slot_stamp:
-        return ""
-    first, last = slot * frames_per_slot, slot * frames_per_slot + frames_per_slot - 1
-    return pieces.slot_stamp.format(seconds=(first / FPS + last / FPS) / 2)
 
 
 def llava_inputs(source: Path, config: dict, seed: int = 0, frames: int = 2) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 from . import plan
 from .errors import UserError
 from .locking import serialized
-from .positions import slot_text_positions, slot_times, text_positions, video_positions
+from .positions import slot_seconds, slot_text_positions, slot_times, text_positions, video_positions
 from .rows import SLOT_TEXT
 
 
@@ -197,10 +197,8 @@ class VideoFeed:
             frame_times = [(first + i) / self.fps for i in range(len(stamps))]
         else:
             frame_times = [t - (self.segment_t0 or 0.0) for t in stamps]
-        frame_times += frame_times[-1:] * (S * per - len(frame_times))
         texts = []
-        for s in range(S):
-            seconds = (frame_times[s * per] + frame_times[s * per + per - 1]) / 2
+        for seconds in slot_seconds(frame_times, S, per):
             stamp = pieces.slot_stamp.format(seconds=seconds) if pieces.slot_stamp else ""
             texts.append((self._encode(stamp + pieces.slot_open), self._encode(pieces.slot_close)))
         return texts

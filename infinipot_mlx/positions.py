@@ -131,24 +131,29 @@ def next_after(positions: np.ndarray) -> int:
 
 
 # ----- Qwen3-VL: text timestamps, one vision block per temporal group -------------------------
+def slot_seconds(frame_times: list[float], n_slots: int, frames_per_slot: int = 2) -> list[float]:
+    """Each slot's time as Qwen3-VL's processor stamps it: the mean of its first and last
+    frame's times, the last frame repeated to fill the last slot (as the processor pads an odd
+    count), in the processor's arithmetic ((a + b) / 2 of the frame times)."""
+    times = list(frame_times) + list(frame_times[-1:]) * (n_slots * frames_per_slot - len(frame_times))
+    return [(times[s * frames_per_slot] + times[s * frames_per_slot + frames_per_slot - 1]) / 2
+            for s in range(n_slots)]
+
+
 def qwen3_timestamp_text(slot_index: int, fps: float, frames_per_slot: int = 2,
                          n_frames: int | None = None) -> str:
-    """The timestamp text Qwen3-VL's processor writes before temporal group (slot) `slot_index`.
-
-    Frames are sampled at `fps` from frame 0 (frame i shown at i / fps seconds); a slot merges
-    frames_per_slot (temporal_patch_size) consecutive frames and is stamped with the mean of
-    its first and last frame's times, formatted "<{t:.1f} seconds>". The arithmetic follows
-    transformers' Qwen3VLProcessor._calculate_timestamps exactly (same float rounding). With
-    n_frames, indices past the last frame repeat it (the processor pads an odd count so).
+    """The timestamp text Qwen3-VL's processor writes before temporal group (slot) `slot_index`
+    of frames sampled at `fps` from frame 0 (frame i shown at i / fps seconds): slot_seconds,
+    formatted as specs.QWEN3_VL_PIECES.slot_stamp ("<{t:.1f} seconds>"). With n_frames,
+    indices past the last frame repeat it.
 
     Example: slot 1 at fps 2 -> frames 2, 3 -> (1.0 + 1.5) / 2 = 1.25 -> "<1.2 seconds>".
     """
-    first = slot_index * frames_per_slot
-    last = first + frames_per_slot - 1
-    if n_frames is not None:
-        first, last = min(first, n_frames - 1), min(last, n_frames - 1)
-    seconds = (first / fps + last / fps) / 2
-    return f"<{seconds:.1f} seconds>"
+    from .specs import QWEN3_VL_PIECES
+
+    n = (slot_index + 1) * frames_per_slot if n_frames is None else min(n_frames, (slot_index + 1) * frames_per_slot)
+    seconds = slot_seconds([i / fps for i in range(n)], slot_index + 1, frames_per_slot)[slot_index]
+    return QWEN3_VL_PIECES.slot_stamp.format(seconds=seconds)
 
 
 def qwen3_group_positions(start: int, text_len: int, grid_hw: tuple[int, int]) -> np.ndarray:
