@@ -41,3 +41,39 @@ def qwen_one_shot_inputs(tokenizer, spec, frames: np.ndarray, question: str, vid
     positions = np.concatenate([text_positions(0, len(prefix)), video,
                                 text_positions(next_after(video), len(suffix))], axis=1)  # (3, L)
     return ids, types, pixels, (gt, gh, gw), positions
+
+
+def load_both(path):
+    """(MLX (model, tokenizer, spec, path), reference (model, tokenizer, spec, path)) of a checkpoint."""
+    from infinipot_mlx.mlx import backend as mlx_backend
+    from infinipot_mlx.reference import backend as ref_backend
+
+    return mlx_backend.load_model(str(path)), ref_backend.load_model(str(path), device="cpu")
+
+
+def stream_uncapped(loaded, frames, backend: str, block_slots: int, question: str, fps: float):
+    """Stream frames with a cap that keeps everything, ask; (session, answer)."""
+    from infinipot_mlx import InfiniPotConfig
+    from infinipot_mlx.session import StreamSession
+
+    model, tok, spec, _ = loaded
+    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=100_000, block_slots=block_slots),
+                            backend, fps=fps)
+    session.add_frames(frames)
+    answer = "".join(session.ask(question, max_tokens=6))
+    assert session.counters.compressions == 0
+    return session, answer
+
+
+def run_both(loaded, frames, questions: list[str], max_tokens: int, fps: float, **config):
+    """The same frames and questions through an MLX and a reference session: (Trace, Trace)."""
+    from infinipot_mlx import InfiniPotConfig
+    from infinipot_mlx.cli.parity import run_session, split_frames
+    from infinipot_mlx.session import StreamSession
+
+    cfg = InfiniPotConfig(**config)
+    (mm, mt, ms, _), (rm, rt, rs, _) = loaded
+    mlx = StreamSession(mm, mt, ms, cfg, "mlx", fps=fps, record_kept=True)
+    ref = StreamSession(rm, rt, rs, cfg, "reference", fps=fps, record_kept=True)
+    chunks = split_frames(frames, len(questions), cfg.block_slots * 2)
+    return run_session(mlx, chunks, questions, max_tokens), run_session(ref, chunks, questions, max_tokens)

@@ -20,12 +20,12 @@ import pytest
 import torch  # (a dev dependency: a missing torch must fail, not skip)
 
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx.cli.parity import run_session, split_frames
 from infinipot_mlx.pixels import qwen_patchify
 from infinipot_mlx.positions import qwen3_timestamp_text
 from infinipot_mlx.rows import SLOT_TEXT
 from infinipot_mlx.session import StreamSession
-from parity_checks import assert_parity
+from parity_checks import assert_parity, load_both, stream_uncapped
+from parity_checks import run_both as run_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 FPS, TOL, MAX_TOKENS = 2.0, 1e-4, 12
@@ -41,21 +41,11 @@ def frames_for(n: int, seed: int = 0, hw: tuple[int, int] = (96, 128)) -> np.nda
 @pytest.fixture(scope="module")
 def tiny(tiny_qwen3_vl_dir):
     """(MLX (model, tokenizer, spec, path), reference (model, tokenizer, spec, path))."""
-    from infinipot_mlx.mlx import backend as mlx_backend
-    from infinipot_mlx.reference import backend as ref_backend
-
-    return (mlx_backend.load_model(str(tiny_qwen3_vl_dir)),
-            ref_backend.load_model(str(tiny_qwen3_vl_dir), device="cpu"))
+    return load_both(tiny_qwen3_vl_dir)
 
 
 def stream(loaded, frames, backend: str, block_slots: int, question: str = QUESTIONS[0]):
-    model, tok, spec, _ = loaded
-    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=100_000, block_slots=block_slots),
-                            backend, fps=FPS)
-    session.add_frames(frames)
-    answer = "".join(session.ask(question, max_tokens=6))
-    assert session.counters.compressions == 0
-    return session, answer
+    return stream_uncapped(loaded, frames, backend, block_slots, question, FPS)
 
 
 def one_shot_inputs(tokenizer, spec, frames: np.ndarray, question: str):
@@ -113,12 +103,7 @@ def test_reference_blockwise_stream_equals_one_shot_forward(tiny):
 
 # ----- 2. MLX vs the reference under a cap ----------------------------------------------------------
 def run_both(tiny, frames, **config):
-    cfg = InfiniPotConfig(**config)
-    (mm, mt, ms, _), (rm, rt, rs, _) = tiny
-    mlx = StreamSession(mm, mt, ms, cfg, "mlx", fps=FPS, record_kept=True)
-    ref = StreamSession(rm, rt, rs, cfg, "reference", fps=FPS, record_kept=True)
-    chunks = split_frames(frames, len(QUESTIONS), cfg.block_slots * 2)
-    return run_session(mlx, chunks, QUESTIONS, MAX_TOKENS), run_session(ref, chunks, QUESTIONS, MAX_TOKENS)
+    return run_pair(tiny, frames, QUESTIONS, MAX_TOKENS, FPS, **config)
 
 
 @pytest.mark.parametrize("config", [{"capacity": 230, "block_slots": 2, "reserve": 48},

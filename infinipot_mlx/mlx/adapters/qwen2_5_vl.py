@@ -33,14 +33,17 @@ class Qwen2_5_VLAdapter:
 
     def encode_slots(self, frames: np.ndarray) -> mx.array:
         """Vision tower on one block. (n, H, W, 3) uint8 -> (S*T, E) visual embeddings."""
+        return self.model.vision_tower(*self._vision_inputs(frames), output_hidden_states=False)
+
+    def _vision_inputs(self, frames: np.ndarray) -> tuple[mx.array, mx.array]:
+        """(n, H, W, 3) uint8 -> pixel rows (S*4T, C*tp*p*p) in the tower's dtype, grid (1, 3)."""
         vc = self.model.config.vision_config
         pixels, grid_thw = qwen_patchify(
             frames, self.spec.image_mean, self.spec.image_std,
             vc.patch_size, vc.temporal_patch_size, vc.spatial_merge_size,
         )
         dtype = self.model.vision_tower.patch_embed.proj.weight.dtype
-        grid = mx.array([grid_thw], dtype=mx.int32)  # (1, 3)
-        return self.model.vision_tower(mx.array(pixels).astype(dtype), grid, output_hidden_states=False)
+        return mx.array(pixels).astype(dtype), mx.array([grid_thw], dtype=mx.int32)
 
     def video_close_embeds(self) -> None:
         """Qwen2.5-VL puts nothing after a video but its <|vision_end|> text token."""

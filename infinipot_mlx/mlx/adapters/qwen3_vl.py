@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from ...pixels import qwen_patchify
 from .qwen2_5_vl import Qwen2_5_VLAdapter
 
 
@@ -40,14 +39,7 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
 
     def encode_slots(self, frames: np.ndarray) -> VisualBlock:
         """Vision tower on one block. (n, H, W, 3) uint8 -> VisualBlock of S*T tokens."""
-        vc = self.model.config.vision_config
-        pixels, grid_thw = qwen_patchify(
-            frames, self.spec.image_mean, self.spec.image_std,
-            vc.patch_size, vc.temporal_patch_size, vc.spatial_merge_size,
-        )
-        dtype = self.model.vision_tower.patch_embed.proj.weight.dtype
-        grid = mx.array([grid_thw], dtype=mx.int32)  # (1, 3)
-        tokens, deepstack = self.model.vision_tower(mx.array(pixels).astype(dtype), grid)
+        tokens, deepstack = self.model.vision_tower(*self._vision_inputs(frames))
         return VisualBlock(tokens, list(deepstack))
 
     def splice_slot_text(self, visual: VisualBlock, texts: list[tuple[list[int], list[int]]]):

@@ -39,15 +39,18 @@ class Qwen2_5_VLAdapter:
     @torch.no_grad()
     def encode_slots(self, frames: np.ndarray) -> torch.Tensor:
         """Vision tower on one block. (n, H, W, 3) uint8 -> (S*T, E) visual embeddings."""
-        visual = self.model.model.visual
+        pixels, grid = self._vision_inputs(frames)
+        return self.model.model.visual(pixels, grid_thw=grid).pooler_output  # (S*T, E), merged patches
+
+    def _vision_inputs(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, H, W, 3) uint8 -> pixel rows (S*4T, C*tp*p*p) in the tower's dtype, grid (1, 3)."""
         vc = self.model.config.vision_config
         pixels, grid_thw = qwen_patchify(
             frames, self.spec.image_mean, self.spec.image_std,
             vc.patch_size, vc.temporal_patch_size, vc.spatial_merge_size,
         )
-        pixels = torch.from_numpy(pixels).to(self.device, visual.dtype)  # (S*4T, C*tp*p*p)
-        grid = torch.tensor([grid_thw], dtype=torch.long, device=self.device)  # (1, 3)
-        return visual(pixels, grid_thw=grid).pooler_output  # (S*T, E), merged patches
+        pixels = torch.from_numpy(pixels).to(self.device, self.model.model.visual.dtype)
+        return pixels, torch.tensor([grid_thw], dtype=torch.long, device=self.device)
 
     def video_close_embeds(self) -> None:
         """Qwen2.5-VL puts nothing after a video but its <|vision_end|> text token."""

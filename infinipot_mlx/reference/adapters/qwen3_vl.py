@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...pixels import qwen_patchify
 from .qwen2_5_vl import Qwen2_5_VLAdapter
 
 
@@ -37,15 +36,7 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
     @torch.no_grad()
     def encode_slots(self, frames: np.ndarray) -> VisualBlock:
         """Vision tower on one block. (n, H, W, 3) uint8 -> VisualBlock of S*T tokens."""
-        visual = self.model.model.visual
-        vc = self.model.config.vision_config
-        pixels, grid_thw = qwen_patchify(
-            frames, self.spec.image_mean, self.spec.image_std,
-            vc.patch_size, vc.temporal_patch_size, vc.spatial_merge_size,
-        )
-        pixels = torch.from_numpy(pixels).to(self.device, visual.dtype)
-        grid = torch.tensor([grid_thw], dtype=torch.long, device=self.device)  # (1, 3)
-        out = visual(pixels, grid_thw=grid)
+        out = self.model.model.visual(*self._vision_inputs(frames))
         return VisualBlock(out.pooler_output, list(out.deepstack_features))
 
     @torch.no_grad()
