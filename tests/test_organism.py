@@ -241,6 +241,11 @@ def test_asked_targets_sit_at_each_named_colour(tiny):
         assert tok.id_to_token(p.ids[i]) == "\u0120" + colour
         assert tok.id_to_token(target) == cells.get(colour, "no")
     assert builder.build(4, ep.qa).asked == []  # without cells, no targets
+    span = om.PromptBuilder(tok, asked_span=True).build(4, ep.qa, cells=cells)
+    answer_at = {i for i, _ in span.answers}
+    for i, target in span.asked:  # from the colour on, never at the answer's own position
+        assert i not in answer_at and i not in {j for j, _ in span.targets}
+    assert len(span.asked) > len(p.asked) and set(p.asked) <= set(span.asked)
     p.aux = builder.aux_targets(data.token_events(ep.events, 8))
     batch = om.make_batch([p], ep.frames[None], tok.token_to_id("<|endoftext|>"), tok.token_to_id("no"))
     assert batch.q_w.sum().item() == len(p.asked)

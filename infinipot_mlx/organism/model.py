@@ -94,7 +94,7 @@ class Prompt:
 class PromptBuilder:
     """Token ids and positions of the session's prompt for a video and its questions."""
 
-    def __init__(self, tokenizer, tokens_per_second: float = 2.0, fps: float = FPS):
+    def __init__(self, tokenizer, tokens_per_second: float = 2.0, fps: float = FPS, asked_span: bool = False):
         enc = lambda s: tokenizer.encode(s, add_special_tokens=False).ids  # noqa: E731
         self.enc = enc
         self.head = enc(PIECES.system.format(system=DEFAULT_SYSTEM)) + enc(PIECES.user_open) + enc(
@@ -107,6 +107,7 @@ class PromptBuilder:
         # a colour inside a question is another token (" red", not "red"): the id it has there
         self.question_word_id = {c: single_token(enc, " " + c) for c in data.COLOURS}
         self.second_per_grid, self.tps = 2 / fps, tokens_per_second
+        self.asked_span = asked_span
 
     def build(self, n_slots: int, qa: list[tuple[str, str, str]], grid=(3, 3),
               independent: bool = False, cells: dict[str, str] | None = None) -> Prompt:
@@ -116,7 +117,8 @@ class PromptBuilder:
         start position, no "<|im_start|>user" reopening) and tagged in Prompt.turn_of, so
         a mask can hide earlier turns from it (no answer can be read off earlier answers).
         cells: colour -> cell word of the video's shapes; each colour a question names then
-        gets an auxiliary target at its token (Prompt.asked): that cell word, or "no".
+        gets an auxiliary target at its token (Prompt.asked): that cell word, or "no" (with
+        asked_span, at every token from it to the one before the answer's).
         """
         colour_of = {tid: c for c, tid in self.question_word_id.items()}
         ids, pos = list(self.head), [text_positions(0, len(self.head))]
@@ -129,9 +131,11 @@ class PromptBuilder:
         for k, (question, answer, qtype) in enumerate(qa):
             reopen = self.user_open if k and not independent else []
             turn = reopen + self.enc(question) + self.q_close
-            if cells is not None:
-                prompt.asked += [(len(ids) + j, self.word_id[cells.get(colour_of[tid], "no")])
-                                 for j, tid in enumerate(turn) if tid in colour_of]
+            if cells is not None:  # from the colour to the token before the answer's
+                named = [(j, colour_of[tid]) for j, tid in enumerate(turn) if tid in colour_of]
+                for j, colour in named[-1:] if self.asked_span else named:
+                    stop = len(turn) - 1 if self.asked_span else j + 1
+                    prompt.asked += [(len(ids) + k, self.word_id[cells.get(colour, "no")]) for k in range(j, stop)]
             answer_ids = self.enc(answer) + self.eos
             for j, tid in enumerate(answer_ids):
                 prompt.targets.append((len(ids) + len(turn) + j - 1, tid))

@@ -146,6 +146,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the same loss on the video features (the LM's input at video tokens)")
     p.add_argument("--asked-weight", type=float, default=0.0,
                    help="loss at each colour a question names: its cell, or 'no' if not shown")
+    p.add_argument("--asked-span", action="store_true",
+                   help="the asked target at every token from the colour to the one before the answer's")
     p.add_argument("--questions", choices=("rich", "test"), default="rich",
                    help="training questions: data.training_questions, or the test set's")
     p.add_argument("--independent", type=float, default=0.5,
@@ -184,7 +186,7 @@ class Trainer:
         else:
             self.model, self.tokenizer, self.config = load_checkpoint(args.init)
             self.model.train()
-        self.builder = om.PromptBuilder(self.tokenizer)
+        self.builder = om.PromptBuilder(self.tokenizer, asked_span=args.asked_span)
         self.pad_id = self.tokenizer.token_to_id("<|endoftext|>")
         self.opt = optim.AdamW(learning_rate=args.lr, weight_decay=0.01)
         self.step, self.t0, self.best = 0, time.time(), -1.0
