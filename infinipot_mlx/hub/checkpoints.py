@@ -222,13 +222,9 @@ def qwen3_vl_config(
         "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
     }
     return {
-        "architectures": ["Qwen3VLForConditionalGeneration"],
-        "image_token_id": _token_id(ids, "<|image_pad|>"),
-        "model_type": "qwen3_vl",
-        "text_config": text,
-        "tie_word_embeddings": tie_word_embeddings,
-        "video_token_id": _token_id(ids, "<|video_pad|>"),
-        "vision_config": vision,
+        "architectures": ["Qwen3VLForConditionalGeneration"], "image_token_id": _token_id(ids, "<|image_pad|>"),
+        "model_type": "qwen3_vl", "text_config": text, "tie_word_embeddings": tie_word_embeddings,
+        "video_token_id": _token_id(ids, "<|video_pad|>"), "vision_config": vision,
         "vision_end_token_id": _token_id(ids, "<|vision_end|>"),
         "vision_start_token_id": _token_id(ids, "<|vision_start|>"),
     }
