@@ -109,6 +109,9 @@ def recent_mask(slot_ids: np.ndarray, tokens_per_slot: int, recent_ratio: float,
     for h in range(slot_ids.shape[0]):  # H is small (KV heads); everything inside is vectorized
         r = plan.recent_count(int(visual[h].sum()) // tokens_per_slot, recent_ratio)
         slots, counts = np.unique(slot_ids[h, visual[h]], return_counts=True)  # ascending ids
+        if not len(slots):  # only slot text left in this head (a keep of 1): nothing is recent
+            mask[h] = False
+            continue
         whole = counts[::-1] == tokens_per_slot  # newest first
         run = len(whole) if whole.all() else int(np.argmin(whole))  # unbroken whole run
         n_recent = min(r, run) if run > 0 else 1

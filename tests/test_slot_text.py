@@ -116,3 +116,19 @@ def test_recompression_with_partial_groups_agrees_across_backends():
         second = select_both(k2, v2, tokens_per_slot=6, keep=17, slot_ids=s2, patch_ids=p2,
                              grid_hw=grid, **config)
         assert second.shape == (heads, 17)
+
+
+def test_a_head_left_with_slot_text_only_still_selects():
+    """keep=1 can leave a head only a trailing <|vision_end|> (it wins its tie with the slot's
+    best token); a later selection over text alone still runs, in both backends: such text
+    scores -inf, and the latest row wins the tie."""
+    slots, patches = groups_layout(3, (2, 2))
+    keys, values = random_kv(1, len(slots), 8, 3)
+    kept = select_both(keys, values, tokens_per_slot=4, keep=1, slot_ids=slots, patch_ids=patches,
+                       tar_ratio=0.0)
+    assert patches[kept[0, 0]] == SLOT_TEXT  # the tie went to the later row
+    text = np.flatnonzero(patches == SLOT_TEXT)[[3, 7, 11]]  # three slots' <|vision_end|>
+    for config in CONFIGS[3:]:
+        again = select_both(keys[:, text], values[:, text], tokens_per_slot=4, keep=1, slot_ids=slots[text],
+                            patch_ids=patches[text], grid_hw=(2, 2), **config)
+        assert again.tolist() == [[2]]
