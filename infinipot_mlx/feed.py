@@ -174,14 +174,11 @@ class VideoFeed:
             self.counters.frames_seen += len(items)
 
     def _block_labels(self, S: int, T: int, texts) -> tuple[np.ndarray, np.ndarray]:
-        """(slot_ids, patch_ids) of a block's rows: its S slots' T visual tokens each, with
-        each slot's text (leading, trailing) as SLOT_TEXT rows of that slot."""
+        """(slot_ids, patch_ids) (L,) of a block's rows: its S slots' T visual tokens each, with
+        each slot's text (leading, trailing; none without texts) as SLOT_TEXT rows of that slot."""
         first = self.counters.slots_seen
-        if not texts:
-            return (np.repeat(np.arange(first, first + S, dtype=np.int32), T),  # (S*T,)
-                    np.tile(np.arange(T, dtype=np.int32), S))
         slots, patches = [], []
-        for s, (lead, trail) in enumerate(texts):
+        for s, (lead, trail) in enumerate(texts or [([], [])] * S):
             slots.append(np.full(len(lead) + T + len(trail), first + s, np.int32))
             patches += [np.full(len(lead), SLOT_TEXT, np.int32), np.arange(T, dtype=np.int32),
                         np.full(len(trail), SLOT_TEXT, np.int32)]

@@ -151,7 +151,8 @@ def qwen3_timestamp_text(slot_index: int, fps: float, frames_per_slot: int = 2,
     """
     from .specs import QWEN3_VL_PIECES
 
-    n = (slot_index + 1) * frames_per_slot if n_frames is None else min(n_frames, (slot_index + 1) * frames_per_slot)
+    n = (slot_index + 1) * frames_per_slot  # the frames up to this slot's end
+    n = n if n_frames is None else min(n, n_frames)
     seconds = slot_seconds([i / fps for i in range(n)], slot_index + 1, frames_per_slot)[slot_index]
     return QWEN3_VL_PIECES.slot_stamp.format(seconds=seconds)
 
@@ -190,7 +191,8 @@ def slot_text_positions(start: int, leads: list[int], trails: list[int],
     """
     parts = []
     for lead, trail in zip(leads, trails):
-        parts.append(qwen3_group_positions(start, lead, grid_hw))
-        parts.append(text_positions(next_after(parts[-1]), trail))
-        start = next_after(parts[-1]) if trail else next_after(parts[-2])
+        group = qwen3_group_positions(start, lead, grid_hw)
+        start = next_after(group)
+        parts += [group, text_positions(start, trail)]
+        start += trail
     return np.concatenate(parts, axis=1)

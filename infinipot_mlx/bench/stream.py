@@ -84,10 +84,7 @@ def stream_plan(spec, tokenizer, size, points: list[float], answer_tokens: int) 
     count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
     p = spec.pieces
     T = random_model.tokens_per_slot(spec, size)
-    slot_text = 0  # the most text tokens a slot brings, as the session bounds it (room.slot_cost)
-    if p.slot_text:
-        stamp = p.slot_stamp.format(seconds=999999.9) if p.slot_stamp else ""
-        slot_text = count(stamp + p.slot_open) + count(p.slot_close)
+    slot_text = p.slot_text_bound(lambda text: tokenizer.encode(text, add_special_tokens=False))  # as room.slot_cost
     question = count(p.user_open + QUESTION + p.question_close)
     per_turn = count(p.user_open) + count(p.video_open) + count(p.video_close) + question \
         + answer_tokens + count(p.answer_close) + 8  # 8: tokenization margin
