@@ -33,8 +33,8 @@ import infinipot_mlx  # noqa: F401  (BLAS preload; must precede any mlx import)
 import numpy as np
 from infinipot_mlx._blas import check_blas
 from infinipot_mlx.errors import OneLineParser, UserError, report
-from infinipot_mlx.model_path import require_weights, resolve_model_path
-from infinipot_mlx.specs import MODEL_TYPES, load_spec, read_json
+from infinipot_mlx.contract.model_path import require_weights, resolve_model_path
+from infinipot_mlx.contract.specs import MODEL_TYPES, load_spec, read_json
 
 FLOAT32_TOLERANCE = 1e-4
 EXIT_MISMATCH, EXIT_BAD_INPUT = 1, 2
@@ -141,10 +141,9 @@ def qwen_inputs(source: Path, config: dict, seed: int = 0) -> dict:
     tokens, laid out and positioned as the checkpoint's ModelSpec says (specs.MODEL_TYPES):
     t from each slot's time (Qwen2.5-VL), t = the slot's index (spec.slot_time False, Qwen2-VL),
     or each slot in its own text (spec.pieces.slot_text: timestamp, open, close; Qwen3-VL)."""
-    from infinipot_mlx.pixels import qwen_patchify
-    from infinipot_mlx.positions import (next_after, slot_seconds, slot_text_positions, slot_times,
-                                         text_positions, video_positions)
-    from infinipot_mlx.specs import DEFAULT_SYSTEM
+    from infinipot_mlx.contract.pixels import qwen_patchify
+    from infinipot_mlx.contract.positions import next_after, slot_seconds, slot_text_positions, slot_times, text_positions, video_positions
+    from infinipot_mlx.contract.specs import DEFAULT_SYSTEM
 
     spec, vision, encode = load_spec(source), config["vision_config"], _encode(source)
     pieces = spec.pieces
@@ -173,8 +172,8 @@ def qwen_inputs(source: Path, config: dict, seed: int = 0) -> dict:
 
 def llava_inputs(source: Path, config: dict, seed: int = 0, frames: int = 2) -> dict:
     """ids (L,), pixels (1, F, C, H, W) for F frames at the vision image size."""
-    from infinipot_mlx.pixels import normalize
-    from infinipot_mlx.specs import DEFAULT_SYSTEM, ChatPieces
+    from infinipot_mlx.contract.pixels import normalize
+    from infinipot_mlx.contract.specs import DEFAULT_SYSTEM, ChatPieces
 
     vision, pieces, encode = config["vision_config"], ChatPieces(), _encode(source)
     size = vision["image_size"]

@@ -81,7 +81,7 @@ def tiny_config(model_type: str, tokenizer, dtype: str) -> dict:
 def _model_class(model_type: str):
     import transformers
 
-    from infinipot_mlx.specs import MODEL_TYPES
+    from infinipot_mlx.contract.specs import MODEL_TYPES
 
     return getattr(transformers, MODEL_TYPES[model_type].hf_class)
 

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from infinipot_mlx.budget import parse_budget, plan_from_config
-from infinipot_mlx.specs import DEFAULT_FRAME_PIXELS, load_spec
+from infinipot_mlx.contract.budget import parse_budget, plan_from_config
+from infinipot_mlx.contract.specs import DEFAULT_FRAME_PIXELS, load_spec
 
 model_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "path/to/Qwen2.5-VL-7B-Instruct-4bit")
 budget = parse_budget(sys.argv[2] if len(sys.argv) > 2 else "6GB", total_bytes=16 * 10**9)

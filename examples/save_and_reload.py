@@ -10,7 +10,7 @@ import sys
 
 import infinipot_mlx
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx.evidence import format_moments
+from infinipot_mlx.stream.evidence import format_moments
 
 model_dir, video, memory = sys.argv[1:4] if len(sys.argv) > 3 else (
     "mlx-community/Qwen2.5-VL-7B-Instruct-4bit", "video.mp4", "video.mem")

@@ -12,15 +12,18 @@ from ._blas import load_optimized_blas
 
 load_optimized_blas()
 
-from .config import InfiniPotConfig  # noqa: E402
+from .contract.config import InfiniPotConfig  # noqa: E402
+from .deprecated import install_moved_module_finder  # noqa: E402
+
+install_moved_module_finder()  # the module paths before 0.3 (deprecated.MOVED_MODULES)
 
 __all__ = ["InfiniPotConfig", "select_tokens", "StreamSession", "load", "VideoSource"]
 
 _LAZY = {
     "select_tokens": ("infinipot_mlx.mlx.select", "select_tokens"),
-    "StreamSession": ("infinipot_mlx.session", "StreamSession"),
+    "StreamSession": ("infinipot_mlx.stream.session", "StreamSession"),
     "load": ("infinipot_mlx.mlx.backend", "load"),
-    "VideoSource": ("infinipot_mlx.video", "VideoSource"),  # imports OpenCV
+    "VideoSource": ("infinipot_mlx.video.source", "VideoSource"),  # imports OpenCV
 }
 
 

@@ -47,3 +47,45 @@ def old_name(old: str) -> property:
         return getattr(self, RENAMED[old])
 
     return property(get, doc=f"Deprecated: {RENAMED[old]}.")
+
+
+# ----- modules that moved in 0.3 (the flat top level grouped by role) ----------------------
+MOVED_MODULES = {  # old module -> new module
+    **{f"infinipot_mlx.{m}": f"infinipot_mlx.contract.{m}" for m in
+       ("config", "plan", "budget", "candidates", "rows", "positions", "specs", "pixels", "model_path")},
+    **{f"infinipot_mlx.{m}": f"infinipot_mlx.stream.{m}" for m in
+       ("session", "feed", "room", "answer", "evidence", "locking", "protocols")},
+    "infinipot_mlx.memories": "infinipot_mlx.stream.memory_file",
+    "infinipot_mlx.reader": "infinipot_mlx.video.reader",
+    "infinipot_mlx.mlx.memory": "infinipot_mlx.mlx.memory_probe",
+}
+
+
+class _MovedModuleFinder:
+    """`import infinipot_mlx.session` still works: it is the module at its new place, with a
+    DeprecationWarning naming that place. (`infinipot_mlx.video` is now a package; its
+    __init__ forwards VideoSource and friends the same way.)"""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in MOVED_MODULES:
+            return None
+        import importlib.util
+
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        import importlib
+
+        new = MOVED_MODULES[spec.name]
+        warnings.warn(f"{spec.name} is deprecated; import {new}", DeprecationWarning, stacklevel=2)
+        return importlib.import_module(new)
+
+    def exec_module(self, module):
+        pass  # already executed under its new name
+
+
+def install_moved_module_finder() -> None:
+    import sys
+
+    if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):
+        sys.meta_path.append(_MovedModuleFinder())

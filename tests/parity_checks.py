@@ -4,8 +4,8 @@ whole-prompt inputs of a Qwen-family video question for one-shot forwards."""
 import numpy as np
 
 from infinipot_mlx.cli.parity import Trace, compare
-from infinipot_mlx.pixels import qwen_patchify
-from infinipot_mlx.positions import next_after, text_positions
+from infinipot_mlx.contract.pixels import qwen_patchify
+from infinipot_mlx.contract.positions import next_after, text_positions
 
 TOL = 1e-4  # logits, float32 (the parity contract)
 
@@ -54,7 +54,7 @@ def load_both(path):
 def stream_uncapped(loaded, frames, backend: str, block_slots: int, question: str, fps: float):
     """Stream frames with a cap that keeps everything, ask; (session, answer)."""
     from infinipot_mlx import InfiniPotConfig
-    from infinipot_mlx.session import StreamSession
+    from infinipot_mlx.stream.session import StreamSession
 
     model, tok, spec, _ = loaded
     session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=100_000, block_slots=block_slots),
@@ -69,7 +69,7 @@ def run_both(loaded, frames, questions: list[str], max_tokens: int, fps: float, 
     """The same frames and questions through an MLX and a reference session: (Trace, Trace)."""
     from infinipot_mlx import InfiniPotConfig
     from infinipot_mlx.cli.parity import run_session, split_frames
-    from infinipot_mlx.session import StreamSession
+    from infinipot_mlx.stream.session import StreamSession
 
     cfg = InfiniPotConfig(**config)
     (mm, mt, ms, _), (rm, rt, rs, _) = loaded

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx.session import StreamSession
-from infinipot_mlx.positions import text_positions, video_positions
+from infinipot_mlx.stream.session import StreamSession
+from infinipot_mlx.contract.positions import text_positions, video_positions
 
 TEXT = "Hello! How can I help you today?"
 FRAME_SIDE = {"qwen2_5_vl": 112, "llava_onevision": 98}  # 4 x 4 merged tokens per slot in both
@@ -129,7 +129,7 @@ def test_adapters_and_backends_implement_the_protocols(case):
     """What session.py asks of them (protocols.py), in both backends; Qwen2.5-VL answers the
     hooks it has no use for: nothing after a video, no `compact` key rotation."""
     from infinipot_mlx.errors import UserError
-    from infinipot_mlx.protocols import Adapter, Backend
+    from infinipot_mlx.stream.protocols import Adapter, Backend
 
     module, (model, tok, spec, _), _, model_type, backend = case
     adapter, _ = adapter_and_cache(case)

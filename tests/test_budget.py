@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infinipot_mlx import InfiniPotConfig, budget
+from infinipot_mlx import InfiniPotConfig
+from infinipot_mlx.contract import budget
 from infinipot_mlx.mlx import memory as probes
-from infinipot_mlx.specs import qwen2_5_vl_spec
+from infinipot_mlx.contract.specs import qwen2_5_vl_spec
 
 # The numbers the arithmetic reads, from the published config.json files.
 QWEN_7B = {  # Qwen/Qwen2.5-VL-7B-Instruct (hub layout: text parameters at the top level)
@@ -54,7 +55,7 @@ def test_kv_bytes_per_token_of_the_7b_configs():
 
 
 def test_kv_bytes_per_token_of_qwen3_vl_8b():
-    from infinipot_mlx.specs import qwen3_vl_spec
+    from infinipot_mlx.contract.specs import qwen3_vl_spec
 
     kv = 36 * 2 * 8 * 128 * 2  # layers x (K, V) x H_kv x D x bf16 = 147,456 bytes per token
     assert budget.kv_bytes_per_token(budget.model_dims(QWEN3_8B), 2) == kv
@@ -173,7 +174,7 @@ def tiny(tiny_qwen_dir):
 def tiny_plan(tiny, memory: str, calibrate: bool = True, **shape):
     import json
 
-    from infinipot_mlx.session import StreamSession
+    from infinipot_mlx.stream.session import StreamSession
 
     model, tokenizer, spec, path = tiny
     make = (lambda cfg: StreamSession(model, tokenizer, spec, cfg)) if calibrate else None
@@ -195,7 +196,7 @@ def test_tiny_weights_are_measured(tiny):
 def test_tiny_budget_holds_over_a_stream_10x_the_capacity(tiny):
     import mlx.core as mx
 
-    from infinipot_mlx.session import StreamSession
+    from infinipot_mlx.stream.session import StreamSession
 
     plan = tiny_plan(tiny, "9MB", **SHAPE)
     assert 100 < plan.capacity < 1000 and plan.measured_activation_bytes > 0

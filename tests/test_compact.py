@@ -159,7 +159,7 @@ def test_stream_cache_places_every_layer():
 def test_compact_is_rejected_for_mrope(tiny_qwen_dir):
     from infinipot_mlx import InfiniPotConfig
     from infinipot_mlx.mlx.backend import load_model
-    from infinipot_mlx.session import StreamSession
+    from infinipot_mlx.stream.session import StreamSession
 
     model, tok, spec, _ = load_model(str(tiny_qwen_dir))
     with pytest.raises(ValueError, match="compact position policy needs a 1-D RoPE"):

@@ -18,7 +18,7 @@ import pytest
 
 from infinipot_mlx import InfiniPotConfig
 from infinipot_mlx.mlx.backend import load_model
-from infinipot_mlx.session import StreamSession
+from infinipot_mlx.stream.session import StreamSession
 
 RANGE = 4096
 

@@ -95,7 +95,7 @@ def test_verification_prompt_has_the_models_own_positions(model_type, request, c
     import torch
     import transformers
 
-    from infinipot_mlx.specs import MODEL_TYPES
+    from infinipot_mlx.contract.specs import MODEL_TYPES
 
     source = request.getfixturevalue(FIXTURES[model_type])
     config = json.loads((source / "config.json").read_text())

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx.session import StreamSession
-from infinipot_mlx.answer import eos_ids
-from infinipot_mlx.specs import CheckpointConfigError, load_spec
+from infinipot_mlx.stream.session import StreamSession
+from infinipot_mlx.stream.answer import eos_ids
+from infinipot_mlx.contract.specs import CheckpointConfigError, load_spec
 
 MODEL_DIRS = {"qwen2_5_vl": "tiny_qwen_dir", "llava_onevision": "tiny_llava_dir"}
 FRAME_SIDE = {"qwen2_5_vl": 112, "llava_onevision": 98}

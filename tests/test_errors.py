@@ -81,8 +81,8 @@ def test_config_without_a_key_names_the_file_and_the_key(cli, broken, moving_sha
 
 
 def test_read_json_and_load_spec_raise_user_errors(tmp_path):
-    from infinipot_mlx.model_path import ModelPathError
-    from infinipot_mlx.specs import CheckpointConfigError, load_spec, read_json
+    from infinipot_mlx.contract.model_path import ModelPathError
+    from infinipot_mlx.contract.specs import CheckpointConfigError, load_spec, read_json
 
     assert issubclass(CheckpointConfigError, UserError) and issubclass(ModelPathError, UserError)
     (tmp_path / "config.json").write_text("[1, 2]")
@@ -113,7 +113,7 @@ def test_reference_load_model_checks_weights_and_device(broken, tiny_qwen_dir):
 
 
 def test_an_index_naming_a_missing_shard_is_an_incomplete_download(tiny_qwen_dir, tmp_path):
-    from infinipot_mlx.model_path import ModelPathError, require_weights
+    from infinipot_mlx.contract.model_path import ModelPathError, require_weights
 
     folder = Path(shutil.copytree(tiny_qwen_dir, tmp_path / "sharded"))
     index = {"weight_map": {"a": "model.safetensors", "b": "model-00002-of-00002.safetensors"}}

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx.evidence import Moment, format_moments, moments, slot_mass
-from infinipot_mlx.positions import text_positions
-from infinipot_mlx.session import StreamSession
+from infinipot_mlx.stream.evidence import Moment, format_moments, moments, slot_mass
+from infinipot_mlx.contract.positions import text_positions
+from infinipot_mlx.stream.session import StreamSession
 
 SIDE = {"qwen2_5_vl": 112, "qwen2_vl": 112, "llava_onevision": 98, "qwen3_vl": 96}
 DIRS = {"qwen2_5_vl": "tiny_qwen_dir", "qwen2_vl": "tiny_qwen2_vl_dir", "llava_onevision": "tiny_llava_dir",

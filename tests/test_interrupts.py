@@ -12,7 +12,7 @@ import pytest
 
 from infinipot_mlx import InfiniPotConfig
 from infinipot_mlx.mlx.backend import load_model
-from infinipot_mlx.session import StreamSession
+from infinipot_mlx.stream.session import StreamSession
 
 CONFIG = dict(capacity=160, reserve=40, block_slots=2)  # 16 tokens a slot: compresses every block
 

@@ -60,25 +60,71 @@ def test_the_reference_backend_imports_no_mlx():
         assert not any(m == "mlx" or m.startswith(("mlx.", "mlx_vlm", "mlx_lm")) for m in imports(path)), path
 
 
-# ----- the house: backend-free top level, two mirrored backends, tools apart ----------------
+# ----- the house: floors that point one way ----------------------------------------------
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 ARRAY_LIBRARIES = ("mlx", "mlx_vlm", "mlx_lm", "torch", "torchvision", "transformers")
-TOP_LEVEL = sorted(p for p in PACKAGE.glob("*.py"))
-RUNTIME = [*TOP_LEVEL, *(PACKAGE / "mlx").rglob("*.py"), *(PACKAGE / "reference").rglob("*.py")]
+# Each package's floor; a module may import its own floor and those below, never one above.
+FLOORS = {
+    "plumbing": 0,   # __init__ (public API), errors, deprecated, _blas
+    "contract": 1,   # config, plan, budget, specs, candidates, rows, positions, pixels, model_path
+    "video": 2,      # frame sources and the reader thread
+    "stream": 3,     # the streaming loop, backend-agnostic
+    "mlx": 4, "reference": 4,               # the two backends
+    "hub": 2,        # hub-layout checkpoint writers (contract only)
+    "door": 5,       # the one door: flags, opening a session, streaming a source
+    "library": 5,    # the SQLite catalogue of video memories
+    "organism": 6, "bench": 6,              # tools over the door
+    "cli": 7, "server": 7,                  # the front ends: the top floor
+}
+ENTRY_POINTS = {"infinipot_mlx.chat", "infinipot_mlx.parity", "infinipot_mlx.library.__main__",
+                "infinipot_mlx.server.__main__", "infinipot_mlx.bench.__main__"}  # `python -m` shims
+
+
+def floor_of(module: str) -> tuple[str, int]:
+    if module in ENTRY_POINTS:
+        return "entry point", 8
+    if module == "infinipot_mlx":
+        return "public API", 5  # re-exports the session, load, the config and select_tokens
+    parts = module.split(".")
+    group = parts[1] if len(parts) > 1 and parts[1] in FLOORS else "plumbing"
+    return group, FLOORS[group]
+
+
+def test_every_package_has_a_floor():
+    unknown = {p.relative_to(PACKAGE).parts[0] for p in PACKAGE.glob("*/__init__.py")} - set(FLOORS)
+    assert not unknown, f"give {unknown} a floor in FLOORS"
+
+
+def test_imports_point_down():
+    """Front ends -> the door -> backends -> stream -> video, contract: nothing imports upward,
+    and nothing but a `python -m` shim imports the front ends (cli/, server/)."""
+    upward = []
+    for module, targets in graph().items():
+        (group, floor) = floor_of(module)
+        for target in targets - {"infinipot_mlx"}:  # `from .. import x` runs the package's __init__ anyway
+            tgroup, tfloor = floor_of(target)
+            front_end = tgroup in ("cli", "server") and group not in (tgroup, "entry point")
+            if tfloor > floor or (front_end and (group, tgroup) != ("cli", "server")):
+                upward.append(f"{module} ({group}) imports {target} ({tgroup})")
+    assert not upward, "\n".join(upward)
+
+
+BACKEND_FREE = sorted([*PACKAGE.glob("*.py"), *(PACKAGE / "contract").rglob("*.py"),
+                       *(PACKAGE / "stream").rglob("*.py"), *(PACKAGE / "video").rglob("*.py")])
 
 
 def _library(module: str) -> str:
     return module.split(".")[0]
 
 
-def test_the_top_level_imports_neither_mlx_nor_torch():
+def test_the_backend_free_floors_import_neither_mlx_nor_torch():
     """Not at import time and not inside a function: array code lives in mlx/ and reference/."""
-    for path in TOP_LEVEL:
+    for path in BACKEND_FREE:
         found = {m for m in imports(path) if _library(m) in ARRAY_LIBRARIES}
         assert not found, (path.name, found)
-    names = [module_name(p) for p in TOP_LEVEL]
+    names = [module_name(p) for p in BACKEND_FREE if module_name(p) not in ENTRY_POINTS]
     code = ("import importlib, sys\n"
             f"for name in {names!r}: importlib.import_module(name)\n"
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({ARRAY_LIBRARIES!r})))")
@@ -92,21 +138,27 @@ def test_the_backends_mirror_each_other_file_for_file():
         return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.py"))
 
     mlx, reference = files(PACKAGE / "mlx"), files(PACKAGE / "reference")
-    # memory.py is the MLX side's unified-memory probe (the reference measures in its backend)
-    assert [f for f in mlx if f != "memory.py"] == reference
+    # memory_probe.py is the MLX side's unified-memory probe (the reference measures in its backend)
+    assert [f for f in mlx if f != "memory_probe.py"] == reference
     for name in ("backend.py", "cache.py", "scoring.py", "select.py", "adapters/qwen2_5_vl.py"):
         assert name in reference
 
 
-def test_the_runtime_imports_no_tools():
-    """The session and the backends never import the hub writers, the CLIs, the benchmarks
-    or the organism: those are built on the runtime, not the other way round."""
-    tools = tuple(f"infinipot_mlx.{t}" for t in ("hub", "cli", "bench", "organism"))
-    for path in RUNTIME:
-        if path.name in ("chat.py", "parity.py") and path.parent == PACKAGE:
-            continue  # the `python -m infinipot_mlx.chat` / `.parity` entry points call cli/
-        found = {m for m in imports(path) if m.startswith(tools)}
-        assert not found, (module_name(path), found)
+def test_modules_moved_in_0_3_still_import_with_a_warning():
+    code = ("import warnings; warnings.simplefilter('error')\n"
+            "import infinipot_mlx\n"
+            "from infinipot_mlx.stream.session import StreamSession\n"
+            "try:\n    import infinipot_mlx.session\nexcept DeprecationWarning as w: print(w)\n"
+            "warnings.simplefilter('ignore')\n"
+            "import infinipot_mlx.session as old, infinipot_mlx.memories as mem\n"
+            "from infinipot_mlx.video import VideoSource\n"
+            "print(old.StreamSession is StreamSession, mem.__name__, VideoSource.__module__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=PACKAGE.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "infinipot_mlx.session is deprecated; import infinipot_mlx.stream.session",
+        "True infinipot_mlx.stream.memory_file infinipot_mlx.video.source"]
 
 
 def test_no_file_is_over_400_lines():

@@ -21,7 +21,7 @@ import pytest
 from infinipot_mlx.cli import chat
 from infinipot_mlx.cli.library import main
 from infinipot_mlx.library import CATALOGUE, Catalogue
-from infinipot_mlx.memories import content_hash, model_identity, read
+from infinipot_mlx.stream.memory_file import content_hash, model_identity, read
 from terminal import sigint_default
 from videos import long_low_res_video, moving_shapes_video, non_video_file, static_events_video
 

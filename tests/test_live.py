@@ -10,9 +10,9 @@ import time
 import numpy as np
 
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx.reader import FrameReader
-from infinipot_mlx.session import StreamSession
-from infinipot_mlx.video import VideoSource
+from infinipot_mlx.video.source.reader import FrameReader
+from infinipot_mlx.stream.session import StreamSession
+from infinipot_mlx.video.source.source import VideoSource
 
 import videos
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx.pixels import siglip_frames
+from infinipot_mlx.contract.pixels import siglip_frames
 from infinipot_mlx.mlx.backend import load_model
-from infinipot_mlx.session import StreamSession
-from infinipot_mlx.session import PositionLimitError
+from infinipot_mlx.stream.session import StreamSession
+from infinipot_mlx.stream.session import PositionLimitError
 
 QUESTION = "What moved in the video?"
 T, SIDE = 16, 98
@@ -57,7 +57,7 @@ def test_spec_reads_the_llava_hub_layout(tiny):
 
 def test_spec_of_the_real_7b_config():
     """llava-hf/llava-onevision-qwen2-7b-ov-hf: 384 px, patch 14 -> 27x27 -> pooled 14x14 = 196."""
-    from infinipot_mlx.specs import llava_onevision_spec
+    from infinipot_mlx.contract.specs import llava_onevision_spec
 
     config = {"text_config": {"hidden_size": 3584, "num_attention_heads": 28, "num_hidden_layers": 28,
                               "num_key_value_heads": 4, "max_position_embeddings": 32768},

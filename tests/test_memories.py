@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx.memories import MemoryFileError, content_hash, model_identity, read
-from infinipot_mlx.session import StreamSession
+from infinipot_mlx.stream.memory_file import MemoryFileError, content_hash, model_identity, read
+from infinipot_mlx.stream.session import StreamSession
 
 CASES = [(m, b) for m in ("qwen2_5_vl", "llava_onevision", "qwen3_vl") for b in ("mlx", "reference")]
 DIRS = {"qwen2_5_vl": "tiny_qwen_dir", "llava_onevision": "tiny_llava_dir", "qwen3_vl": "tiny_qwen3_vl_dir"}
@@ -131,7 +131,7 @@ def as_version_1(saved, out):
     and the config's block_slots named block_frames, with its checksum made again."""
     from safetensors.numpy import load, save
 
-    from infinipot_mlx.memories import FORMAT, _checksum, _header
+    from infinipot_mlx.stream.memory_file import FORMAT, _checksum, _header
 
     data = saved.read_bytes()
     tensors, meta = load(data), json.loads(_header(data)["infinipot"])
@@ -180,7 +180,7 @@ def test_kill_9_during_save_leaves_the_previous_file_whole(tiny_qwen_dir, tmp_pa
         import infinipot_mlx
         from infinipot_mlx import InfiniPotConfig
         from infinipot_mlx.mlx.backend import load_model
-        from infinipot_mlx.session import StreamSession
+        from infinipot_mlx.stream.session import StreamSession
         model, tok, spec, path = load_model({str(tiny_qwen_dir)!r})
         s = StreamSession(model, tok, spec, InfiniPotConfig(capacity=2000, block_slots=2), model_dir=path)
         s.add_frames(np.random.default_rng(0).integers(0, 256, (40, 56, 56, 3), dtype=np.uint8))

@@ -17,9 +17,9 @@ import pytest
 import torch  # noqa: E402  (a dev dependency: a missing torch must fail, not skip)
 
 from infinipot_mlx import InfiniPotConfig  # noqa: E402
-from infinipot_mlx.session import StreamSession  # noqa: E402
+from infinipot_mlx.stream.session import StreamSession
 from infinipot_mlx.cli.parity import Trace, compare, run_session, split_frames  # noqa: E402
-from infinipot_mlx.positions import mrope_video_positions  # noqa: E402
+from infinipot_mlx.contract.positions import mrope_video_positions
 from parity_checks import assert_parity, qwen_one_shot_inputs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,7 +206,7 @@ def test_parity_cli_passes_on_a_matching_run(tiny_qwen_dir, noise_mp4):
 
 def test_chat_reference_backend_matches_mlx(tiny, tiny_qwen_dir, noise_mp4):
     """--backend reference streams with progress and answers as the MLX session does."""
-    from infinipot_mlx.video import VideoSource
+    from infinipot_mlx.video.source.source import VideoSource
 
     out = run_cli("infinipot_mlx.chat", str(noise_mp4), "--model", str(tiny_qwen_dir),
                   "--backend", "reference", "--device", "cpu", "--dtype", "float32", "--kv-budget", "200",

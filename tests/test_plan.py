@@ -3,7 +3,7 @@
 import pytest
 
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx import plan
+from infinipot_mlx.contract import plan
 
 
 def test_paper_block_schedule():

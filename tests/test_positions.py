@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from infinipot_mlx.pixels import qwen_patchify
-from infinipot_mlx.positions import mrope_stock_mlx_vlm, mrope_video_positions, next_after, text_positions
+from infinipot_mlx.contract.pixels import qwen_patchify
+from infinipot_mlx.contract.positions import mrope_stock_mlx_vlm, mrope_video_positions, next_after, text_positions
 
 
 def test_text_positions():

@@ -17,9 +17,9 @@ import pytest
 
 import torch  # noqa: E402  (a dev dependency: a missing torch must fail, not skip)
 
-from infinipot_mlx.pixels import qwen_patchify  # noqa: E402
-from infinipot_mlx.positions import mrope_slot_positions  # noqa: E402
-from infinipot_mlx.specs import load_spec  # noqa: E402
+from infinipot_mlx.contract.pixels import qwen_patchify
+from infinipot_mlx.contract.positions import mrope_slot_positions
+from infinipot_mlx.contract.specs import load_spec
 from parity_checks import assert_parity, load_both, qwen_one_shot_inputs, stream_uncapped  # noqa: E402
 from parity_checks import run_both as run_pair  # noqa: E402
 

@@ -20,12 +20,7 @@ import numpy as np
 import pytest
 import torch  # (a dev dependency: a missing torch must fail, not skip)
 
-from infinipot_mlx.positions import (
-    next_after,
-    qwen3_group_positions,
-    qwen3_timestamp_text,
-    text_positions,
-)
+from infinipot_mlx.contract.positions import next_after, qwen3_group_positions, qwen3_timestamp_text, text_positions
 
 TOL = 1e-4
 QUESTION = "What moved?"

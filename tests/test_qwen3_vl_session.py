@@ -20,10 +20,10 @@ import pytest
 import torch  # (a dev dependency: a missing torch must fail, not skip)
 
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx.pixels import qwen_patchify
-from infinipot_mlx.positions import qwen3_timestamp_text
-from infinipot_mlx.rows import SLOT_TEXT
-from infinipot_mlx.session import StreamSession
+from infinipot_mlx.contract.pixels import qwen_patchify
+from infinipot_mlx.contract.positions import qwen3_timestamp_text
+from infinipot_mlx.contract.rows import SLOT_TEXT
+from infinipot_mlx.stream.session import StreamSession
 from parity_checks import assert_parity, load_both, stream_uncapped
 from parity_checks import run_both as run_pair
 

@@ -193,7 +193,7 @@ def test_an_answer_past_the_cap_compresses_the_video_and_goes_on(tiny_qwen_dir):
 
     from infinipot_mlx.mlx.backend import load_model
 
-    from infinipot_mlx.session import StreamSession
+    from infinipot_mlx.stream.session import StreamSession
 
     model, tokenizer, spec, _ = load_model(str(tiny_qwen_dir))
     session = StreamSession(model, tokenizer, replace(spec, eos_token_ids=()),
@@ -211,9 +211,9 @@ def test_an_answer_past_the_cap_compresses_the_video_and_goes_on(tiny_qwen_dir):
 
 def test_positions_follow_each_frames_own_timestamp(tmp_path, tiny_qwen_dir, monkeypatch):
     """A variable-frame-rate file: each slot's M-RoPE time is its first frame's real time."""
-    from infinipot_mlx import feed as stream
+    from infinipot_mlx.stream import feed as stream
     from infinipot_mlx.mlx.backend import load
-    from infinipot_mlx.video import VideoSource
+    from infinipot_mlx.video.source.source import VideoSource
 
     path, _ = videos.vfr_video(tmp_path / "vfr.mp4", (1 / 30, 1 / 10, 0.9), n=45, height=112, width=112)
     session = load(str(tiny_qwen_dir), InfiniPotConfig(capacity=None, method="full"), fps=2.0)

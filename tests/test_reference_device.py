@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from infinipot_mlx import candidates
+from infinipot_mlx.contract import candidates
 from infinipot_mlx.reference import scoring, select
 
 HEADS, FRAMES, GRID, DIM = 2, 6, (4, 4), 8

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from infinipot_mlx import candidates
+from infinipot_mlx.contract import candidates
 from infinipot_mlx.mlx.scoring import pool_value_norm, temporal_redundancy, value_norm
 from infinipot_mlx.mlx.select import mask_indices, select_tokens, top_k_mask
 from test_pooling import oracle_pool

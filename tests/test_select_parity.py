@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from infinipot_mlx import candidates
+from infinipot_mlx.contract import candidates
 from infinipot_mlx.mlx import scoring
 from infinipot_mlx.mlx import select as mlx_select
 from infinipot_mlx.reference import scoring as ref_scoring

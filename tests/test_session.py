@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx.pixels import qwen_patchify
-from infinipot_mlx.positions import mrope_video_positions, next_after, text_positions
+from infinipot_mlx.contract.pixels import qwen_patchify
+from infinipot_mlx.contract.positions import mrope_video_positions, next_after, text_positions
 from infinipot_mlx.mlx.backend import load, load_model
 
 FPS = 2.0
@@ -24,7 +24,7 @@ def tiny(tiny_qwen_dir):
 
 
 def session_for(tiny, **config) -> "object":
-    from infinipot_mlx.session import StreamSession
+    from infinipot_mlx.stream.session import StreamSession
 
     model, tokenizer, spec, _ = tiny
     return StreamSession(model, tokenizer, spec, InfiniPotConfig(**config), fps=FPS, record_kept=True)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from infinipot_mlx import candidates
+from infinipot_mlx.contract import candidates
 from infinipot_mlx.mlx import scoring, select as mlx_select
 from infinipot_mlx.reference import scoring as ref_scoring, select as ref_select
-from infinipot_mlx.rows import SLOT_TEXT, check_labels
+from infinipot_mlx.contract.rows import SLOT_TEXT, check_labels
 
 CONFIGS = ([{"method": m} for m in ("uniform", "sliding_window", "full")]
            + [{"tar_ratio": t} for t in (0.0, 0.5, 1.0)]

@@ -124,7 +124,7 @@ def test_public_api_stays_importable():
 def test_chat_default_models_are_the_backends():
     """chat finds the default checkpoints in model_path.py (no mlx-vlm or torch import), the
     same ones the backends' load() opens."""
-    from infinipot_mlx.model_path import DEFAULT_MODELS
+    from infinipot_mlx.contract.model_path import DEFAULT_MODELS
     from infinipot_mlx.mlx.backend import DEFAULT_MODEL as MLX_DEFAULT
     from infinipot_mlx.reference.backend import DEFAULT_MODEL as REFERENCE_DEFAULT
 

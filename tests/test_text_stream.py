@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import transformers
 
-from infinipot_mlx.answer import TextStream
+from infinipot_mlx.stream.answer import TextStream
 
 
 @pytest.fixture(scope="module", params=["tiny_qwen_dir", "tiny_llava_dir"])

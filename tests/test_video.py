@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from infinipot_mlx.errors import UserError
-from infinipot_mlx.pixels import smart_resize
-from infinipot_mlx.video import FrameBlock, VideoError, VideoSource, pad_block
+from infinipot_mlx.contract.pixels import smart_resize
+from infinipot_mlx.video.source.source import FrameBlock, VideoError, VideoSource, pad_block
 from videos import (
     CODECS, corrupt_video, garbage_after_header, h264_encoder, h264_video, index_level,
     long_low_res_video, moving_shapes_frames, moving_shapes_video, non_video_file, sized_video,
@@ -194,7 +194,7 @@ def test_non_utf8_name_opens_and_plays(moving_shapes_mp4, tmp_path):
     raw = os.path.join(os.fsencode(tmp_path), b"clip \xff\xfe\x80.mp4")
     shutil.copyfile(moving_shapes_mp4, raw)  # Linux filesystems take any bytes as a name
     out = tmp_path / "frames.npy"
-    code = ("import sys, numpy as np\nfrom infinipot_mlx.video import VideoSource\n"
+    code = ("import sys, numpy as np\nfrom infinipot_mlx.video.source import VideoSource\n"
             "src = VideoSource(sys.argv[1], fps=None, min_pixels=3136, max_pixels=50176)\n"
             "frames, ts = src.read()\n"
             "np.save(sys.argv[2], frames); print(ts.tolist())")
@@ -210,7 +210,7 @@ def test_non_utf8_alias_lives_in_a_private_folder_until_close(moving_shapes_mp4,
     shutil.copyfile(moving_shapes_mp4, raw)
     temp = tmp_path / "temp"
     temp.mkdir()
-    code = ("import os, sys, tempfile\nfrom infinipot_mlx.video import VideoSource\n"
+    code = ("import os, sys, tempfile\nfrom infinipot_mlx.video.source import VideoSource\n"
             "temp = tempfile.gettempdir()\n"
             "def show(src):\n"
             "    n = len(src.read()[0])\n"  # read() closes the capture at the end
@@ -254,7 +254,7 @@ def test_tilde_expands_to_home(moving_shapes_mp4, tmp_path, monkeypatch):
                     reason="needs a Linux machine without a camera")
 @pytest.mark.parametrize("first", ["", "import cv2"])  # cv2 imported before us, or not
 def test_no_camera_is_one_line_without_opencv_noise(first):
-    code = (f"{first}\nimport sys\nfrom infinipot_mlx.video import VideoError, VideoSource\n"
+    code = (f"{first}\nimport sys\nfrom infinipot_mlx.video.source import VideoError, VideoSource\n"
             "try:\n    VideoSource(0)\nexcept VideoError as err:\n    print(err, file=sys.stderr)")
     out = run_python(code)
     lines = out.stderr.decode().strip().splitlines()
@@ -265,7 +265,7 @@ def test_no_camera_is_one_line_without_opencv_noise(first):
 @pytest.mark.parametrize("first", ["", "import cv2"])
 def test_importing_video_silences_opencv_logs(first):
     """OpenCV's failed camera open logs a dozen lines unless silenced (index 97: no camera)."""
-    code = (f"{first}\nimport cv2\nimport infinipot_mlx.video\n"
+    code = (f"{first}\nimport cv2\nimport infinipot_mlx.video.source\n"
             "print(cv2.VideoCapture(97).isOpened())")
     out = run_python(code)
     assert out.returncode == 0 and out.stdout.decode().strip() == "False"
@@ -273,7 +273,7 @@ def test_importing_video_silences_opencv_logs(first):
 
 
 def test_negative_camera_index_is_refused():  # OpenCV 5.0 crashes (SIGSEGV) on -1, no camera
-    code = ("from infinipot_mlx.video import VideoError, VideoSource\n"
+    code = ("from infinipot_mlx.video.source import VideoError, VideoSource\n"
             "try:\n    VideoSource(-1)\nexcept VideoError as err:\n    print(err)")
     out = run_python(code)
     assert out.returncode == 0 and "negative" in out.stdout.decode(), out

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import config
+from ..contract import config
 from ..errors import UserError
 from .common import environment, parse_list, require_positive, write_json
 
@@ -72,7 +72,7 @@ def run_one(model_bundle, frames: np.ndarray, qa, method: str, budget: float,
     whether the evidence of "what colour was the first shape?" (its top moment, evidence.py)
     falls within the first shape's frames [start, stop)."""
     from ..organism.session import first_word, organism_config
-    from ..session import StreamSession
+    from ..stream.session import StreamSession
 
     model, tok, spec, pinned = model_bundle
     name, overrides = METHODS[method]

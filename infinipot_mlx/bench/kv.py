@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import plan
-from ..config import METHODS, InfiniPotConfig
+from ..contract import plan
+from ..contract.config import METHODS, InfiniPotConfig
 from ..errors import UserError
-from ..room import compress_layers
+from ..stream.room import compress_layers
 from .common import (
     environment,
     load_average,

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..hub import checkpoints
-from ..specs import MODEL_TYPES, ModelSpec
+from ..contract.specs import MODEL_TYPES, ModelSpec
 
 VOCAB = 512  # the fixtures' vocabulary; a real 152k-token LM head is not part of these timings
 

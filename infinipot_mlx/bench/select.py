@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import InfiniPotConfig
+from ..contract.config import InfiniPotConfig
 from ..errors import UserError
 from .common import environment, require_positive
 
@@ -100,7 +100,7 @@ def _time_mlx(data, labels, configs: dict, args) -> tuple[dict, dict]:
 
     from ..mlx.backend import MLXBackend
     from ..mlx.cache import StreamCache
-    from ..room import compress_layers
+    from ..stream.room import compress_layers
 
     backend, cache = MLXBackend(), StreamCache(args.layers)
     _fill(cache, data, *labels, mx.array)
@@ -125,7 +125,7 @@ def _time_torch(data, labels, configs: dict, args) -> tuple[dict, dict]:
 
     from ..reference.backend import TorchBackend
     from ..reference.cache import StreamCache
-    from ..room import compress_layers
+    from ..stream.room import compress_layers
 
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)

@@ -31,9 +31,9 @@ import math
 import time
 from pathlib import Path
 
-from ..config import METHODS as METHODS_REGISTRY
-from ..config import InfiniPotConfig
-from ..specs import DEFAULT_SYSTEM, MODEL_TYPES
+from ..contract.config import METHODS as METHODS_REGISTRY
+from ..contract.config import InfiniPotConfig
+from ..contract.specs import DEFAULT_SYSTEM, MODEL_TYPES
 from . import random_model
 from .common import (
     environment,
@@ -52,7 +52,7 @@ def _import_mlx() -> None:
     global mx, vlm_caches, StreamSession
     import mlx.core as mx
 
-    from ..session import StreamSession
+    from ..stream.session import StreamSession
     from . import vlm_caches
 
 OUR_METHODS = ("full", *(m for m in METHODS_REGISTRY if m != "full"))  # config.METHODS, full first

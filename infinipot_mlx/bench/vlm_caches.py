@@ -31,7 +31,7 @@ from mlx_vlm.models.cache import QuantizedKVCache, RotatingKVCache
 
 from ..mlx.backend import MLXBackend
 from ..mlx.cache import StreamCache
-from ..rows import LayerStack
+from ..contract.rows import LayerStack
 
 
 class VLMCacheList(LayerStack):

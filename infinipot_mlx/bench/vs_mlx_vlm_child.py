@@ -66,7 +66,7 @@ def run_ours(opts, t0: float) -> tuple[dict, int]:
 
     from ..cli import chat
     from ..mlx import backend
-    from ..session import StreamSession
+    from ..stream.session import StreamSession
 
     marks: dict = {}
     load, ask = backend.load, StreamSession.ask

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from .. import _blas  # noqa: F401  (optimized BLAS before mlx)
-from .. import memories
-from ..config import METHODS
+from ..stream import memory_file as memories
+from ..contract.config import METHODS
 from ..errors import OneLineParser, UserError, run_command
 from .console import PromptLines, answer, handle, interactive, stream_frames
 
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 def open_session(args, path: str, frame_hw: tuple[int, int] | None = None, saved: dict | None = None):
     """A StreamSession on the chosen backend, with the capacity from the flags (or --memory),
     or with a saved memory's settings (`saved`: its metadata)."""
-    from ..config import InfiniPotConfig
+    from ..contract.config import InfiniPotConfig
 
     capacity = None if not METHODS[args.method].bounded else (args.kv_budget or DEFAULT_CAPACITY)
     config = InfiniPotConfig(capacity=capacity, block_slots=args.block_slots, method=args.method,
@@ -146,11 +146,11 @@ def open_budgeted_session(args, path: str, config, frame_hw: tuple[int, int] | N
     from functools import partial
     from pathlib import Path
 
-    from ..budget import parse_budget
+    from ..contract.budget import parse_budget
     from ..mlx.backend import load_model
-    from ..mlx.memory import apply_memory_limits, memory_probe, plan_session
-    from ..plan import DEFAULT_BLOCK_SLOTS
-    from ..session import StreamSession
+    from ..mlx.memory_probe import apply_memory_limits, memory_probe, plan_session
+    from ..contract.plan import DEFAULT_BLOCK_SLOTS
+    from ..stream.session import StreamSession
 
     if args.backend != "mlx" or not config.bounded or frame_hw is None:
         raise UserError("--memory plans an MLX session of a video with a compression method; "
@@ -171,7 +171,7 @@ def open_budgeted_session(args, path: str, config, frame_hw: tuple[int, int] | N
 def model_path(args, saved: dict | None = None) -> str:
     """The local checkpoint folder (ModelPathError, a ValueError, when there is none); with a
     saved memory and no --model, the folder the memory was made with."""
-    from ..model_path import DEFAULT_MODELS, resolve_model_path
+    from ..contract.model_path import DEFAULT_MODELS, resolve_model_path
 
     if args.model:
         return str(resolve_model_path(args.model))
@@ -194,7 +194,7 @@ def seed(args) -> None:
 
 def open_video(args, spec):
     """The video source within the model's limits; fit_video sizes it for the session's cap."""
-    from ..video import VideoSource
+    from ..video.source import VideoSource
 
     return VideoSource.for_model(args.video, spec, fps=args.fps, max_frames=args.max_frames)
 
@@ -208,7 +208,7 @@ def stream_video(session, source, name=None, realtime: bool = False, between=Non
     """Feed every sampled frame of a VideoSource, with its timestamp, to the session, as a
     video segment of its own (named, with its content hash, in a saved memory). A reader
     thread decodes ahead (reader.py); a live source drops what the model cannot keep up with."""
-    from ..reader import FrameReader
+    from ..video.reader import FrameReader
 
     session.begin_video(name if name is not None else source)
     block = session.frames_per_block
@@ -246,7 +246,7 @@ def _expected_frames(source) -> int | None:
 
 
 def run(args) -> int:
-    from ..specs import load_spec
+    from ..contract.specs import load_spec
 
     _blas.check_blas()
     if args.demo:
@@ -278,7 +278,7 @@ def run(args) -> int:
         stream_video(session, source, args.video, args.realtime, between)
     save_memory(session, args)
     if args.memory_map is not None:
-        from ..evidence import memory_map
+        from ..stream.evidence import memory_map
 
         print(f"memory map drawn to {memory_map(session, args.memory_map)}", file=sys.stderr)
     if args.question:

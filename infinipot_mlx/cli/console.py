@@ -66,7 +66,7 @@ def _progress_text(session, reader=None) -> str:
 def answer(session, question: str, args) -> str:
     """Print the answer as it streams; Ctrl-C stops this answer only. A note says why an
     answer stopped early (the memory cap, the position range)."""
-    from ..answer import STOP_NOTES
+    from ..stream.answer import STOP_NOTES
 
     pieces = []
     reply = session.ask(question, max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p)
@@ -87,7 +87,7 @@ def answer(session, question: str, args) -> str:
 
 def print_evidence(session) -> None:
     """The moments the last answer rests on (evidence.py), or why there are none."""
-    from ..evidence import format_moments
+    from ..stream.evidence import format_moments
 
     if session.evidence is None:
         print("evidence: ask a question first")
@@ -112,7 +112,7 @@ def format_stats(session, plan=None) -> str:
 
 def _plan_text(st: dict, plan) -> str:
     """Live memory against the --memory plan (decimal units, as the plan line prints them)."""
-    from ..budget import format_bytes
+    from ..contract.budget import format_bytes
 
     return (f" | memory: active {format_bytes(st['active_memory_bytes'])}, peak "
             f"{format_bytes(st['peak_memory_bytes'])} of planned {format_bytes(plan.peak_bytes)}, "

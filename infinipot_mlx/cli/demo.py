@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from ..config import InfiniPotConfig
+from ..contract.config import InfiniPotConfig
 from ..organism.session import DEMO_BLOCK_SLOTS, first_word, open_organism
 from .console import answer, interactive, stream_frames
 

@@ -23,7 +23,8 @@ from dataclasses import asdict
 from itertools import groupby
 from pathlib import Path
 
-from .. import _blas, memories
+from .. import _blas
+from ..stream import memory_file as memories
 from ..errors import EXIT_BAD_INPUT, OneLineParser, UserError, one_line, run_command
 from ..library import Catalogue, Entry, memory_name, model_key, settings_json
 from .chat import DEFAULT_CAPACITY, MIN_PIXELS, model_path
@@ -133,7 +134,7 @@ class Indexer:
     the model is loaded at the first video that needs streaming (a run that skips all loads none)."""
 
     def __init__(self, args, catalogue: Catalogue, model_dir: Path):
-        from ..config import InfiniPotConfig
+        from ..contract.config import InfiniPotConfig
 
         self.args, self.catalogue, self.session = args, catalogue, None
         self.config = InfiniPotConfig(capacity=args.kv_budget, reserve=args.reserve)
@@ -318,8 +319,8 @@ def chosen(entries: list[Entry], video: str | None, library: Path) -> list[Entry
 
 def _ask_session(args, path: str, backend: str, group: list[Entry]):
     """A session for `group`'s checkpoint, or None (each video's error said) when it cannot open."""
-    from ..config import InfiniPotConfig
-    from ..model_path import resolve_model_path
+    from ..contract.config import InfiniPotConfig
+    from ..contract.model_path import resolve_model_path
 
     settings = json.loads(group[0].settings)  # any memory's: load_memory restores its own
     try:
@@ -335,7 +336,7 @@ def _ask_session(args, path: str, backend: str, group: list[Entry]):
 
 def ask_one(session, catalogue: Catalogue, e: Entry, args) -> int:
     """Print `NAME: answer` from its memory; 1 (and one error line) when it cannot answer."""
-    from ..answer import STOP_NOTES
+    from ..stream.answer import STOP_NOTES
 
     try:
         session.load_memory(catalogue.memory_path(e))  # checksum, format, model identity checked
@@ -354,7 +355,7 @@ def ask_one(session, catalogue: Catalogue, e: Entry, args) -> int:
     note = STOP_NOTES.get(session.stop_reason)
     print(f" {note}" if note else "")
     if args.evidence:
-        from ..evidence import format_moments
+        from ..stream.evidence import format_moments
 
         print(f"  {format_moments(session.evidence)}")
     return 0

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import METHODS, InfiniPotConfig
+from ..contract.config import METHODS, InfiniPotConfig
 
 EXIT_MISMATCH, EXIT_BAD_INPUT = 1, 2
 LOGIT_TOL = 1e-4  # float32 contract
@@ -206,7 +206,7 @@ def open_sessions(args, config: InfiniPotConfig):
     """(MLX session, reference session) on the same checkpoint, both recording kept sets."""
     from ..mlx import backend as mlx_session
     from ..reference import backend as ref_session
-    from ..session import StreamSession
+    from ..stream.session import StreamSession
 
     kwargs = dict(fps=args.fps, record_kept=True)
     model, tokenizer, spec, _ = mlx_session.load_model(args.model)
@@ -226,7 +226,7 @@ def _cast_mlx_model(model, dtype: str) -> None:
 
 def open_video(args, spec):
     """The video source (a bad video fails here, before the models load); not yet read."""
-    from ..video import VideoSource
+    from ..video.source import VideoSource
 
     return VideoSource.for_model(args.video, spec, fps=args.fps, max_frames=args.max_frames)
 
@@ -272,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..model_path import resolve_model_path
-    from ..specs import load_spec
+    from ..contract.model_path import resolve_model_path
+    from ..contract.specs import load_spec
 
     config = make_config(args)
     spec = load_spec(resolve_model_path(args.model))

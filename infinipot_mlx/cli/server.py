@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .. import _blas  # first: the optimized BLAS loads before mlx
-from ..config import METHODS
+from ..contract.config import METHODS
 from ..errors import OneLineParser, UserError, run_command
 from .chat import MIN_PIXELS
 
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_size(text: str, flag: str, share_of: int | None = None) -> int:
     """'2GB', '512MiB', '1000000' (bytes) or, with `share_of`, '60%' -> bytes; UserError otherwise."""
-    from ..budget import UNITS
+    from ..contract.budget import UNITS
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(%|[a-zA-Z]*)\s*", str(text))
     unit = match.group(2).lower() if match else None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from ..specs import MODEL_TYPES as _REGISTRY
+from ..contract.specs import MODEL_TYPES as _REGISTRY
 from .tokenizer import (
     CHAT_TEMPLATES,
     build_tokenizer,

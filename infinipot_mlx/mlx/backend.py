@@ -13,11 +13,11 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from ..answer import eos_ids
-from ..config import InfiniPotConfig
-from ..model_path import DEFAULT_MODELS, ModelPathError, resolve_model_path  # noqa: F401  (re-exported)
-from ..session import StreamSession
-from ..specs import load_spec
+from ..stream.answer import eos_ids
+from ..contract.config import InfiniPotConfig
+from ..contract.model_path import (DEFAULT_MODELS, ModelPathError, resolve_model_path)  # noqa: F401  (re-exported)
+from ..stream.session import StreamSession
+from ..contract.specs import load_spec
 from .adapters import adapter_class
 from .cache import StreamCache
 from .select import select_tokens
@@ -93,7 +93,7 @@ def load_model(path_or_repo: str):
     from mlx_vlm import load as vlm_load
 
     from .. import _blas
-    from ..model_path import require_weights
+    from ..contract.model_path import require_weights
 
     _blas.warn_blas_error()  # an INFINIPOT_BLAS that failed to load: MLX runs on the slow BLAS
     path = resolve_model_path(path_or_repo)

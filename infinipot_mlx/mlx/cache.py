@@ -28,7 +28,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_vlm.models.cache import _BaseCache, create_causal_mask
 
-from ..rows import LayerStack, RowLabels, run_start, visual_rows
+from ..contract.rows import LayerStack, RowLabels, run_start, visual_rows
 
 
 class LayerKVCache(RowLabels, _BaseCache):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from .. import candidates
+from ..contract import candidates
 
 EPS = 1e-9  # cos(a, b) = a.b / ((|a| + EPS)(|b| + EPS))
 

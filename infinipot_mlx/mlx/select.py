@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from .. import candidates, plan
-from ..config import METHODS
+from ..contract import candidates, plan
+from ..contract.config import METHODS
 from ..deprecated import accepts_old_names
 from .scoring import pool_value_norm, temporal_redundancy, value_norm, with_slot_text
 

@@ -24,9 +24,9 @@ from mlx_vlm.models.qwen2_5_vl.vision import apply_rotary_pos_emb_vision
 
 from ..hub import checkpoints
 from ..hub.tokenizer import DEFAULT_CORPUS
-from ..pixels import qwen_patchify
-from ..positions import mrope_video_positions, next_after, text_positions
-from ..specs import DEFAULT_SYSTEM, ChatPieces
+from ..contract.pixels import qwen_patchify
+from ..contract.positions import mrope_video_positions, next_after, text_positions
+from ..contract.specs import DEFAULT_SYSTEM, ChatPieces
 from . import data
 
 SIZES = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,

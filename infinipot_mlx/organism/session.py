@@ -6,7 +6,7 @@ share of a video's tokens, a session on the shipped weights, and how answers are
 
 from __future__ import annotations
 
-from ..config import METHODS, InfiniPotConfig
+from ..contract.config import METHODS, InfiniPotConfig
 
 DEMO_BLOCK_SLOTS = 1  # one temporal slot (2 frames, 9 tokens) per block
 DEMO_RESERVE = 256  # room for all the standard questions and answers
@@ -35,7 +35,7 @@ def open_organism(config: InfiniPotConfig | None = None, share: float = DEMO_VIS
     """A StreamSession on the bundled organism (or the checkpoint folder `weights`) with the
     demo's cap (or `config`)."""
     from ..mlx.backend import load_model
-    from ..session import StreamSession
+    from ..stream.session import StreamSession
     from . import weights_dir
 
     model, tokenizer, spec, _ = load_model(str(weights or weights_dir()))

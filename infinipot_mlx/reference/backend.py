@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..answer import eos_ids
-from ..config import InfiniPotConfig
-from ..model_path import DEFAULT_MODELS, resolve_model_path
-from ..session import StreamSession
-from ..specs import load_spec
+from ..stream.answer import eos_ids
+from ..contract.config import InfiniPotConfig
+from ..contract.model_path import DEFAULT_MODELS, resolve_model_path
+from ..stream.session import StreamSession
+from ..contract.specs import load_spec
 from .adapters import adapter_class
 from .cache import StreamCache
 from .select import select_tokens
@@ -178,7 +178,7 @@ def load_model(path_or_repo: str, device: str = "auto", dtype: str | None = None
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     from ..errors import UserError
-    from ..model_path import require_weights
+    from ..contract.model_path import require_weights
 
     try:  # these checks raise ValueError for input the user can fix
         torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from ..rows import LayerStack, RowLabels, run_start, visual_rows
+from ..contract.rows import LayerStack, RowLabels, run_start, visual_rows
 
 
 def _as_numpy(x) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import candidates
+from ..contract import candidates
 
 EPS = 1e-9  # cos(a, b) = a.b / ((|a| + EPS)(|b| + EPS))
 

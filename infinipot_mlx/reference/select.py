@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import candidates, plan
-from ..config import METHODS
+from ..contract import candidates, plan
+from ..contract.config import METHODS
 from ..deprecated import accepts_old_names
 from .scoring import on_device, pool_value_norm, temporal_redundancy, value_norm, with_slot_text
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import memories
+from ..stream import memory_file as memories
 from ..errors import UserError, one_line
 from .media import Clip
 from .pool import Memory, MemoryPool
@@ -86,7 +86,7 @@ class Engine:
     # ----- loading (on the model thread) ---------------------------------------------------
     def _load(self) -> None:
         from ..cli.chat import DEFAULT_CAPACITY, model_path
-        from ..config import METHODS, InfiniPotConfig
+        from ..contract.config import METHODS, InfiniPotConfig
         from ..library import model_key, settings_json
 
         args = self.args
@@ -106,7 +106,7 @@ class Engine:
         args = self.args
         if args.memory is not None:  # planned for square frames of the default pixel budget
             from ..cli.chat import open_budgeted_session
-            from ..specs import DEFAULT_FRAME_PIXELS, load_spec
+            from ..contract.specs import DEFAULT_FRAME_PIXELS, load_spec
 
             side = int(DEFAULT_FRAME_PIXELS ** 0.5)
             probe = open_budgeted_session(args, path, config, tuple(load_spec(path).frame_size or (side, side)))
@@ -122,7 +122,7 @@ class Engine:
         return model, tokenizer, spec, config
 
     def new_session(self, fps: float | None = None):
-        from ..session import StreamSession
+        from ..stream.session import StreamSession
 
         return StreamSession(self.model, self.tokenizer, self.spec, self.config, backend=self.args.backend,
                              fps=fps or self.args.fps, model_dir=self.model_dir)
@@ -268,7 +268,7 @@ class Engine:
             self.stats.compressions += c.compressions - compressions0
 
     def _stream_file(self, session, clip: Clip, sampling: Sampling) -> None:
-        from ..video import VideoSource
+        from ..video.source import VideoSource
 
         video = VideoSource.for_model(clip.path, self.spec, fps=sampling.fps or session.fps)
         if sampling.num_frames is not None:  # N frames spread over the whole video
@@ -281,7 +281,7 @@ class Engine:
             session.add_frames(block.frames, block.timestamps)
 
     def _stream_frames(self, session, clip: Clip, sampling: Sampling) -> None:
-        from ..video import resize_frame
+        from ..video.source import resize_frame
 
         frames = clip.frames
         if sampling.num_frames is not None and len(frames) > sampling.num_frames:

@@ -65,7 +65,7 @@ def resolve(parts: list[MediaPart], folder: Path, limits: Limits) -> list[Clip]:
 
 
 def _video_clip(part: MediaPart, folder: Path, limits: Limits, index: int) -> Clip:
-    from ..memories import content_hash
+    from ..stream.memory_file import content_hash
 
     path = local_file(part.urls[0], folder / f"video{index}", limits, part.param)
     return Clip(key=content_hash(path), name=_display_name(part.urls[0], path), path=path)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 def adapter_class(model_type: str):
     """The MLX adapter class of a model_type, from the registry (specs.MODEL_TYPES)."""
-    from ...specs import load_class
-    from ...specs import model_type as registered
+    from ...contract.specs import load_class
+    from ...contract.specs import model_type as registered
 
     return load_class(registered(model_type).mlx_adapter)
 

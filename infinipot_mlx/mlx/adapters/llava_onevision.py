@@ -24,8 +24,8 @@ import mlx.nn as nn
 import numpy as np
 
 from ...errors import UserError
-from ...pixels import siglip_frames
-from ...specs import ModelSpec
+from ...contract.pixels import siglip_frames
+from ...contract.specs import ModelSpec
 from . import token_array
 from .attention import attention_mass, attention_probs
 

@@ -2,7 +2,7 @@
 
 The language model's inner Qwen2Model is called with explicit position_ids (3, 1, L) and
 our cache list, so mlx-vlm's LanguageModel position state (_position_ids, _rope_deltas)
-is never used: every prefill and decode position comes from infinipot_mlx.positions.
+is never used: every prefill and decode position comes from infinipot_mlx.contract.positions.
 
 Notation: n sampled frames, S = n / 2 temporal slots, T tokens per slot, L new tokens,
 E hidden size, V vocabulary.
@@ -14,8 +14,8 @@ import mlx.core as mx
 import numpy as np
 
 from ...errors import UserError
-from ...pixels import qwen_patchify
-from ...specs import ModelSpec
+from ...contract.pixels import qwen_patchify
+from ...contract.specs import ModelSpec
 from . import token_array
 from .attention import attention_mass, attention_probs
 

@@ -4,7 +4,7 @@ mlx_vlm.load opens a Qwen/Qwen2-VL-7B-Instruct folder as mlx_vlm.models.qwen2_vl
 a vision tower without window attention (every layer attends over the whole temporal slot)
 and the same Qwen2 decoder as Qwen2.5-VL. The adapter is Qwen2.5-VL's (the same calls into
 `vision_tower`, `language_model.model` and its layers) with qwen2_vl's own M-RoPE function in
-forward_attending. Positions still come from infinipot_mlx.positions: for Qwen2-VL the video's
+forward_attending. Positions still come from infinipot_mlx.contract.positions: for Qwen2-VL the video's
 time index is the slot itself (spec.slot_time False), never mlx-vlm's position state.
 
 Notation: n sampled frames, S = n / 2 temporal slots, T tokens per slot, L new tokens,

@@ -8,7 +8,7 @@ tokens after decoder layer k. A block here is what the processor writes for its 
 per slot "<t seconds><|vision_start|>", T visual tokens, "<|vision_end|>" (slot text,
 stored with its slot), run in one forward with DeepStack applied to the block's visual
 tokens exactly as a one-shot forward applies it to the whole video's. Positions come from
-infinipot_mlx.positions (qwen3_group_positions), never from mlx-vlm's position state.
+infinipot_mlx.contract.positions (qwen3_group_positions), never from mlx-vlm's position state.
 
 Notation: n sampled frames, S = n / 2 temporal slots, T tokens per slot, L new tokens,
 E hidden size, V vocabulary, k DeepStack layers.

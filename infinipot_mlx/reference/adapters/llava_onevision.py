@@ -20,8 +20,8 @@ import torch
 from transformers.models.qwen2.modeling_qwen2 import rotate_half
 
 from ...errors import UserError
-from ...pixels import siglip_frames
-from ...specs import ModelSpec
+from ...contract.pixels import siglip_frames
+from ...contract.specs import ModelSpec
 from . import cache_keyword, token_array
 from .attention import attention_mass, eager_attention
 

@@ -4,7 +4,7 @@ The mirror of infinipot_mlx/adapters/qwen2_5_vl.py. The inner text model
 (Qwen2_5_VLTextModel) is called with inputs_embeds, explicit position_ids (3, 1, L) and
 our StreamCache as its cache argument (`cache`; `past_key_values` before transformers
 5.24), so transformers' own position code (get_rope_index, rope_deltas, mm_token_type_ids)
-is never used: every prefill and decode position comes from infinipot_mlx.positions. The
+is never used: every prefill and decode position comes from infinipot_mlx.contract.positions. The
 causal mask is built by transformers from the cache: query offset = n_cached and
 (kv_length, kv_offset) = (n_cached + L, 0), which makes every cached slot visible and the
 L new tokens causal among themselves.
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from ...errors import UserError
-from ...pixels import qwen_patchify
-from ...specs import ModelSpec
+from ...contract.pixels import qwen_patchify
+from ...contract.specs import ModelSpec
 from . import cache_keyword, token_array
 from .attention import attention_mass, eager_attention
 

@@ -4,7 +4,7 @@ The mirror of infinipot_mlx/mlx/adapters/qwen2_vl.py. transformers' Qwen2-VL has
 layout of Qwen2.5-VL (model.model.visual returning the merged patches as pooler_output,
 model.model.language_model a Qwen2VLTextModel taking inputs_embeds, position_ids (3, 1, L)
 and our StreamCache, model.lm_head), so the adapter is Qwen2.5-VL's. Its vision tower has no
-window attention. Positions come from infinipot_mlx.positions (t = the slot's index for
+window attention. Positions come from infinipot_mlx.contract.positions (t = the slot's index for
 Qwen2-VL), never from transformers' get_rope_index.
 
 Notation: n sampled frames, S = n / 2 temporal slots, T tokens per slot, L new tokens,

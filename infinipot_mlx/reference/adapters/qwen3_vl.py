@@ -5,7 +5,7 @@ The mirror of infinipot_mlx/mlx/adapters/qwen3_vl.py. model.model.visual returns
 visual tokens (pooler_output) and the DeepStack features (deepstack_features); the text model
 (Qwen3VLTextModel) takes inputs_embeds, position_ids (3, 1, L), our StreamCache, and
 visual_pos_masks with deepstack_visual_embeds, which it adds to the visual tokens' hidden
-states after its first decoder layers. Positions come from infinipot_mlx.positions
+states after its first decoder layers. Positions come from infinipot_mlx.contract.positions
 (qwen3_group_positions), never from transformers' get_rope_index.
 
 Notation: n sampled frames, S = n / 2 temporal slots, T tokens per slot, L new tokens,

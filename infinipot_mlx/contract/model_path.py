@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 # the checkpoint each backend opens without --model: MLX a 4-bit conversion, the reference the
 # original weights (here, not in the backends, so that finding it imports neither mlx nor torch)

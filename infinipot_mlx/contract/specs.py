@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 # transformers' Qwen2VLVideoProcessor.size: the video defaults when a checkpoint has no
@@ -311,27 +311,27 @@ MODEL_TYPES = {t.name: t for t in (
               "Qwen2_5_VLForConditionalGeneration",
               ("video_token_id", "vision_config.patch_size", "vision_config.temporal_patch_size",
                "vision_config.spatial_merge_size"),
-              ("infinipot_mlx.budget", "qwen2_5_vl_vision")),
+              ("infinipot_mlx.contract.budget", "qwen2_5_vl_vision")),
     ModelType("qwen2_vl", qwen2_vl_spec,
               ("infinipot_mlx.mlx.adapters.qwen2_vl", "Qwen2VLAdapter"),
               ("infinipot_mlx.reference.adapters.qwen2_vl", "Qwen2VLAdapter"),
               "Qwen2VLForConditionalGeneration",
               ("video_token_id", "vision_config.patch_size", "vision_config.temporal_patch_size",
                "vision_config.spatial_merge_size"),
-              ("infinipot_mlx.budget", "qwen2_vl_vision")),
+              ("infinipot_mlx.contract.budget", "qwen2_vl_vision")),
     ModelType("qwen3_vl", qwen3_vl_spec,
               ("infinipot_mlx.mlx.adapters.qwen3_vl", "Qwen3VLAdapter"),
               ("infinipot_mlx.reference.adapters.qwen3_vl", "Qwen3VLAdapter"),
               "Qwen3VLForConditionalGeneration",
               ("video_token_id", "vision_config.patch_size", "vision_config.temporal_patch_size",
                "vision_config.spatial_merge_size", "vision_config.deepstack_visual_indexes"),
-              ("infinipot_mlx.budget", "qwen3_vl_vision")),
+              ("infinipot_mlx.contract.budget", "qwen3_vl_vision")),
     ModelType("llava_onevision", llava_onevision_spec,
               ("infinipot_mlx.mlx.adapters.llava_onevision", "LlavaOnevisionAdapter"),
               ("infinipot_mlx.reference.adapters.llava_onevision", "LlavaOnevisionAdapter"),
               "LlavaOnevisionForConditionalGeneration",
               ("video_token_index", "vision_config.image_size", "vision_config.patch_size"),
-              ("infinipot_mlx.budget", "llava_onevision_vision")),
+              ("infinipot_mlx.contract.budget", "llava_onevision_vision")),
 )}
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 FORMAT, VERSION = "infinipot-memory", 2
 READABLE = ("1", "2")  # version 1 named the slot labels `{layer}.frame` and config block_frames
@@ -264,7 +264,7 @@ def session_state(session) -> dict:
 
 def restore(session, meta: dict, tensors: dict) -> None:
     """Put a verified memory into `session` (opened on the same model and backend)."""
-    from .config import InfiniPotConfig
+    from ..contract.config import InfiniPotConfig
     from .room import Turn
 
     if meta["backend"] != type(session.backend).__name__:

@@ -13,8 +13,8 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import UserError
-from .specs import load_class
+from ..errors import UserError
+from ..contract.specs import load_class
 
 
 @runtime_checkable

@@ -27,7 +27,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from .errors import UserError
+from ..errors import UserError
 from .plan import block_tokens, min_capacity
 from .specs import load_class, model_type
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .errors import UserError
+from ..errors import UserError
 from .locking import serialized, serialized_generator
 
 STOP_NOTES = {

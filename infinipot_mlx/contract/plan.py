@@ -11,7 +11,7 @@ Terms (per layer; every layer holds the same number of tokens):
 
 from __future__ import annotations
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def block_tokens(block_slots: int, tokens_per_slot: int) -> int:

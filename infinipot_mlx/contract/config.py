@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .deprecated import accepts_old_names, old_name
-from .errors import UserError
+from ..deprecated import accepts_old_names, old_name
+from ..errors import UserError
 from .plan import DEFAULT_BLOCK_SLOTS, check_keep, keep_target, block_tokens
 
 

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import plan
-from .errors import UserError
+from ..contract import plan
+from ..errors import UserError
 from .locking import serialized
-from .positions import slot_seconds, slot_text_positions, slot_times, text_positions, video_positions
-from .rows import SLOT_TEXT
+from ..contract.positions import (slot_seconds, slot_text_positions, slot_times, text_positions, video_positions)
+from ..contract.rows import SLOT_TEXT
 
 
 def describe_source(source, name: str | None = None, content: str | None = None) -> dict:
     """{'name', 'content'} of a video source: a file's name and sampled content hash (either
     given when the caller knows it already, so a file is not hashed twice)."""
-    from .memories import content_hash
+    from .memory_file import content_hash
 
     is_file = isinstance(source, (str, Path)) and Path(source).is_file()
     described = dict(name=name or (Path(source).name if is_file else str(source)))
@@ -40,7 +40,7 @@ class VideoFeed:
     def open_video(self, source, max_frames: int | None = None, max_pixels: int | None = None):
         """A VideoSource of a file, camera index or URL at the session's fps, its frames and
         the block sized for the cap (fit_frame_size)."""
-        from .video import VideoSource
+        from ..video.source import VideoSource
 
         video = VideoSource.for_model(source, self.spec, fps=self.fps, max_frames=max_frames)
         video.frame_size = self.fit_frame_size(video.source_size, max_pixels)

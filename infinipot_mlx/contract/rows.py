@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .deprecated import old_name
+from ..deprecated import old_name
 
 PINNED = -1  # slot/patch id of a pinned (text) row
 SLOT_TEXT = -2  # patch id of a slot's own text row (Qwen3-VL's timestamp, vision start/end)

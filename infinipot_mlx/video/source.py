@@ -36,9 +36,9 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .errors import UserError  # noqa: E402
-from .pixels import smart_resize  # noqa: E402
-from .specs import QWEN_VIDEO_MAX_PIXELS, QWEN_VIDEO_MIN_PIXELS  # noqa: E402
+from ..errors import UserError  # noqa: E402
+from ..contract.pixels import smart_resize  # noqa: E402
+from ..contract.specs import QWEN_VIDEO_MAX_PIXELS, QWEN_VIDEO_MIN_PIXELS  # noqa: E402
 
 if _QUIET and hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)

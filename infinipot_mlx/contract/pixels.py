@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 from .specs import QWEN_VIDEO_MAX_PIXELS, QWEN_VIDEO_MIN_PIXELS
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..budget import MemoryPlan, parse_budget, plan_from_config
+from ..contract.budget import MemoryPlan, parse_budget, plan_from_config
 
 @dataclass(frozen=True)
 class MemoryReading:
@@ -114,8 +114,8 @@ def plan_session(budget: str | None, model, tokenizer, spec, config: dict, *,
         make_session: builds a StreamSession for a config; one block of blank frames runs
             through a throwaway session to check the computed activations (None: no check).
     """
-    from ..config import InfiniPotConfig
-    from ..specs import DEFAULT_SYSTEM
+    from ..contract.config import InfiniPotConfig
+    from ..contract.specs import DEFAULT_SYSTEM
 
     probe = memory_probe()
     pieces = spec.pieces

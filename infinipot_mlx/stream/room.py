@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import plan
-from .specs import DEFAULT_FRAME_PIXELS
+from ..contract import plan
+from ..contract.specs import DEFAULT_FRAME_PIXELS
 
 
 def compress_layers(cache, backend, keep: int, tokens_per_slot: int, config, grid_hw: tuple[int, int],
@@ -152,7 +152,7 @@ class RoomKeeper:
         if spec.frame_size is not None:
             hw = tuple(spec.frame_size)
         else:
-            from .pixels import smart_resize
+            from ..contract.pixels import smart_resize
 
             limit = max_pixels or min(spec.max_pixels, DEFAULT_FRAME_PIXELS)
             step = spec.pixels_per_token

@@ -35,16 +35,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import plan
+from ..contract import plan
 from .answer import AnswerLoop, Undo
-from .config import InfiniPotConfig
-from .errors import UserError
+from ..contract.config import InfiniPotConfig
+from ..errors import UserError
 from .feed import VideoFeed
 from .locking import serialized
-from .positions import next_after, text_positions
+from ..contract.positions import next_after, text_positions
 from .protocols import Backend, make_backend
 from .room import RoomKeeper, Turn, compress_layers
-from .specs import DEFAULT_SYSTEM
+from ..contract.specs import DEFAULT_SYSTEM
 
 
 class PositionLimitError(UserError):
@@ -282,14 +282,14 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
     @serialized
     def save(self, path):
         """Write this session's memory to `path`, atomically; returns the path."""
-        from . import memories
+        from . import memory_file as memories
 
         return memories.save(self, path)
 
     @serialized
     def load_memory(self, path) -> None:
         """Continue from a memory file made with this model and backend (verified first)."""
-        from . import memories
+        from . import memory_file as memories
 
         meta, tensors = memories.read(path)
         memories.check_model(meta, memories.identity(self), path)
