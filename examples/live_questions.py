@@ -13,7 +13,7 @@ import time
 
 import infinipot_mlx
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx.video.source.reader import FrameReader
+from infinipot_mlx.video.reader import FrameReader
 
 model_dir, source, *questions = sys.argv[1:] or ["mlx-community/Qwen2.5-VL-7B-Instruct-4bit", "0"]
 session = infinipot_mlx.load(model_dir, InfiniPotConfig(capacity=6144, reserve=512))

@@ -11,7 +11,7 @@ import pytest
 
 from infinipot_mlx import InfiniPotConfig
 from infinipot_mlx.contract import budget
-from infinipot_mlx.mlx import memory as probes
+from infinipot_mlx.mlx import memory_probe as probes
 from infinipot_mlx.contract.specs import qwen2_5_vl_spec
 
 # The numbers the arithmetic reads, from the published config.json files.

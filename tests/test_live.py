@@ -10,9 +10,9 @@ import time
 import numpy as np
 
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx.video.source.reader import FrameReader
+from infinipot_mlx.video.reader import FrameReader
 from infinipot_mlx.stream.session import StreamSession
-from infinipot_mlx.video.source.source import VideoSource
+from infinipot_mlx.video.source import VideoSource
 
 import videos
 

@@ -206,7 +206,7 @@ def test_parity_cli_passes_on_a_matching_run(tiny_qwen_dir, noise_mp4):
 
 def test_chat_reference_backend_matches_mlx(tiny, tiny_qwen_dir, noise_mp4):
     """--backend reference streams with progress and answers as the MLX session does."""
-    from infinipot_mlx.video.source.source import VideoSource
+    from infinipot_mlx.video.source import VideoSource
 
     out = run_cli("infinipot_mlx.chat", str(noise_mp4), "--model", str(tiny_qwen_dir),
                   "--backend", "reference", "--device", "cpu", "--dtype", "float32", "--kv-budget", "200",

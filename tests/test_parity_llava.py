@@ -114,7 +114,7 @@ def test_parity_cli_passes_on_llava(tiny_llava_dir, moving_shapes_mp4):
 def test_chat_cli_on_llava(tiny, tiny_llava_dir, moving_shapes_mp4):
     """The model type comes from config.json; frames are resized to the vision size (98x98)."""
     from infinipot_mlx.stream.session import StreamSession
-    from infinipot_mlx.video.source.source import VideoSource
+    from infinipot_mlx.video.source import VideoSource
 
     out = run_cli("infinipot_mlx.chat", str(moving_shapes_mp4), "--model", str(tiny_llava_dir),
                   "--kv-budget", "200", "--reserve", "48", "--block-slots", "2", "--fps", "10",

@@ -213,7 +213,7 @@ def test_positions_follow_each_frames_own_timestamp(tmp_path, tiny_qwen_dir, mon
     """A variable-frame-rate file: each slot's M-RoPE time is its first frame's real time."""
     from infinipot_mlx.stream import feed as stream
     from infinipot_mlx.mlx.backend import load
-    from infinipot_mlx.video.source.source import VideoSource
+    from infinipot_mlx.video.source import VideoSource
 
     path, _ = videos.vfr_video(tmp_path / "vfr.mp4", (1 / 30, 1 / 10, 0.9), n=45, height=112, width=112)
     session = load(str(tiny_qwen_dir), InfiniPotConfig(capacity=None, method="full"), fps=2.0)

@@ -17,7 +17,7 @@ import pytest
 
 from infinipot_mlx.errors import UserError
 from infinipot_mlx.contract.pixels import smart_resize
-from infinipot_mlx.video.source.source import FrameBlock, VideoError, VideoSource, pad_block
+from infinipot_mlx.video.source import FrameBlock, VideoError, VideoSource, pad_block
 from videos import (
     CODECS, corrupt_video, garbage_after_header, h264_encoder, h264_video, index_level,
     long_low_res_video, moving_shapes_frames, moving_shapes_video, non_video_file, sized_video,
