@@ -125,29 +125,40 @@ HELP = ("Ask about the video. Commands: /stats, /evidence (the moments the last 
 
 class PromptLines:
     """Lines typed at the prompt, read on a thread so that questions can be typed while a
-    video streams (chat answers them between blocks); None once the input ends."""
+    video streams (chat answers them between blocks); None once the input ends.
+
+    The thread only reads. get() shows the prompt when it starts to wait, so at a terminal
+    `> ` comes after the answer to the line before (and after the stream), never in front
+    of an answer, and the cursor waits after it."""
 
     def __init__(self):
         self.queue: queue.Queue = queue.Queue()
+        self.prompt = "> " if sys.stdin.isatty() else ""  # piped questions: no prompts mixed into answers
         threading.Thread(target=self._read, name="prompt", daemon=True).start()
 
     def _read(self) -> None:
-        prompt = "> " if sys.stdin.isatty() else ""  # piped questions: no prompts mixed into answers
         while True:
             try:
-                line = input(prompt)
+                line = input()
             except (EOFError, OSError, ValueError):
                 self.queue.put(None)
                 return
             self.queue.put(line.strip())
 
     def get(self) -> str | None:
-        """The next line, waiting for it (Ctrl-C in the main thread stays responsive)."""
+        """The next line, after the prompt unless it was typed ahead; waits for it (Ctrl-C in
+        the main thread stays responsive: it exits at the prompt)."""
+        shown = bool(self.prompt) and self.queue.empty()
+        if shown:
+            print(self.prompt, end="", flush=True)
         while True:
             try:
-                return self.queue.get(timeout=0.1)
+                line = self.queue.get(timeout=0.1)
             except queue.Empty:
                 continue
+            if line is None and shown:
+                print()  # the end of input (Ctrl-D): what follows starts on a line of its own
+            return line
 
     def typed(self) -> list[str | None]:
         """The lines typed so far and not yet taken."""
