@@ -114,3 +114,19 @@ def test_the_screen_is_the_readme_transcript(readme_chat):
     rows = term.rows()
     assert rows[-1] == "", rows  # /quit left the cursor on a row of its own
     assert_like_readme(rows[:-1], readme)
+
+
+def test_help_and_unknown_commands_are_not_questions(readme_chat):
+    term, readme = readme_chat
+    help_line = readme[1]
+    frames, pinned = stats_frames(term)
+    enter(term, "/help")
+    assert after(term.rows(), "/help") == [help_line]
+    for typo, guess in (("/stat", " (did you mean /stats?)"), ("/foo", ""), ("/stats now", "")):
+        enter(term, typo)
+        assert after(term.rows(), typo) == [
+            f"error: unknown command {typo}{guess}; the commands are /help, /stats, /evidence, /save PATH, "
+            "/reset, /quit; anything else is a question"]
+    assert stats_frames(term) == (frames, pinned)  # nothing was asked
+    enter(term, "What moved?")  # a question still is one
+    assert stats_frames(term)[1] > pinned

@@ -6,6 +6,7 @@ Shared by `chat` and `chat --demo`; nothing here loads a model or imports an arr
 
 from __future__ import annotations
 
+import difflib
 import queue
 import sys
 import threading
@@ -121,6 +122,7 @@ def _plan_text(st: dict, plan) -> str:
 
 HELP = ("Ask about the video. Commands: /stats, /evidence (the moments the last answer rests on), "
         "/save PATH (the video memory), /reset (forget the video), /quit.")
+COMMANDS = ("/help", "/stats", "/evidence", "/save PATH", "/reset", "/quit")
 
 
 class PromptLines:
@@ -179,7 +181,7 @@ def _typed_lines():
 
 
 def interactive(session, args, after_answer=None, lines: PromptLines | None = None) -> None:
-    """Multi-turn prompt with /stats, /evidence, /save PATH, /reset and /quit (handle());
+    """Multi-turn prompt with /help, /stats, /evidence, /save PATH, /reset and /quit (handle());
     `after_answer()` runs after every answer (chat --save saves there). Ctrl-C at the prompt
     exits (130). `lines`: a PromptLines already reading (questions typed while streaming)."""
     print(HELP)
@@ -190,32 +192,64 @@ def interactive(session, args, after_answer=None, lines: PromptLines | None = No
 
 
 def handle(session, line: str, args, after_answer=None) -> bool:
-    """Do what one typed line asks: a command or a question. False for /quit."""
-    if line in ("/quit", "/exit"):
-        return False
-    if line == "/stats":
-        print(format_stats(session, getattr(args, "memory_plan", None)))
-    elif line == "/evidence":
-        print_evidence(session)
-    elif line == "/save" or line.startswith("/save "):
-        target = line[len("/save"):].strip()
-        try:
-            if not target:
-                raise UserError("/save needs a path: /save my_video.mem")
-            saved = session.save(target)
-            print(f"memory saved to {saved} ({saved.stat().st_size / 1e6:.1f} MB)")
-        except UserError as err:
-            report(err)
-    elif line == "/reset":
-        session.reset()
-        print("session reset: the video and the conversation are forgotten")
-    elif not line:
+    """Do what one typed line asks: a command (it starts with /) or a question. False for /quit."""
+    if line.startswith("/"):
+        return command(session, line, args)
+    if not line:
         print("(empty question: type a question, or /quit)")
-    else:
-        try:
-            answer(session, line, args)
-            if after_answer is not None:
-                after_answer()
-        except UserError as err:  # e.g. a question longer than the cap allows: ask another
-            report(err)
+        return True
+    try:
+        answer(session, line, args)
+        if after_answer is not None:
+            after_answer()
+    except UserError as err:  # e.g. a question longer than the cap allows: ask another
+        report(err)
     return True
+
+
+def command(session, line: str, args) -> bool:
+    """Do one /command; False for /quit. An unknown one (or one given what it does not take)
+    says so and lists the commands: it is never sent to the model as a question."""
+    word, _, rest = line.partition(" ")
+    if word in ("/quit", "/exit"):
+        return False
+    try:
+        if word == "/save":
+            _save(session, rest.strip())
+        elif word in ACTIONS and not rest.strip():
+            ACTIONS[word](session, args)
+        else:
+            raise UserError(unknown_command(line))
+    except UserError as err:
+        report(err)
+    return True
+
+
+def unknown_command(line: str) -> str:
+    """What an unknown /command is told: the nearest command, and all of them."""
+    names = [name.split()[0] for name in COMMANDS]
+    near = difflib.get_close_matches(line.split()[0], names, n=1)
+    guess = f" (did you mean {near[0]}?)" if near and near[0] != line.split()[0] else ""
+    return f"unknown command {line}{guess}; the commands are {', '.join(COMMANDS)}; anything else is a question"
+
+
+def _save(session, target: str) -> None:
+    """/save PATH: write the video memory there and say so."""
+    if not target:
+        raise UserError("/save needs a path: /save my_video.mem")
+    saved = session.save(target)
+    print(f"memory saved to {saved} ({saved.stat().st_size / 1e6:.1f} MB)")
+
+
+def _reset(session) -> None:
+    """/reset: forget the video and the conversation, and say so."""
+    session.reset()
+    print("session reset: the video and the conversation are forgotten")
+
+
+ACTIONS = {  # the commands that take nothing after them: (session, args) -> None
+    "/help": lambda session, args: print(HELP),
+    "/stats": lambda session, args: print(format_stats(session, getattr(args, "memory_plan", None))),
+    "/evidence": lambda session, args: print_evidence(session),
+    "/reset": lambda session, args: _reset(session),
+}
