@@ -130,3 +130,36 @@ def test_help_and_unknown_commands_are_not_questions(readme_chat):
     assert stats_frames(term) == (frames, pinned)  # nothing was asked
     enter(term, "What moved?")  # a question still is one
     assert stats_frames(term)[1] > pinned
+
+
+def test_ctrl_c_before_the_first_token_stops_the_answer_not_the_program(tmp_path, tiny_qwen_published_dir):
+    """After Ctrl-C stopped a stream with a block held back, a question flushes that block
+    before its first token: ^C there stops the answer, the memory stays, and the prompt
+    comes back; ^C at the empty prompt then exits with 130."""
+    video = videos.long_low_res_video(tmp_path / "long.mp4", minutes=10, fps=5.0)
+    term = chat([video, "--model", tiny_qwen_published_dir, "--max-tokens", 8])
+    try:
+        term.wait(lambda: cached(term), "the progress bar")
+        first = cached(term)
+        term.wait(lambda: cached(term) > first, "a block in the cache")
+        term.type(CTRL_C)  # the next block is being encoded: it stays held back
+        term.wait(lambda: term.cursor_after(PROMPT), "the prompt after the stream")
+        stopped = int(re.search(r"stopped at frame (\d+) \(Ctrl-C\)", "\n".join(term.rows()))[1])
+        frames, _ = stats_frames(term)
+        assert 0 < frames < stopped, "no block was held back to flush before the next answer"
+
+        term.type("What moved?\r")
+        term.wait(lambda: term.rows()[-2:] == [PROMPT + "What moved?", ""], "the question echoed")
+        term.wait(lambda: term.unread_input() == 0, "the question read")  # its answer has begun
+        term.type(CTRL_C)
+        term.wait(lambda: term.cursor_after(PROMPT) or term.proc.poll() is not None, "the prompt back")
+        assert term.proc.poll() is None, "\n".join(term.rows())
+        assert after(term.rows(), "What moved?") == ["^C [answer stopped]"]  # before any token
+        assert stats_frames(term)[0] >= frames  # the memory is intact
+
+        enter(term, "What moved?")  # and answers from it
+        assert after(term.rows(), "What moved?") != ["^C [answer stopped]"]
+        term.type(CTRL_C)  # at the empty prompt: exit
+        assert term.finish() == 130
+    finally:
+        term.close()

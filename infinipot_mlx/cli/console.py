@@ -65,20 +65,23 @@ def _progress_text(session, reader=None) -> str:
 
 
 def answer(session, question: str, args) -> str:
-    """Print the answer as it streams; Ctrl-C stops this answer only. A note says why an
+    """Print the answer as it streams; Ctrl-C stops this answer only, from the question on
+    (an interrupted flush or prefill leaves the memory as it was). A note says why an
     answer stopped early (the memory cap, the position range)."""
     from ..stream.answer import STOP_NOTES
 
-    pieces = []
-    reply = session.ask(question, max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p)
-    try:
+    pieces, reply = [], None
+    try:  # from the question on: ask() first flushes a held-back block, which Ctrl-C may stop too
+        reply = session.ask(question, max_tokens=args.max_tokens, temperature=args.temperature,
+                            top_p=args.top_p)
         for piece in reply:
             pieces.append(piece)
             print(piece, end="", flush=True)
     except KeyboardInterrupt:
         print(" [answer stopped]", end="")
     finally:
-        reply.close()  # pins the answer's end, even when interrupted
+        if reply is not None:
+            reply.close()  # pins the answer's end, even when interrupted
     note = STOP_NOTES.get(session.stop_reason)
     print(f" {note}" if note else "")
     if getattr(args, "evidence", False):
