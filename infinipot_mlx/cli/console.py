@@ -6,6 +6,7 @@ Shared by `chat` and `chat --demo`; nothing here loads a model or imports an arr
 
 from __future__ import annotations
 
+import difflib
 import queue
 import sys
 import threading
@@ -64,20 +65,23 @@ def _progress_text(session, reader=None) -> str:
 
 
 def answer(session, question: str, args) -> str:
-    """Print the answer as it streams; Ctrl-C stops this answer only. A note says why an
+    """Print the answer as it streams; Ctrl-C stops this answer only, from the question on
+    (an interrupted flush or prefill leaves the memory as it was). A note says why an
     answer stopped early (the memory cap, the position range)."""
     from ..stream.answer import STOP_NOTES
 
-    pieces = []
-    reply = session.ask(question, max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p)
-    try:
+    pieces, reply = [], None
+    try:  # from the question on: ask() first flushes a held-back block, which Ctrl-C may stop too
+        reply = session.ask(question, max_tokens=args.max_tokens, temperature=args.temperature,
+                            top_p=args.top_p)
         for piece in reply:
             pieces.append(piece)
             print(piece, end="", flush=True)
     except KeyboardInterrupt:
         print(" [answer stopped]", end="")
     finally:
-        reply.close()  # pins the answer's end, even when interrupted
+        if reply is not None:
+            reply.close()  # pins the answer's end, even when interrupted
     note = STOP_NOTES.get(session.stop_reason)
     print(f" {note}" if note else "")
     if getattr(args, "evidence", False):
@@ -121,33 +125,45 @@ def _plan_text(st: dict, plan) -> str:
 
 HELP = ("Ask about the video. Commands: /stats, /evidence (the moments the last answer rests on), "
         "/save PATH (the video memory), /reset (forget the video), /quit.")
+COMMANDS = ("/help", "/stats", "/evidence", "/save PATH", "/reset", "/quit")
 
 
 class PromptLines:
     """Lines typed at the prompt, read on a thread so that questions can be typed while a
-    video streams (chat answers them between blocks); None once the input ends."""
+    video streams (chat answers them between blocks); None once the input ends.
+
+    The thread only reads. get() shows the prompt when it starts to wait, so at a terminal
+    `> ` comes after the answer to the line before (and after the stream), never in front
+    of an answer, and the cursor waits after it."""
 
     def __init__(self):
         self.queue: queue.Queue = queue.Queue()
+        self.prompt = "> " if sys.stdin.isatty() else ""  # piped questions: no prompts mixed into answers
         threading.Thread(target=self._read, name="prompt", daemon=True).start()
 
     def _read(self) -> None:
-        prompt = "> " if sys.stdin.isatty() else ""  # piped questions: no prompts mixed into answers
         while True:
             try:
-                line = input(prompt)
+                line = input()
             except (EOFError, OSError, ValueError):
                 self.queue.put(None)
                 return
             self.queue.put(line.strip())
 
     def get(self) -> str | None:
-        """The next line, waiting for it (Ctrl-C in the main thread stays responsive)."""
+        """The next line, after the prompt unless it was typed ahead; waits for it (Ctrl-C in
+        the main thread stays responsive: it exits at the prompt)."""
+        shown = bool(self.prompt) and self.queue.empty()
+        if shown:
+            print(self.prompt, end="", flush=True)
         while True:
             try:
-                return self.queue.get(timeout=0.1)
+                line = self.queue.get(timeout=0.1)
             except queue.Empty:
                 continue
+            if line is None and shown:
+                print()  # the end of input (Ctrl-D): what follows starts on a line of its own
+            return line
 
     def typed(self) -> list[str | None]:
         """The lines typed so far and not yet taken."""
@@ -168,7 +184,7 @@ def _typed_lines():
 
 
 def interactive(session, args, after_answer=None, lines: PromptLines | None = None) -> None:
-    """Multi-turn prompt with /stats, /evidence, /save PATH, /reset and /quit (handle());
+    """Multi-turn prompt with /help, /stats, /evidence, /save PATH, /reset and /quit (handle());
     `after_answer()` runs after every answer (chat --save saves there). Ctrl-C at the prompt
     exits (130). `lines`: a PromptLines already reading (questions typed while streaming)."""
     print(HELP)
@@ -179,32 +195,64 @@ def interactive(session, args, after_answer=None, lines: PromptLines | None = No
 
 
 def handle(session, line: str, args, after_answer=None) -> bool:
-    """Do what one typed line asks: a command or a question. False for /quit."""
-    if line in ("/quit", "/exit"):
-        return False
-    if line == "/stats":
-        print(format_stats(session, getattr(args, "memory_plan", None)))
-    elif line == "/evidence":
-        print_evidence(session)
-    elif line == "/save" or line.startswith("/save "):
-        target = line[len("/save"):].strip()
-        try:
-            if not target:
-                raise UserError("/save needs a path: /save my_video.mem")
-            saved = session.save(target)
-            print(f"memory saved to {saved} ({saved.stat().st_size / 1e6:.1f} MB)")
-        except UserError as err:
-            report(err)
-    elif line == "/reset":
-        session.reset()
-        print("session reset: the video and the conversation are forgotten")
-    elif not line:
+    """Do what one typed line asks: a command (it starts with /) or a question. False for /quit."""
+    if line.startswith("/"):
+        return command(session, line, args)
+    if not line:
         print("(empty question: type a question, or /quit)")
-    else:
-        try:
-            answer(session, line, args)
-            if after_answer is not None:
-                after_answer()
-        except UserError as err:  # e.g. a question longer than the cap allows: ask another
-            report(err)
+        return True
+    try:
+        answer(session, line, args)
+        if after_answer is not None:
+            after_answer()
+    except UserError as err:  # e.g. a question longer than the cap allows: ask another
+        report(err)
     return True
+
+
+def command(session, line: str, args) -> bool:
+    """Do one /command; False for /quit. An unknown one (or one given what it does not take)
+    says so and lists the commands: it is never sent to the model as a question."""
+    word, _, rest = line.partition(" ")
+    if word in ("/quit", "/exit"):
+        return False
+    try:
+        if word == "/save":
+            _save(session, rest.strip())
+        elif word in ACTIONS and not rest.strip():
+            ACTIONS[word](session, args)
+        else:
+            raise UserError(unknown_command(line))
+    except UserError as err:
+        report(err)
+    return True
+
+
+def unknown_command(line: str) -> str:
+    """What an unknown /command is told: the nearest command, and all of them."""
+    names = [name.split()[0] for name in COMMANDS]
+    near = difflib.get_close_matches(line.split()[0], names, n=1)
+    guess = f" (did you mean {near[0]}?)" if near and near[0] != line.split()[0] else ""
+    return f"unknown command {line}{guess}; the commands are {', '.join(COMMANDS)}; anything else is a question"
+
+
+def _save(session, target: str) -> None:
+    """/save PATH: write the video memory there and say so."""
+    if not target:
+        raise UserError("/save needs a path: /save my_video.mem")
+    saved = session.save(target)
+    print(f"memory saved to {saved} ({saved.stat().st_size / 1e6:.1f} MB)")
+
+
+def _reset(session) -> None:
+    """/reset: forget the video and the conversation, and say so."""
+    session.reset()
+    print("session reset: the video and the conversation are forgotten")
+
+
+ACTIONS = {  # the commands that take nothing after them: (session, args) -> None
+    "/help": lambda session, args: print(HELP),
+    "/stats": lambda session, args: print(format_stats(session, getattr(args, "memory_plan", None))),
+    "/evidence": lambda session, args: print_evidence(session),
+    "/reset": lambda session, args: _reset(session),
+}
