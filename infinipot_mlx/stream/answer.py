@@ -41,6 +41,11 @@ class AnswerLoop:
         The question and the answer are pinned; frames may keep arriving afterwards.
         Greedy by default; temperature > 0 samples (top_p < 1 for nucleus sampling).
         Raises QuestionTooLongError (nothing changed) when the question cannot fit.
+
+        The question is checked now; the ask itself (queued frames flushed, the video
+        segment closed, the prompt built and prefilled, the answer decoded) runs when the
+        answer is first read, under one hold of the session's lock: frames that another
+        thread adds before then come before the question, never inside it (locking.py).
         """
         if not question or not question.strip():
             raise UserError("the question is empty; type a question about the video")
@@ -48,12 +53,7 @@ class AnswerLoop:
             raise UserError(f"max_tokens must be at least 1, got {max_tokens}")
         self._close_open_answer()
         self.check_question(question)
-        self.flush()
-        self._close_video()
-        pieces = self.spec.pieces
-        text = ("" if self.user_turn_open else pieces.user_open) + question.strip() + pieces.question_close
-        ids = self._encode(text)
-        return self._generate(text, ids, max_tokens, temperature, top_p, stop)
+        return self._generate(question.strip(), max_tokens, temperature, top_p, stop)
 
     def check_question(self, question: str) -> None:
         """QuestionTooLongError when `question` and one answer token cannot fit under the cap.
@@ -76,12 +76,22 @@ class AnswerLoop:
     def _answer_tail(self) -> list[int]:
         return self._encode(self.spec.pieces.answer_close)
 
+    def _question_text(self, question: str) -> str:
+        """Flush the queued frames, close the open video, and the question's text to pin."""
+        self._close_open_answer()
+        self.flush()
+        self._close_video(resume=True)  # the rest of the video continues it (feed.py)
+        pieces = self.spec.pieces
+        return ("" if self.user_turn_open else pieces.user_open) + question + pieces.question_close
+
     @serialized_generator
-    def _generate(self, text, ids, max_tokens, temperature, top_p, stop) -> Iterator[str]:
+    def _generate(self, question, max_tokens, temperature, top_p, stop) -> Iterator[str]:
         tok, tail = self.adapter.tokenizer, self._answer_tail()
         eos = set(self.backend.eos_ids(tok, self.spec))  # eos_ids below (a bench may override)
         sampler = self.backend.make_sampler(temperature, top_p)
-        with self._atomic():  # the question is asked whole, or not at all
+        with self._atomic():  # the question is asked whole (frames flushed, video closed), or not at all
+            text = self._question_text(question)
+            ids = self._encode(text)
             if not self.user_turn_open:
                 self._begin_turn()
             if not self._make_room(len(ids) + 1 + len(tail), slack=self.config.reserve):
