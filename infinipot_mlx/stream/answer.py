@@ -11,6 +11,7 @@ when neither can free a token does the answer stop, with `stop_reason == "cap"`.
 stop_reason after an answer: "eos" (the model ended it), "max_tokens", "stop" (a stop
 string), "cap" (the memory cap was full), "positions" (the model's trained range of
 positions ran out), or "interrupted" (KeyboardInterrupt or an error while decoding).
+`answer_tokens` after an answer: the tokens it generated, its end token (eos) not counted.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class QuestionTooLongError(UserError):
 class AnswerLoop:
     """ask(): prefill a question, decode greedily or by sampling, pin the answer."""
 
+    answer_tokens = 0  # tokens the last answer generated (its end token not counted)
+
     @serialized
     def ask(self, question: str, max_tokens: int = 256, temperature: float = 0.0,
             top_p: float = 1.0, stop: tuple[str, ...] = ()) -> Iterator[str]:
@@ -53,6 +56,7 @@ class AnswerLoop:
             raise UserError(f"max_tokens must be at least 1, got {max_tokens}")
         self._close_open_answer()
         self.check_question(question)
+        self.answer_tokens = 0
         return self._generate(question.strip(), max_tokens, temperature, top_p, stop)
 
     def check_question(self, question: str) -> None:
@@ -111,6 +115,7 @@ class AnswerLoop:
         self.stop_reason = "interrupted"
         text = TextStream(tok)
         token = sampler(logits)  # the next answer token, maybe still being computed
+        self.answer_tokens = 0
         try:
             for step in range(max_tokens):
                 last = step == max_tokens - 1
@@ -145,6 +150,7 @@ class AnswerLoop:
             if self.stop_reason == "eos" and self.open_answer:
                 yield text.flush()
         finally:
+            self.answer_tokens = len(text.tokens)  # generated, the end token (eos) not counted
             self._close_open_answer()
 
     def _feed_ahead(self, token, sampler, eos: set, tail: int):
