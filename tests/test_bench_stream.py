@@ -81,7 +81,18 @@ def test_bench_kv_compresses_and_reports_full_kv(tmp_path, capsys):
     assert record["full_measured"][-1]["kv_bytes"] <= 2000  # --full-limit-gb 0.000002
     assert record["full_measured"][-1]["slots"] < 40  # stopped at the byte limit
     assert record["summary"]["full_kv_bytes_end_analytic"] == (3 + 40 * 4) * per_token
-    assert (tmp_path / "kv_memory.png").exists() and "analytic" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert (tmp_path / "kv_memory.png").exists() and "analytic" in out
+    summary = next(line for line in out.splitlines() if line.startswith("peak "))
+    ratio = record["summary"]["full_over_peak"]  # tiny full KV: the peak is the larger here
+    assert ratio < 1 and summary.endswith(f"at the end: {1 / ratio:.1f}x more"), summary  # not "0x less"
+
+
+def test_the_kv_summary_says_how_many_times_less_or_more():
+    from infinipot_mlx.bench.kv import times_fewer
+
+    assert [times_fewer(r) for r in (77.4, 3.26, 1.0, 0.4, 0.04)] == [
+        "77x less", "3.3x less", "1.0x less", "2.5x more", "25x more"]
 
 
 def test_mlx_vlm_caches_run_through_our_adapter():

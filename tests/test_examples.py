@@ -41,6 +41,34 @@ def test_memory_budget(tiny_qwen_dir):
     assert "capacity" in out and "InfiniPotConfig(capacity=" in out
 
 
+@pytest.mark.parametrize("folder", ["tiny_qwen_dir", "tiny_qwen_bf16_dir"])
+def test_memory_budget_and_chat_memory_count_the_kv_bytes_the_cache_holds(folder, request, tmp_path):
+    """The example (files only) and `chat --memory` (the loaded model) state the same KV bytes
+    per token, and they are what the session's cache holds per token (its actual dtype)."""
+    import re
+
+    import numpy as np
+
+    from infinipot_mlx import InfiniPotConfig
+    from infinipot_mlx.contract.budget import format_bytes
+    from infinipot_mlx.mlx.backend import load_model
+    from infinipot_mlx.stream.session import StreamSession
+
+    model_dir = request.getfixturevalue(folder)
+    per_token = re.compile(r"\| KV ([\d.]+ [KMG]?B)/token \|")
+    example = per_token.search(run_example("memory_budget.py", model_dir, "1GB")).group(1)
+    video = videos.moving_shapes_video(tmp_path / "clip.mp4", n=8)
+    chat = subprocess.run([sys.executable, "-m", "infinipot_mlx.chat", str(video), "--model", str(model_dir),
+                           "--memory", "400MB", "--max-tokens", "2", "-q", "What moved?"], capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert chat.returncode == 0, chat.stderr[-3000:]
+    model, tok, spec, _ = load_model(str(model_dir))
+    session = StreamSession(model, tok, spec, InfiniPotConfig(capacity=None, method="full"))
+    session.add_frames(np.zeros((2, 112, 112, 3), np.uint8))
+    held = format_bytes(session.cache.nbytes / session.cache.n_cached)
+    assert example == per_token.search(chat.stdout).group(1) == held, (example, chat.stdout, held)
+
+
 def test_select_step():
     out = run_example("select_step.py")
     assert "kept 1536 of 2048 tokens per head; MLX and reference agree: True" in out

@@ -180,6 +180,21 @@ def test_openai_client_answers_and_streams_the_same_answer(client, media, tiny_q
     assert finishes == [choice.finish_reason] and chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
 
 
+def test_completion_tokens_count_the_tokens_generated_when_a_stop_string_ends_the_answer(client, media):
+    """A stop string found in the k-th token: k tokens were generated (the answer to
+    max_tokens=k, whose last piece is the stop string), as with finish_reason "length"."""
+    url = file_url(media["moving"])
+    texts = [ask(client, url, max_tokens=k).choices[0].message.content for k in range(1, 9)]
+    k = next(k for k in range(2, 9) if texts[k - 1] != texts[k - 2] and texts[k - 1][len(texts[k - 2]):].strip()
+             and texts[k - 1][len(texts[k - 2]):] not in texts[k - 2] and texts[k - 1].startswith(texts[k - 2]))
+    last_piece = texts[k - 1][len(texts[k - 2]):]  # the k-th token's text
+    stopped = ask(client, url, max_tokens=16, stop=[last_piece])
+    assert stopped.choices[0].finish_reason == "stop" and stopped.choices[0].message.content == texts[k - 2]
+    assert stopped.usage.completion_tokens == k
+    full = ask(client, url, max_tokens=k)
+    assert full.choices[0].finish_reason == "length" and full.usage.completion_tokens == k
+
+
 def test_the_sse_stream_ends_with_done(server, media):
     body = {"model": "tiny", "stream": True, "max_tokens": 4, "messages": video_message(file_url(media["moving"]))}
     r = http("POST", f"{server.url}/chat/completions", body, headers={"Authorization": f"Bearer {KEY}"})
@@ -361,9 +376,9 @@ def test_each_bad_request_gets_an_openai_error_and_the_server_goes_on(server, me
 # ----- the queue and the byte budget --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tight_server(tiny_qwen_dir, media, tmp_path_factory):
-    """No waiting room (--queue-limit 0) and 250 KB for memories; no API key."""
+    """No waiting room (--queue-limit 0) and 400 KB for memories; no API key."""
     s = Server(tiny_qwen_dir, tmp_path_factory.mktemp("tight") / "server.log", "--kv-budget", str(CAP),
-               "--reserve", "64", "--queue-limit", "0", "--max-memories-bytes", "250KB")
+               "--reserve", "64", "--queue-limit", "0", "--max-memories-bytes", "400KB")
     yield s
     log = s.stop()
     assert "Traceback" not in log, log
@@ -391,10 +406,12 @@ def test_a_full_queue_answers_503_and_the_server_goes_on(tight_server, media):
 
 def test_memories_leave_least_recently_used_first_under_the_byte_budget(tight_server, media):
     client = openai.OpenAI(base_url=tight_server.url, api_key="unused", max_retries=0)
-    for key in ("moving", "static", "moving"):  # 101 + 189 tokens of 1 KB: both do not fit in 250 KB
+    for key in ("moving", "static", "moving"):  # 101 and 189 tokens of 1 KB, each in a buffer of 256
+        # rows (the cache grows 256 rows at a time): 262 KB each is held, both do not fit in 400 KB
         before = tight_server.stats(None)
         ask(client, file_url(media[key]), max_tokens=2)
         after = tight_server.stats(None)
-        assert after["pool"]["held_bytes"] <= after["pool"]["max_bytes"] == 250_000
+        assert after["pool"]["held_bytes"] <= after["pool"]["max_bytes"] == 400_000
+        assert all(m["bytes"] == 256 * 1024 for m in after["pool"]["held"])  # allocated, not 101 or 189 rows
     assert after["memory_misses"] == before["memory_misses"] + 1  # "moving" was evicted, so encoded again
     assert after["pool"]["evictions"] >= 2

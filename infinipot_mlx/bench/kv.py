@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import plan
+from ..contract.budget import format_bytes
 from ..contract.config import METHODS, InfiniPotConfig
 from ..errors import UserError
 from ..stream.room import compress_layers
@@ -276,8 +277,18 @@ def _print(record: dict) -> None:
     print(f"{s['compressions']} compressions: median {s['compress_ms_median']:.0f} ms, p90 "
           f"{s['compress_ms_p90']:.0f} ms, max {s['compress_ms_max']:.0f} ms; "
           f"{100 * s['compress_share_of_real_time']:.2f}% of the video's real time")
-    print(f"peak {s['peak_memory_bytes'] / GB:.3f} GB vs full KV {s['full_kv_bytes_end_analytic'] / GB:.1f} GB "
-          f"(analytic) at the end: {s['full_over_peak']:.0f}x less")
+    print(f"peak {format_bytes(s['peak_memory_bytes'])} vs full KV {format_bytes(s['full_kv_bytes_end_analytic'])} "
+          f"(analytic) at the end: {times_fewer(s['full_over_peak'])}")
+
+
+def times_fewer(full_over_peak: float) -> str:
+    """How the peak compares with full KV, from full / peak: "77x less", "1.4x less", or, when
+    the peak is the larger (a short stream, where the cap and the buffers outweigh full KV),
+    "2.5x more" (never "0x less")."""
+    if full_over_peak >= 1:
+        return f"{full_over_peak:.{0 if full_over_peak >= 10 else 1}f}x less"
+    more = 1 / full_over_peak
+    return f"{more:.{0 if more >= 10 else 1}f}x more"
 
 
 def _plot(record: dict, out: Path) -> list[Path]:

@@ -17,7 +17,8 @@ is below plan.min_capacity (one block, one kept slot, the prompt and the reserve
 and the message states the minimum budget. Notation: S temporal slots per block, T tokens per
 slot, L = S x T, E hidden size, Hq query heads, H_kv KV heads, D head dim, V vocabulary.
 
-This module is pure arithmetic (numbers and a config.json dict); the MLX side (live probes,
+This module is pure arithmetic (numbers, a config.json dict, the dtypes in a checkpoint's
+safetensors headers: checkpoint_dtype_bytes); the MLX side (live probes,
 the measured weights, the limits, the calibration block and plan_session) is memory.py. Sizes print in decimal units (1 GB = 1e9 bytes).
 """
 
@@ -113,6 +114,38 @@ def llava_onevision_vision(vision: dict) -> dict:
 def kv_bytes_per_token(dims: ModelDims, dtype_bytes: float) -> float:
     """layers x 2 (K, V) x H_kv x D x bytes (ALGORITHM.md section 8)."""
     return dims.layers * 2 * dims.kv_heads * dims.head_dim * dtype_bytes
+
+
+def compute_dtype_bytes(held: dict[str, tuple[int, int]]) -> int:
+    """Bytes per element of a model's compute dtype, which its KV cache holds: of the floating
+    dtypes of its parameters ({dtype name: (bytes per element, bytes held)}), the one holding
+    the most bytes (a quantized model's scales and norms; its packed integer weights are not
+    floating). 4 (float32) when none is floating. mlx/memory_probe.py applies it to a loaded
+    model, checkpoint_dtype_bytes to the files, so that both plans count the same bytes."""
+    if not held:
+        return 4
+    return max(held.values(), key=lambda size_and_bytes: size_and_bytes[1])[0]
+
+
+SAFETENSORS_FLOATS = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def checkpoint_dtype_bytes(model_dir) -> int:
+    """compute_dtype_bytes of a checkpoint folder, from its safetensors headers (nothing loaded)."""
+    import json
+    import struct
+    from pathlib import Path
+
+    held: dict[str, tuple[int, int]] = {}
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(path, "rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        for name, entry in header.items():
+            size = SAFETENSORS_FLOATS.get(entry.get("dtype")) if name != "__metadata__" else None
+            if size is not None:
+                start, stop = entry["data_offsets"]
+                held[entry["dtype"]] = (size, held.get(entry["dtype"], (size, 0))[1] + stop - start)
+    return compute_dtype_bytes(held)
 
 
 def vision_block_bytes(dims: ModelDims, slots: int, tokens_per_slot: int, act_bytes: int) -> int:

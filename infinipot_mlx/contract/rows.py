@@ -135,7 +135,13 @@ class LayerStack:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the keys and values in live rows."""
         return sum(layer.nbytes for layer in self.layers)
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes of every layer's key and value buffers, the spare rows included."""
+        return sum(layer.allocated_bytes for layer in self.layers)
 
     def label_next(self, slot_ids, patch_ids) -> None:
         """Tag the next update's tokens in every layer (see LayerKVCache.label_next)."""

@@ -163,6 +163,11 @@ class LayerKVCache(RowLabels, _BaseCache):
             return 0
         return self.keys.nbytes + self.values.nbytes
 
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes of the key and value buffers, spare rows included (storage grows by `step`)."""
+        return 0 if self._keys is None else self._keys.nbytes + self._values.nbytes
+
 
 def _take_rows(buffer: mx.array, rows: np.ndarray) -> mx.array:
     """Per-head gather of rows as one gather over the flattened heads (MLX's CPU

@@ -61,16 +61,18 @@ def weight_bytes(model) -> int:
 
 
 def compute_dtype_bytes(model) -> int:
-    """Bytes per element of the model's compute dtype: its floating dtype holding the most bytes
-    (a quantized model's scales and norms; its uint32 packed weights are not floating)."""
+    """Bytes per element of the model's compute dtype (budget.compute_dtype_bytes, the rule
+    examples/memory_budget.py applies to the files): its floating dtype holding the most bytes."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
+
+    from ..contract import budget
 
     held: dict = {}
     for _, v in tree_flatten(model.parameters()):
         if mx.issubdtype(v.dtype, mx.floating):
-            held[v.dtype] = held.get(v.dtype, 0) + v.nbytes
-    return max(held, key=held.get).size if held else 4
+            held[str(v.dtype)] = (v.dtype.size, held.get(str(v.dtype), (0, 0))[1] + v.nbytes)
+    return budget.compute_dtype_bytes(held)
 
 
 def apply_memory_limits(plan: MemoryPlan) -> bool:

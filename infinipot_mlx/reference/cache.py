@@ -202,6 +202,13 @@ class LayerKVCache(RowLabels, CacheLayerMixin):
         keys, values = self.keys, self.values
         return keys.numel() * keys.element_size() + values.numel() * values.element_size()
 
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes of the key and value buffers, spare rows included (storage grows by `step`)."""
+        if self._keys is None:
+            return 0
+        return sum(b.numel() * b.element_size() for b in (self._keys, self._values))
+
 
 class StreamCache(LayerStack, Cache):
     """All layers' caches, as the session holds them; also a transformers Cache."""

@@ -152,7 +152,6 @@ class Engine:
     def _ask(self, session, req: ChatRequest, events: Events) -> dict:
         """Decode the answer into `events`; why it stopped and the token counts."""
         prompt = session.cache.n_cached + len(self.tokenizer.encode(req.question, add_special_tokens=False))
-        decoded = session.counters.tokens_decoded
         reply = session.ask(req.question, max_tokens=req.max_tokens, temperature=req.temperature,
                             top_p=req.top_p, stop=req.stop)
         events.emit("ready")
@@ -164,9 +163,8 @@ class Engine:
                     events.emit("piece", piece)
         finally:
             reply.close()
-        unfed = 1 if session.stop_reason in ("max_tokens", "stop") else 0  # the last token, never fed
         return dict(stop_reason=session.stop_reason, prompt_tokens=prompt,
-                    completion_tokens=session.counters.tokens_decoded - decoded + unfed)
+                    completion_tokens=session.answer_tokens)  # generated, the end token not counted
 
     def append(self, name: str, sampling: Sampling, clips: list[Clip], events: Events) -> None:
         """Stream `clips` into the named session (made when new); done carries its stats."""

@@ -8,7 +8,9 @@ before and by whom (answers do not depend on request order). Named sessions are 
 opposite: a live stream that one client feeds and asks, whose questions and answers stay
 in it, as in `chat`'s prompt.
 
-Bytes are the KV bytes each session's cache holds (`session.cache.nbytes`). Named sessions
+Bytes are the bytes each session's cache has allocated for keys and values
+(`session.cache.allocated_bytes`: its buffers, with the spare rows it grows into, not only
+the live rows of `nbytes`). Named sessions
 count toward the budget but are never evicted (at most `max_sessions` of them; DELETE frees
 one); video memories leave least recently used first. A memory larger than the budget left
 beside the named sessions answers its request and is not held. Only the model thread changes the pool; `snapshot`
@@ -31,7 +33,7 @@ class Memory:
     session: object  # a StreamSession in its post-video state
     names: list[str]
     origin: str  # "stream" (encoded here) or "library" (loaded from a library memory file)
-    nbytes: int = 0  # its cache's KV bytes, read on the model thread when it is held
+    nbytes: int = 0  # its cache's allocated KV bytes, read on the model thread when it is held
 
 
 class MemoryPool:
@@ -55,7 +57,7 @@ class MemoryPool:
 
     def put(self, memory: Memory) -> bool:
         """Hold `memory` (evicting the least recently used); False when it alone is over budget."""
-        memory.nbytes = memory.session.cache.nbytes
+        memory.nbytes = memory.session.cache.allocated_bytes
         with self._lock:
             if memory.nbytes + self._session_bytes() > self.max_bytes:
                 return False
@@ -81,7 +83,7 @@ class MemoryPool:
 
     def keep_session(self, name: str, session) -> None:
         """Hold (or update) the named session, then evict memories to fit the budget."""
-        nbytes = session.cache.nbytes
+        nbytes = session.cache.allocated_bytes
         with self._lock:
             self.sessions[name], self.session_bytes[name] = session, nbytes
             self._fit()

@@ -11,6 +11,7 @@ when neither can free a token does the answer stop, with `stop_reason == "cap"`.
 stop_reason after an answer: "eos" (the model ended it), "max_tokens", "stop" (a stop
 string), "cap" (the memory cap was full), "positions" (the model's trained range of
 positions ran out), or "interrupted" (KeyboardInterrupt or an error while decoding).
+`answer_tokens` after an answer: the tokens it generated, its end token (eos) not counted.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class QuestionTooLongError(UserError):
 class AnswerLoop:
     """ask(): prefill a question, decode greedily or by sampling, pin the answer."""
 
+    answer_tokens = 0  # tokens the last answer generated (its end token not counted)
+
     @serialized
     def ask(self, question: str, max_tokens: int = 256, temperature: float = 0.0,
             top_p: float = 1.0, stop: tuple[str, ...] = ()) -> Iterator[str]:
@@ -41,6 +44,11 @@ class AnswerLoop:
         The question and the answer are pinned; frames may keep arriving afterwards.
         Greedy by default; temperature > 0 samples (top_p < 1 for nucleus sampling).
         Raises QuestionTooLongError (nothing changed) when the question cannot fit.
+
+        The question is checked now; the ask itself (queued frames flushed, the video
+        segment closed, the prompt built and prefilled, the answer decoded) runs when the
+        answer is first read, under one hold of the session's lock: frames that another
+        thread adds before then come before the question, never inside it (locking.py).
         """
         if not question or not question.strip():
             raise UserError("the question is empty; type a question about the video")
@@ -48,12 +56,8 @@ class AnswerLoop:
             raise UserError(f"max_tokens must be at least 1, got {max_tokens}")
         self._close_open_answer()
         self.check_question(question)
-        self.flush()
-        self._close_video()
-        pieces = self.spec.pieces
-        text = ("" if self.user_turn_open else pieces.user_open) + question.strip() + pieces.question_close
-        ids = self._encode(text)
-        return self._generate(text, ids, max_tokens, temperature, top_p, stop)
+        self.answer_tokens = 0
+        return self._generate(question.strip(), max_tokens, temperature, top_p, stop)
 
     def check_question(self, question: str) -> None:
         """QuestionTooLongError when `question` and one answer token cannot fit under the cap.
@@ -76,12 +80,22 @@ class AnswerLoop:
     def _answer_tail(self) -> list[int]:
         return self._encode(self.spec.pieces.answer_close)
 
+    def _question_text(self, question: str) -> str:
+        """Flush the queued frames, close the open video, and the question's text to pin."""
+        self._close_open_answer()
+        self.flush()
+        self._close_video(resume=True)  # the rest of the video continues it (feed.py)
+        pieces = self.spec.pieces
+        return ("" if self.user_turn_open else pieces.user_open) + question + pieces.question_close
+
     @serialized_generator
-    def _generate(self, text, ids, max_tokens, temperature, top_p, stop) -> Iterator[str]:
+    def _generate(self, question, max_tokens, temperature, top_p, stop) -> Iterator[str]:
         tok, tail = self.adapter.tokenizer, self._answer_tail()
         eos = set(self.backend.eos_ids(tok, self.spec))  # eos_ids below (a bench may override)
         sampler = self.backend.make_sampler(temperature, top_p)
-        with self._atomic():  # the question is asked whole, or not at all
+        with self._atomic():  # the question is asked whole (frames flushed, video closed), or not at all
+            text = self._question_text(question)
+            ids = self._encode(text)
             if not self.user_turn_open:
                 self._begin_turn()
             if not self._make_room(len(ids) + 1 + len(tail), slack=self.config.reserve):
@@ -101,6 +115,7 @@ class AnswerLoop:
         self.stop_reason = "interrupted"
         text = TextStream(tok)
         token = sampler(logits)  # the next answer token, maybe still being computed
+        self.answer_tokens = 0
         try:
             for step in range(max_tokens):
                 last = step == max_tokens - 1
@@ -135,6 +150,7 @@ class AnswerLoop:
             if self.stop_reason == "eos" and self.open_answer:
                 yield text.flush()
         finally:
+            self.answer_tokens = len(text.tokens)  # generated, the end token (eos) not counted
             self._close_open_answer()
 
     def _feed_ahead(self, token, sampler, eos: set, tail: int):

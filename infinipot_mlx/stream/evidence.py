@@ -69,39 +69,86 @@ def format_moments(found: list[Moment]) -> str:
     return "evidence: " + ", ".join(f"{m.video + ' ' if several else ''}{m.clock} ({m.share:.0%})" for m in found)
 
 
-def retained(session) -> tuple[np.ndarray, np.ndarray]:
-    """(seconds (B,), kept (layers, B)): kept visual tokens per source second and layer,
-    averaged over KV heads (each head keeps its own set), over the whole stream so far."""
+@dataclass(frozen=True)
+class Retention:
+    """What the memory keeps of one video, per whole second of its source time."""
+
+    name: str
+    seconds: np.ndarray  # (B,) the video's whole seconds, first to last slot
+    kept: np.ndarray  # (layers, B) visual tokens kept per head (averaged over KV heads)
+    streamed: np.ndarray  # (B,) visual tokens per head that arrived in each second
+
+    @property
+    def share(self) -> np.ndarray:
+        """(layers, B) in [0, 1]: the share of each second's visual tokens kept (0 for a
+        second that brought no slot)."""
+        return self.kept / np.maximum(self.streamed, 1)
+
+
+def retention(session) -> list[Retention]:
+    """Per video with slots streamed, in order: its kept and streamed visual tokens per second
+    and layer, over the whole stream so far (slot text rows, Qwen3-VL's, are not counted)."""
     seconds = np.asarray(session.slot_seconds, np.float64)
-    bins = np.arange(int(np.floor(seconds.max())) + 1 if len(seconds) else 1)
-    kept = np.zeros((len(session.cache.layers), len(bins)))
-    for i, layer in enumerate(session.cache.layers):
-        frames = layer.slot_ids  # (H_kv, n)
-        visual = frames[frames >= 0]
-        if len(visual):
-            kept[i] = np.bincount(np.floor(seconds[visual]).astype(int), minlength=len(bins))[: len(bins)]
+    video = np.asarray(session.slot_video, np.int64)
+    T = session.spec.tokens_per_slot(session.frame_hw) if session.frame_hw is not None else 0
+    layers, found = session.cache.layers, []
+    for v, described in enumerate(session.videos):
+        whole = np.floor(seconds[video == v]).astype(np.int64)
+        if not len(whole):
+            continue
+        first, n_bins = int(whole.min()), int(whole.max() - whole.min()) + 1
+        kept = np.zeros((len(layers), n_bins))
+        for i, layer in enumerate(layers):
+            frames, patches = layer.slot_ids, layer.patch_ids  # (H_kv, n)
+            rows = frames[(frames >= 0) & (patches >= 0)]
+            rows = rows[video[rows] == v]
+            kept[i] = np.bincount(np.floor(seconds[rows]).astype(np.int64) - first, minlength=n_bins)
             kept[i] /= frames.shape[0]
-    return bins.astype(np.float64), kept
+        found.append(Retention(described["name"], np.arange(first, first + n_bins, dtype=np.float64), kept,
+                               np.bincount(whole - first, minlength=n_bins) * T))
+    return found
 
 
-def memory_map(session, path: str | Path) -> Path:
-    """Draw what the memory keeps: visual tokens per source second (x) and layer (y), PNG."""
+def map_figure(session):
+    """The memory map as a matplotlib Figure: one panel per video, on its own time axis and
+    titled with its name; per second (x) and layer (y), the share of the visual tokens that
+    arrived in that second which the memory keeps, on one scale 0..1 for every panel.
+
+    The share, not the count: a count grows with the slots a second happened to bring, so the
+    newest block, kept whole, outshone every older second on a linear scale of counts; the
+    share reads 1 for what is kept whole and the fraction compression left elsewhere, on the
+    same scale for every second, video and frame rate.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    seconds, kept = retained(session)
-    fig, ax = plt.subplots(figsize=(10, 0.35 * len(kept) + 1.6))
-    image = ax.imshow(kept, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
-                      extent=(seconds[0], seconds[-1] + 1, -0.5, len(kept) - 0.5))
-    ax.set(xlabel="source time (s)", ylabel="layer",
-           title=f"kept visual tokens per second and layer ({session.cache.n_visual} per head of "
-                 f"{session.counters.slots_seen} slots streamed, capacity {session.config.capacity})")
-    ax.set_yticks(range(len(kept)))
-    fig.colorbar(image, ax=ax, label="tokens per head")
-    fig.tight_layout()
+    videos, n_layers = retention(session), len(session.cache.layers)
+    fig, axes = plt.subplots(max(len(videos), 1), 1, squeeze=False, dpi=110, layout="constrained",
+                             figsize=(10, max(len(videos), 1) * (0.3 * n_layers + 1.3) + 0.5))
+    fig.suptitle(f"share of each second's visual tokens kept, per layer ({session.cache.n_visual} kept per "
+                 f"head of {session.counters.slots_seen} slots streamed, capacity {session.config.capacity})")
+    image = None
+    for ax, video in zip(axes[:, 0], videos):
+        image = ax.imshow(video.share, aspect="auto", origin="lower", cmap="viridis", vmin=0.0, vmax=1.0,
+                          interpolation="nearest", extent=(video.seconds[0], video.seconds[-1] + 1,
+                                                           -0.5, n_layers - 0.5))
+        ax.set(title=video.name, xlabel="source time (s)", ylabel="layer")
+        ax.set_yticks(range(0, n_layers, max(1, n_layers // 8)))
+    if image is None:
+        axes[0, 0].set(title="no video in the memory", xticks=[], yticks=[])
+    else:
+        fig.colorbar(image, ax=axes[:, 0].tolist(), label="share kept")
+    return fig
+
+
+def memory_map(session, path: str | Path) -> Path:
+    """Draw what the memory keeps (map_figure) to a PNG at `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = map_figure(session)
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path)
     plt.close(fig)
     return path

@@ -4,7 +4,12 @@ runs the vision tower once and is prefilled at its positions (ALGORITHM.md secti
 
 Every slot's source time (its first frame's timestamp, or slot * frames_per_slot / fps
 without timestamps) and video are recorded in `slot_seconds` and `slot_video`, indexed by
-the frame ids the cache labels its rows with; `videos` names each video segment.
+the frame ids the cache labels its rows with; `videos` names each video.
+
+A question closes the open segment (the model reads the question after the video), but not
+the video: the next frames continue it as a new segment of the same video (the same entry
+in `videos`, its name and content hash; slot times go on from the video's first frame, and
+so do Qwen3-VL's timestamps). Only begin_video starts another video.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ def describe_source(source, name: str | None = None, content: str | None = None)
 class VideoFeed:
     """open_video, add_video, add_frames, flush: what streams frames into the session."""
 
-    _next_video: dict | None = None  # set by begin_video for the segment the next frames open
+    _next_video: dict | None = None  # what the next frames open: begin_video's new video, or
+    # {"resume": index} after a question closed the segment of video `index`
 
     def open_video(self, source, max_frames: int | None = None, max_pixels: int | None = None):
         """A VideoSource of a file, camera index or URL at the session's fps, its frames and
@@ -115,15 +121,22 @@ class VideoFeed:
             self.add_text(self.spec.pieces.user_open)
             self.user_turn_open = True
         self.add_text(self.spec.pieces.video_open)
+        following, self._next_video = self._next_video, None
+        if following is not None and "resume" in following:  # after a question: the same video
+            self.video_slots_before += self.segment_slots
+        else:
+            self.videos.append(following or {"name": "frames"})
+            self.video_t0, self.video_slots_before = None, 0
         self.video_start, self.segment_slots, self.segment_t0 = self.cache.next_position, 0, None
-        self.videos.append(self._next_video or {"name": "frames"})
-        self._next_video = None
 
-    def _close_video(self) -> None:
+    def _close_video(self, resume: bool = False) -> None:
+        """Close the open segment; with `resume` (a question), the next frames go on with its video."""
         if self.video_start is not None:
             self._prefill_video_tail()
             self.add_text(self.spec.pieces.video_close)
             self.video_start = None
+            if resume and self._next_video is None:
+                self._next_video = {"resume": len(self.videos) - 1}
 
     def _prefill_video_tail(self) -> None:
         """Pinned embeddings the model puts once after a video (LLaVA-OV: image_newline)."""
@@ -167,7 +180,7 @@ class VideoFeed:
             with self._timed("prefill"):
                 self._forward(embeds, positions, slot_ids, patch_ids, extra=extra)
             self.transcript.append(f"<video:{S}x{T}>")
-            self.slot_seconds.extend((times + (self.segment_t0 or 0.0)).tolist())  # _atomic copies both
+            self.slot_seconds.extend(self._video_seconds(times).tolist())  # _atomic copies both
             self.slot_video.extend([len(self.videos) - 1] * S)
             self.segment_slots += S
             self.counters.slots_seen += S
@@ -186,14 +199,14 @@ class VideoFeed:
 
     def _slot_texts(self, stamps: list[float | None], S: int) -> list[tuple[list[int], list[int]]]:
         """Each slot's text as token ids (leading, trailing): its time, stamped as the model's
-        processor does (the mean of its first and last frame's times, from the segment's first
+        processor does (the mean of its first and last frame's times, from the video's first
         frame; the last frame repeated to fill a slot), and the slot's open and close pieces."""
         pieces, per = self.spec.pieces, self.spec.frames_per_slot
         if any(t is None for t in stamps):
-            first = self.segment_slots * per
+            first = (self.video_slots_before + self.segment_slots) * per
             frame_times = [(first + i) / self.fps for i in range(len(stamps))]
         else:
-            frame_times = [t - (self.segment_t0 or 0.0) for t in stamps]
+            frame_times = [t - (self.video_t0 or 0.0) for t in stamps]
         texts = []
         for seconds in slot_seconds(frame_times, S, per):
             stamp = pieces.slot_stamp.format(seconds=seconds) if pieces.slot_stamp else ""
@@ -212,4 +225,13 @@ class VideoFeed:
         firsts = np.asarray(stamps[::per][:S], np.float64)
         if self.segment_t0 is None:
             self.segment_t0 = float(firsts[0])
+        if self.video_t0 is None:
+            self.video_t0 = self.segment_t0
         return np.maximum(firsts - self.segment_t0, 0.0)
+
+    def _video_seconds(self, times: np.ndarray) -> np.ndarray:
+        """(S,) source time of slots at `times` from the open segment's start: from their
+        timestamps, or, sampled at `fps`, after the video's slots before this segment."""
+        if self.segment_t0 is not None:
+            return times + self.segment_t0
+        return times + self.video_slots_before * self.spec.frames_per_slot / self.fps

@@ -280,8 +280,8 @@ def restore(session, meta: dict, tensors: dict) -> None:
         layer.set_rows(keys, values, *(tensors[f"{i}.{n}"] for n in ("slot", "patch", "pos")))
     session.cache.next_position, session.n_system = state["next_position"], state["n_system"]
     for name in session._STATE:
-        if name not in _ENCODED:
-            setattr(session, name, state[name])
+        if name not in _ENCODED:  # a memory saved before a name was state keeps _clear's value
+            setattr(session, name, state.get(name, getattr(session, name)))
     frames = tensors.get("pending_frames")
     session.pending = [] if frames is None else list(zip(frames, state["pending_stamps"]))
     session.turns = [Turn(*t) for t in state["turns"]]

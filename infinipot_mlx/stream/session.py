@@ -137,7 +137,9 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
         self.slot_seconds: list[float] = []  # source time of each slot's first frame (slot_ids index it)
         self.slot_video: list[int] = []  # which of `videos` each slot came from
         self.videos: list[dict] = []  # one per video segment: name, content hash (add_video)
-        self._next_video = None  # begin_video names the segment the next frames open
+        self._next_video = None  # begin_video names the video the next frames open (feed.py)
+        self.video_t0: float | None = None  # timestamp of the open video's first frame
+        self.video_slots_before = 0  # slots of the open video in segments before the open one
         self.attention = None  # (per layer (H_kv, n) mass, slot ids) of the last question (evidence)
         self.evidence = None  # the moments the last answer rests on, when record_evidence
         self.backend.reset_peak_memory()
@@ -155,7 +157,7 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
     # ----- transactions --------------------------------------------------------------
     _STATE = ("transcript", "turns", "pending", "frame_hw", "block_slots", "user_turn_open",
               "video_start", "segment_slots", "segment_t0", "open_answer", "unfed", "counters",
-              "slot_seconds", "slot_video", "videos")
+              "slot_seconds", "slot_video", "videos", "_next_video", "video_t0", "video_slots_before")
 
     @contextmanager
     def _atomic(self):
