@@ -16,7 +16,6 @@ breaks those towards the later arrival, as the oracle does.
 import itertools
 import math
 
-import mlx.core as mx
 import numpy as np
 import pytest
 import torch
@@ -93,7 +92,7 @@ def pool_head(van, slots, patches, grid, axes, n_grid):
     return out
 
 
-def oracle_head(keys, values, slots, patches, T, K, tar_ratio, recent_ratio, pooled_van):
+def oracle_head(keys, slots, patches, T, K, tar_ratio, recent_ratio, pooled_van):
     """Section 5 for one head: sorted kept indices."""
     n_cand = len(slots)
     k_tar = K - round((1 - tar_ratio) * K)
@@ -135,7 +134,7 @@ def oracle(keys, values, slot_ids, patch_ids, T, K, method, tar_ratio=0.5, recen
     for h in range(n_heads):
         slots, patches = slot_ids[h].tolist(), patch_ids[h].tolist()
         van = pool_head(norms[h], slots, patches, grid, axes, n_grid) if axes else norms[h]
-        out.append(oracle_head(keys[h].astype(np.float64), values[h], slots, patches, T, K,
+        out.append(oracle_head(keys[h].astype(np.float64), slots, patches, T, K,
                                tar_ratio, recent_ratio, van))
     return np.array(out)
 
