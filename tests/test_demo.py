@@ -26,16 +26,33 @@ def test_first_word():
 
 
 def test_demo_streams_under_the_cap_and_prints_answers_beside_the_truth():
-    """The README's main job exactly as written, default flags: every question is answered."""
+    """The README's main job exactly as written, default flags: every answer printed is the
+    model's own (the same session run here in-process gives the same text), beside the true
+    answer of the video's events, with right/wrong and the count of right answers true."""
+    from infinipot_mlx.organism import make_episode
+    from infinipot_mlx.organism.session import DEMO_BLOCK_SLOTS, open_organism
+
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     out = subprocess.run([sys.executable, "-m", "infinipot_mlx.chat", "--demo"],
                          input="", capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    answers = [line[3:].strip() for line in lines if line.startswith("A: ")]
-    assert len(answers) == out.stdout.count("truth: ") == out.stdout.count("Q: ") >= 5
-    assert all(answers), lines  # every question got a word, not an error or nothing
-    assert "right;" in out.stdout and "compressions" in out.stdout and "error" not in out.stderr
+    frames, _, qa = make_episode(0, split="test")  # --seed 0, the demo's default
+    session = open_organism()  # the demo's default: infinipot_v under its cap
+    block = 2 * DEMO_BLOCK_SLOTS
+    for i in range(0, len(frames), block):
+        session.add_frames(frames[i:i + block])
+    session.flush()
+    replies = ["".join(session.ask(q, max_tokens=256, temperature=0.0, top_p=1.0)) for q, _, _ in qa]
+    assert [line[3:] for line in lines if line.startswith("Q: ")] == [q for q, _, _ in qa]
+    assert [line[3:] for line in lines if line.startswith("A: ")] == replies
+    assert all(replies), lines  # every question got a word, not an error or nothing
+    marks = [line.split() for line in lines if line.startswith("   truth: ")]
+    right = [first_word(r) == truth for r, (_, truth, _) in zip(replies, qa)]
+    assert marks == [["truth:", truth, "(right)" if ok else "(wrong)"] for (_, truth, _), ok in zip(qa, right)]
+    assert f"{sum(right)}/{len(qa)} right; cached {session.cache.n_cached} tokens, " \
+           f"{session.counters.compressions} compressions" in out.stdout
+    assert session.counters.compressions > 0 and "error" not in out.stderr
     assert "streaming" in out.stderr and "mem" in out.stderr  # progress bar with the memory figure
 
 

@@ -6,7 +6,7 @@ question does not run the vision tower again (the server's counters); 40 request
 threads, all answered, the cap held (INFINIPOT_CHECK_CAP=1 reaches the server from conftest);
 the malformed-request catalogue, each followed by a good request; lmms-eval's request shapes
 (`pass_video_url=True` with media_io_kwargs, and its default image frames); memories reused
-from a library; a live named session; 503 when the queue is full; LRU eviction by bytes.
+from a library; a live named session (503 and LRU eviction: test_server_queue.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import pytest
 
-from videos import corrupt_video, long_low_res_video, moving_shapes_video, non_video_file
+from videos import corrupt_video, moving_shapes_video, non_video_file
 
 openai = pytest.importorskip("openai")
 
@@ -123,7 +123,6 @@ def media(video_dir, moving_shapes_mp4, static_events_mp4) -> dict:
                 long=moving_shapes_video(video_dir / "long_shapes.mp4", n=200, fps=10.0),  # 40 frames: compresses
                 other=moving_shapes_video(video_dir / "other_shapes.mp4", n=40, fps=10.0),
                 fresh=moving_shapes_video(video_dir / "fresh_shapes.mp4", n=50, fps=10.0),
-                slow=long_low_res_video(video_dir / "slow.mp4", minutes=4.0),
                 not_video=non_video_file(video_dir / "notes.mp4"),
                 corrupt=corrupt_video(video_dir / "corrupt.mp4", moving_shapes_mp4))
 
@@ -371,47 +370,3 @@ def test_each_bad_request_gets_an_openai_error_and_the_server_goes_on(server, me
         ok = http("POST", f"{server.url}/chat/completions", **good)
         assert ok.status == 200 and ok.json()["choices"][0]["message"]["content"] is not None, name
     assert http("GET", f"{server.url}/models").status == 401
-
-
-# ----- the queue and the byte budget --------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tight_server(tiny_qwen_dir, media, tmp_path_factory):
-    """No waiting room (--queue-limit 0) and 400 KB for memories; no API key."""
-    s = Server(tiny_qwen_dir, tmp_path_factory.mktemp("tight") / "server.log", "--kv-budget", str(CAP),
-               "--reserve", "64", "--queue-limit", "0", "--max-memories-bytes", "400KB")
-    yield s
-    log = s.stop()
-    assert "Traceback" not in log, log
-
-
-def test_a_full_queue_answers_503_and_the_server_goes_on(tight_server, media):
-    url = f"{tight_server.url}/chat/completions"
-    slow_body = {"model": "tiny", "max_tokens": 4, "messages": video_message(file_url(media["slow"]))}
-    slow: list[Reply] = []
-    thread = threading.Thread(target=lambda: slow.append(http("POST", url, slow_body, timeout=300)))
-    thread.start()
-    deadline = time.monotonic() + 60
-    while tight_server.stats(None)["queue"]["running"] == 0:  # the 4-minute video is streaming
-        assert time.monotonic() < deadline and thread.is_alive()
-        time.sleep(0.02)
-    busy = http("POST", url, {"model": "tiny", "messages": video_message(file_url(media["moving"]))})
-    thread.join(timeout=300)
-    assert busy.status == 503 and busy.headers["retry-after"] == "1"
-    assert busy.json()["error"]["code"] == "server_busy" and busy.json()["error"]["type"] == "server_error"
-    assert slow and slow[0].status == 200, slow[0].text if slow else "no answer"
-    client = openai.OpenAI(base_url=tight_server.url, api_key="unused", max_retries=0)
-    assert ask(client, file_url(media["moving"])).choices[0].message.content is not None
-    assert tight_server.stats(None)["queue"]["rejected"] == 1
-
-
-def test_memories_leave_least_recently_used_first_under_the_byte_budget(tight_server, media):
-    client = openai.OpenAI(base_url=tight_server.url, api_key="unused", max_retries=0)
-    for key in ("moving", "static", "moving"):  # 101 and 189 tokens of 1 KB, each in a buffer of 256
-        # rows (the cache grows 256 rows at a time): 262 KB each is held, both do not fit in 400 KB
-        before = tight_server.stats(None)
-        ask(client, file_url(media[key]), max_tokens=2)
-        after = tight_server.stats(None)
-        assert after["pool"]["held_bytes"] <= after["pool"]["max_bytes"] == 400_000
-        assert all(m["bytes"] == 256 * 1024 for m in after["pool"]["held"])  # allocated, not 101 or 189 rows
-    assert after["memory_misses"] == before["memory_misses"] + 1  # "moving" was evicted, so encoded again
-    assert after["pool"]["evictions"] >= 2

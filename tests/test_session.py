@@ -70,6 +70,9 @@ def test_blockwise_stream_equals_one_shot_forward(tiny):
 
 
 def test_stock_mlx_vlm_positions_differ_in_time(tiny):
+    """mlx-vlm's own Qwen2.5-VL get_rope_index drops the time scaling: so in mlx-vlm 0.7.0 (the
+    floor, .ci/run's lower-bound run) to 0.7.10 (checked 2026-12-07); a release that fixes it
+    fails here, and this test then branches on mlx_vlm's version."""
     model = tiny[0]
     ids, _, grid, ours = one_shot_inputs(tiny, frames_for(8), QUESTION)
     stock, _ = model.language_model.get_rope_index(mx.array([ids]), video_grid_thw=mx.array([grid]))

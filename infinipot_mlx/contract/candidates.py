@@ -15,8 +15,8 @@ whole in an unbroken run from the newest one. When even the newest slot is not w
 (w = 0), R falls back to that newest slot alone, partial as it is.
 
 Dense grid (VaN pooling). Each head's tokens are scattered into a (G, rows, cols) grid:
-G = the largest number of distinct slot ids present in any head, a head's present
-slots fill the grid's first slot places in slot-id order (slots absent from a head
+G = the largest number of distinct slot ids present in any head (slots with a visual
+token; a slot with only its text left takes no place), a head's present slots fill the grid's first slot places in slot-id order (slots absent from a head
 leave no gap), and a missing patch or unused trailing slot places is a hole.
 
 Pooling with holes (pool_layout). A window's mean is sum(present values) / count, where
@@ -180,13 +180,14 @@ def dense_layout(slot_ids: np.ndarray, patch_ids: np.ndarray,
             past the grid) for a slot's text token, which has no cell.
         n_slots: G, the grid's slot extent (the most slots present in one head).
     """
+    text = patch_ids == SLOT_TEXT  # no cell; a slot with only text left takes no grid place
     cells = np.empty(slot_ids.shape, dtype=np.int64)
     n_slots = 1
     for h in range(slot_ids.shape[0]):  # H is small; np.unique sorts the head's slot ids
-        slots, rank = np.unique(slot_ids[h], return_inverse=True)
-        cells[h] = rank.reshape(-1) * tokens_per_slot + patch_ids[h]
+        slots = np.unique(slot_ids[h, ~text[h]])
+        cells[h] = np.searchsorted(slots, slot_ids[h]) * tokens_per_slot + patch_ids[h]
         n_slots = max(n_slots, len(slots))
-    return np.where(patch_ids == SLOT_TEXT, n_slots * tokens_per_slot, cells), n_slots
+    return np.where(text, n_slots * tokens_per_slot, cells), n_slots
 
 
 def pool_kernel(layer_idx: int, num_layers: int, view: tuple[int, ...]) -> tuple[int, ...]:

@@ -61,14 +61,19 @@ class Request:
     slot_text: candidates.SlotText | None  # slot text candidates (Qwen3-VL), scored by their slot
 
 
-def top_k_mask(scores: mx.array, k: int) -> mx.array:
+def top_k_mask(scores: mx.array, k: int, taken: mx.array | None = None) -> mx.array:
     """(H, N) -> (H, N) bool: the k highest scores of each row, ties to the higher index.
 
     O(N): a partition finds the k-th highest score; every higher score is in, and of the
-    scores equal to it, the latest (k - higher) ones.
+    scores equal to it, the latest (k - higher) ones. `taken` (H, N) bool: rows never chosen,
+    even where the k-th highest is -inf (slot text of a slot with no visual token left).
     """
+    if taken is not None:
+        scores = mx.where(taken, -mx.inf, scores)
     kth = -mx.partition(-scores, k - 1, axis=-1)[:, k - 1 : k]  # (H, 1) the k-th highest
     above, tied = scores > kth, scores == kth
+    if taken is not None:
+        tied = tied & ~taken
     room = k - above.sum(axis=-1, keepdims=True)  # (H, 1) tied scores to take
     ties_from_end = mx.cumsum(tied[:, ::-1].astype(mx.int32), axis=-1)[:, ::-1]  # ties at >= n
     return above | (tied & (ties_from_end <= room))
@@ -102,7 +107,7 @@ def infinipot_v(req: Request) -> mx.array:
             van = pool_value_norm(van, req.slot_ids, req.patch_ids, req.grid_hw,
                                   req.layer_idx, req.num_layers)
         van = with_slot_text(van, req.slot_text)
-        taken = taken | top_k_mask(mx.where(taken, -mx.inf, van), req.keep - k_tar)
+        taken = taken | top_k_mask(van, req.keep - k_tar, taken)
     return mask_indices(taken, req.keep)
 
 

@@ -64,14 +64,19 @@ class Request:
     slot_text: candidates.SlotText | None  # slot text candidates (Qwen3-VL), scored by their slot
 
 
-def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+def top_k_mask(scores: torch.Tensor, k: int, taken: torch.Tensor | None = None) -> torch.Tensor:
     """(H, N) -> (H, N) bool: the k highest scores of each row, ties to the higher index.
 
     O(N): kthvalue finds the k-th highest score; every higher score is in, and of the
-    scores equal to it, the latest (k - higher) ones.
+    scores equal to it, the latest (k - higher) ones. `taken` (H, N) bool: rows never chosen,
+    even where the k-th highest is -inf (slot text of a slot with no visual token left).
     """
+    if taken is not None:
+        scores = scores.masked_fill(taken, float("-inf"))
     kth = -torch.kthvalue(-scores, k, dim=-1, keepdim=True).values  # (H, 1) the k-th highest
     above, tied = scores > kth, scores == kth
+    if taken is not None:
+        tied = tied & ~taken
     room = k - above.sum(dim=-1, keepdim=True)  # (H, 1) tied scores to take
     ties_from_end = torch.cumsum(tied.flip(-1).int(), dim=-1).flip(-1)  # ties at >= n
     return above | (tied & (ties_from_end <= room))
@@ -108,8 +113,7 @@ def infinipot_v(req: Request) -> torch.Tensor:
             van = pool_value_norm(van, req.slot_ids, req.patch_ids, req.grid_hw,
                                   req.layer_idx, req.num_layers)
         van = with_slot_text(van, req.slot_text)
-        minus_inf = torch.full((), float("-inf"), dtype=van.dtype, device=device)
-        taken = taken | top_k_mask(torch.where(taken, minus_inf, van), req.keep - k_tar)
+        taken = taken | top_k_mask(van, req.keep - k_tar, taken)
     return mask_indices(taken, req.keep)
 
 

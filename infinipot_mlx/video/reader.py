@@ -7,6 +7,10 @@ with `realtime=True`) keeps real time instead: when the model falls behind, the 
 queued frame gives way and is counted in `dropped`, so the queue never grows without bound
 and what the model sees stays close to now. `lag()` says how far behind real time the
 newest frame handed to the model is. Every kept frame carries its own timestamp.
+
+Time comes from two seams, `clock` (seconds, monotonic) and `sleep(seconds)`, by default the
+wall clock and a wait that stop() interrupts. A caller that drives its own time (a simulation,
+a test that steps the clock) passes both; its sleep must return for stop() to take effect.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -30,10 +34,16 @@ class FrameReader:
         live: drop the oldest frame when the queue is full, instead of waiting.
         realtime: pace a file at its timestamps, as a camera would deliver it.
         depth: frames the queue holds.
+        clock: () -> seconds, monotonic; paces a realtime file and measures lag().
+        sleep: (seconds) -> None, the reading thread's wait for a realtime frame's moment;
+            None: wait on the reader's stop event (stop() wakes it).
     """
 
-    def __init__(self, source, live: bool = False, realtime: bool = False, depth: int = 32):
+    def __init__(self, source, live: bool = False, realtime: bool = False, depth: int = 32,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], object] | None = None):
         self.source, self.live, self.realtime = source, live or realtime, realtime
+        self.clock, self.sleep = clock, sleep
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self.dropped = 0  # frames a live source lost because the model was behind
         self.error: BaseException | None = None  # what stopped the reader, re-raised by chunks()
@@ -49,27 +59,28 @@ class FrameReader:
         try:
             for ts, frame in self.source.frames():
                 if self._t0 is None:
-                    self._t0, self._first_ts = time.monotonic(), ts
+                    self._t0, self._first_ts = self.clock(), ts
                 if self.realtime:  # a file shown at its own pace: wait for the frame's moment
-                    self._stop.wait(max(0.0, ts - self._first_ts - (time.monotonic() - self._t0)))
+                    (self.sleep or self._stop.wait)(max(0.0, ts - self._first_ts - (self.clock() - self._t0)))
                 if not self._put((ts, frame)):
                     return
         except BaseException as err:  # a decoding error surfaces in the consuming thread
             self.error = err
-        finally:
-            self._put(_END)  # when stopped, nobody reads on: chunks() sees the thread end instead
+        finally:  # the end waits for room: it never displaces a frame the model can still take
+            self._put(_END, drop=False)  # when stopped, nobody reads on: chunks() sees the thread end
 
-    def _put(self, item) -> bool:
-        """Queue `item`; False once stopped. A live source drops its oldest frame for room."""
+    def _put(self, item, drop: bool = True) -> bool:
+        """Queue `item`; False once stopped. A live source drops its oldest frame for room
+        (unless drop is False: then it waits, as a file does)."""
         while not self._stop.is_set():
             try:
-                if self.live:
+                if self.live and drop:
                     self.queue.put_nowait(item)
                 else:
                     self.queue.put(item, timeout=0.05)
                 return True
             except queue.Full:
-                if self.live:
+                if self.live and drop:
                     with contextlib.suppress(queue.Empty):
                         self.queue.get_nowait()
                         self.dropped += 1  # the oldest frame gives way
@@ -105,7 +116,12 @@ class FrameReader:
         model's pace, which has no real time to keep)."""
         if not self.live or self._t0 is None or self._last_ts is None:
             return 0.0
-        return max(0.0, (time.monotonic() - self._t0) - (self._last_ts - self._first_ts))
+        return max(0.0, (self.clock() - self._t0) - (self._last_ts - self._first_ts))
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the reading thread has ended (source done, error or stop); True if so."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def stop(self) -> None:
         """Stop reading (idempotent); the thread ends within a queue timeout."""
