@@ -100,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
-    from ..server.engine import Engine
-    from ..server.media import Limits
-
     _blas.check_blas()
     roots = tuple(Path(f).expanduser().resolve() for f in args.allowed_local_media_path or [])
-    with bind(args.host, args.port) as sock:
+    with bind(args.host, args.port) as sock:  # before the model loads: a port in use is one line at once
+        from ..server.engine import Engine
+        from ..server.media import Limits
+
         engine = Engine(args, Limits(allowed_roots=roots, max_download_bytes=args.max_download_bytes))
         try:
             import uvicorn  # FastAPI and uvicorn once the model has loaded: a bad checkpoint fails without them
