@@ -23,11 +23,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .contract.budget import parse_budget, parse_size
+from .contract.budget import parse_budget, parse_size  # noqa: F401  (parse_size: the one size parser)
 from .contract.config import DEFAULT_CAPACITY, DEFAULT_RESERVE, METHODS
 from .errors import UserError
 
-__all__ = ["DEFAULT_CAPACITY", "DEFAULT_RESERVE", "parse_size"]  # re-exported: one default each
 DEFAULT_FPS = 2.0  # frames sampled per second
 MIN_PIXELS = 28 * 28  # one merged visual token of every supported model
 MAX_CAPACITY = 2**31 - 1  # cache rows and positions are 32-bit integers; the model's own range is checked too

@@ -257,6 +257,7 @@ class Engine:
         stream_source(session, video, clip.path, clip.name, clip.key)  # hashed once, in media.py
 
     def _stream_frames(self, session, clip: Clip, sampling: Sampling) -> None:
+        from ..door import feed
         from ..video.source import resize_frame
 
         frames = clip.frames
@@ -264,8 +265,8 @@ class Engine:
             frames = [frames[i] for i in np.linspace(0, len(frames) - 1, sampling.num_frames).round().astype(int)]
         hw = session.fit_frame_size(frames[0].shape[:2], self.args.max_pixels)
         session.begin_video(clip.name)
-        rgb = np.stack([resize_frame(f, hw) for f in frames])  # BGR in, RGB out
-        session.add_frames(rgb, np.arange(len(rgb)) / (sampling.fps or session.fps))
+        rgb = np.stack([resize_frame(f, hw) for f in frames])  # (n, H, W, 3): BGR in, RGB out
+        feed(session, [(rgb, np.arange(len(rgb)) / (sampling.fps or session.fps))])
 
     # ----- facts -------------------------------------------------------------------------------
     def _note_peak(self, session) -> None:
