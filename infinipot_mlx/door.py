@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .contract.budget import parse_budget, parse_size  # noqa: F401  (parse_size: the one size parser)
-from .contract.config import DEFAULT_CAPACITY, DEFAULT_RESERVE, METHODS
+from .contract.config import DEFAULT_CAPACITY, DEFAULT_FPS, DEFAULT_RESERVE, METHODS
 from .errors import UserError
 
-DEFAULT_FPS = 2.0  # frames sampled per second
 MIN_PIXELS = 28 * 28  # one merged visual token of every supported model
 MAX_CAPACITY = 2**31 - 1  # cache rows and positions are 32-bit integers; the model's own range is checked too
 
@@ -193,7 +192,7 @@ def open_session(args, path: str, frame_hw: tuple[int, int] | None = None, say=p
     if getattr(args, "saved_config", None) is not None:
         config = InfiniPotConfig(**args.saved_config)
     if args.memory is not None:
-        return open_budgeted_session(args, path, config, frame_hw or default_frame_hw(path), say)
+        return open_budgeted_session(args, path, config, frame_hw or default_frame_hw(path, args.max_pixels), say)
     return open_with(args.backend, path, config, args.fps, args.device, args.dtype)
 
 
@@ -208,13 +207,15 @@ def open_with(backend: str, path, config, fps: float, device: str = "auto", dtyp
     return load(str(path), config, fps=fps)
 
 
-def default_frame_hw(path: str) -> tuple[int, int]:
+def default_frame_hw(path: str, max_pixels: int | None = None) -> tuple[int, int]:
     """The frame size --memory plans for when no video is known yet: the model's fixed size,
-    else a square of the default pixel budget (448 x 448)."""
+    else a square of --max-pixels or the default pixel budget (448 x 448), in whole tokens."""
     from .contract.specs import DEFAULT_FRAME_PIXELS, load_spec
 
-    side = int(DEFAULT_FRAME_PIXELS ** 0.5)
-    return tuple(load_spec(path).frame_size or (side, side))
+    spec = load_spec(path)
+    step = spec.pixels_per_token
+    side = max(step, int((max_pixels or DEFAULT_FRAME_PIXELS) ** 0.5) // step * step)
+    return tuple(spec.frame_size or (side, side))
 
 
 def open_budgeted_session(args, path: str, config, frame_hw: tuple[int, int] | None, say=print):

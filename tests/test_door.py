@@ -146,3 +146,20 @@ def test_library_index_records_every_stream_flag_in_its_key(tiny_qwen_dir, clip,
     assert {s.get("max_frames") for s in settings} == {None, 4}
     assert {s["config"]["method"] for s in settings} == {"infinipot_v", "uniform"}
     assert {s["config"]["block_slots"] for s in settings} == {None, 1}
+
+
+def test_library_index_plans_a_memory_budget_and_records_it(tiny_qwen_dir, clip, tmp_path, capsys):
+    """`index --memory` plans the cap as chat does (MLX); its key holds the budget, `list` shows
+    it, and `ask` answers from the planned memory."""
+    from infinipot_mlx.cli.library import main
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    os.link(clip, folder / "clip.mp4")
+    lib = ["--library", str(tmp_path / "lib")]
+    assert main(["index", str(folder), *lib, "--model", str(tiny_qwen_dir), "--memory", "400MB"]) == 0
+    assert "done    clip.mp4" in capsys.readouterr().out
+    assert main(["list", *lib]) == 0
+    assert "(kv memory 400MB, 2 fps, mlx)" in capsys.readouterr().out
+    assert main(["ask", "What moved?", *lib, "--max-tokens", "2"]) == 0
+    assert capsys.readouterr().out.startswith("clip.mp4: ")

@@ -27,6 +27,7 @@ METHODS = {m.name: m for m in (  # the one method registry: CLIs, config and bot
 POSITION_POLICIES = ("absolute", "compact", "auto")
 DEFAULT_CAPACITY = 6144  # tokens per layer: the one default cap (the CLIs', the server's, load()'s)
 DEFAULT_RESERVE = 512  # tokens kept free under the cap for a question and its answer
+DEFAULT_FPS = 2.0  # frames sampled per second (the front ends' --fps; StreamSession's fps)
 
 
 @dataclass(frozen=True)
