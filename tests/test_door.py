@@ -83,23 +83,28 @@ def test_the_memory_map_path_printed_is_the_file_written(tiny_qwen_dir, clip, tm
     assert not (tmp_path / "map").exists()
 
 
-def test_a_memory_map_that_cannot_be_drawn_keeps_the_memory_and_the_answers(tiny_qwen_dir, clip, tmp_path):
-    """An output error after streaming is one line; the memory is saved and every answer given."""
+def test_a_memory_map_that_cannot_be_drawn_keeps_the_memory_and_the_answers(tiny_qwen_dir, clip, tmp_path,
+                                                                            capsys):
+    """An output error after streaming (the folder went away after the check) is one line;
+    the streamed memory stays and can still be answered from."""
     import argparse
 
     from infinipot_mlx.cli.chat import draw_memory_map
-    from infinipot_mlx.door import open_stream
+    from infinipot_mlx.door import open_stream, stream_source
 
     args = argparse.Namespace(video=str(clip), model=str(tiny_qwen_dir), backend="mlx", device="auto",
                               dtype=None, kv_budget=700, memory=None, reserve=512, block_slots=None, fps=2.0,
                               max_frames=None, max_pixels=None, method="infinipot_v", seed=0, load=None)
-    session = open_stream(args, say=lambda line: None).session
-    session.add_video(str(clip))
+    opened = open_stream(args)
+    stream_source(opened.session, opened.source, str(clip))
     gone = tmp_path / "gone"
     gone.mkdir()
-    gone.rmdir()  # checked up front, then removed: the drawing fails at the end
-    assert draw_memory_map(session, str(gone / "map.png")) is False
-    assert session.counters.frames_seen > 0
+    gone.rmdir()
+    assert draw_memory_map(opened.session, str(gone / "map.png")) is False
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --memory-map") and "kept" in err[0], err
+    assert opened.session.counters.frames_seen == 6
+    assert "".join(opened.session.ask("What moved?", max_tokens=2))
 
 
 def test_server_port_out_of_range_is_one_line_before_loading(tiny_qwen_dir):
