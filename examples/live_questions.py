@@ -13,21 +13,25 @@ import time
 
 import infinipot_mlx
 from infinipot_mlx import InfiniPotConfig
-from infinipot_mlx.video.reader import FrameReader
+from infinipot_mlx.door import stream_source
 
 model_dir, source, *questions = sys.argv[1:] or ["mlx-community/Qwen2.5-VL-7B-Instruct-4bit", "0"]
 session = infinipot_mlx.load(model_dir, InfiniPotConfig(capacity=6144, reserve=512))
 video = session.open_video(int(source) if source.isdigit() else source)
-reader = FrameReader(video, realtime=video.kind == "file", depth=2 * session.frames_per_block)
+readers, reading = [], threading.Event()  # the reader thread stream_source starts (drops, lag)
 
 
-def feed():
-    for frames, timestamps in reader.chunks(session.frames_per_block):
-        session.add_frames(frames, timestamps)
+def started(reader):
+    readers.append(reader)
+    reading.set()
 
 
-feeder = threading.Thread(target=feed)
+# the same streaming loop as chat's and the server's (door.py); a file is played in real time
+feeder = threading.Thread(target=stream_source, args=(session, video),
+                          kwargs=dict(realtime=video.kind == "file", reader_hook=started))
 feeder.start()
+reading.wait()
+reader = readers[0]
 for question in questions or ["What is happening now?", "And now?"]:
     time.sleep(2.0)  # the stream goes on meanwhile
     answer = "".join(session.ask(question, max_tokens=32))
@@ -35,6 +39,5 @@ for question in questions or ["What is happening now?", "And now?"]:
           f"Q: {question}\nA: {answer}")
 if video.kind != "file":
     reader.stop()  # a camera never ends by itself; a file plays to its end
-feeder.join()
-session.flush()  # the frames of an unfinished block
+feeder.join()  # stream_source flushes the frames of an unfinished block
 print(f"streamed {session.counters.frames_seen} frames; {session.cache.n_cached} tokens cached")

@@ -138,19 +138,40 @@ def test_measured_activations_raise_the_bound():
 
 @pytest.mark.parametrize("text,expected", [
     ("6GB", 6e9), ("6 gb", 6e9), ("6.5 GiB", 6.5 * 2**30), ("512MB", 512e6), ("60%", 38.4e9),
-    (None, budget.DEFAULT_FRACTION * 64e9), ("2", 2e9),
+    (None, budget.DEFAULT_FRACTION * 64e9), ("2GB", 2e9), ("100%", 64e9), ("1000000B", 1e6),
 ])
 def test_parse_budget(text, expected):
     assert budget.parse_budget(text, 64_000_000_000) == int(expected)
 
 
 @pytest.mark.parametrize("text,message", [
-    ("lots", "cannot read"), ("6 parsecs", "cannot read"), ("0GB", "positive"),
-    ("150%", "share"), ("128GB", "exceeds"),
+    ("lots", "not a size"), ("6 parsecs", "not a size"), ("0GB", "positive"),
+    ("150%", "share"), ("0%", "share"), ("128GB", "exceeds"), ("2", "give a unit"), ("0", "give a unit"),
 ])
 def test_parse_budget_rejects(text, message):
     with pytest.raises(ValueError, match=message):
         budget.parse_budget(text, 64_000_000_000)
+
+
+@pytest.mark.parametrize("text,share_of,expected", [
+    ("2GB", None, 2e9), ("512MiB", None, 512 * 2**20), ("64MB", None, 64e6), ("1000000B", None, 1e6),
+    ("250KB", None, 250e3), ("60%", 10_000, 6_000), ("100%", 10_000, 10_000),
+])
+def test_one_size_parser_for_every_size_flag(text, share_of, expected):
+    """parse_size reads --memory and the server's byte limits alike."""
+    assert budget.parse_size(text, "--max-body-bytes", share_of) == int(expected)
+
+
+@pytest.mark.parametrize("text,share_of,message", [
+    ("6", None, "--max-body-bytes 6: give a unit (a bare number could be bytes or GB)"),
+    ("60%", None, "not a size"),  # a share only where there is a whole to take it of
+    ("150%", 10_000, "not a share of memory in (0, 100]%"), ("0%", 10_000, "not a share"),
+    ("0MB", None, "must be positive"), ("lots", None, "not a size"),
+])
+def test_the_size_parser_refuses_with_one_line(text, share_of, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as caught:
+        budget.parse_size(text, "--max-body-bytes", share_of)
+    assert "\n" not in str(caught.value)
 
 
 def test_memory_probe_reports_live_figures():

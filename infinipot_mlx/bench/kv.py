@@ -31,7 +31,7 @@ import numpy as np
 
 from ..contract import plan
 from ..contract.budget import format_bytes
-from ..contract.config import METHODS, InfiniPotConfig
+from ..contract.config import DEFAULT_RESERVE, METHODS, InfiniPotConfig
 from ..errors import UserError
 from ..stream.room import compress_layers
 from .common import (
@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-slots", type=int, default=8)
     parser.add_argument("--capacity-slots", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=64, help="pinned text before the video")
-    parser.add_argument("--reserve", type=int, default=512)
+    parser.add_argument("--reserve", type=int, default=DEFAULT_RESERVE)
     parser.add_argument("--method", choices=[m for m, method in METHODS.items() if method.bounded],
                         default="infinipot_v")
     parser.add_argument("--full-limit-gb", type=float, default=2.0,

@@ -34,6 +34,7 @@ from pathlib import Path
 from ..contract.config import METHODS as METHODS_REGISTRY
 from ..contract.config import InfiniPotConfig
 from ..contract.specs import DEFAULT_SYSTEM, MODEL_TYPES
+from ..door import DEFAULT_FPS
 from . import random_model
 from .common import (
     environment,
@@ -72,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--points", type=float, nargs="+", default=[1, 2, 4, 6, 8, 10],
                         help="measure after this many times the visual capacity has streamed")
-    parser.add_argument("--fps", type=float, default=2.0, help="sampling rate of the frames")
+    parser.add_argument("--fps", type=float, default=DEFAULT_FPS, help="sampling rate of the frames")
     parser.add_argument("--answer-tokens", type=int, default=None,
                         help="tokens decoded per question (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0)

@@ -93,11 +93,8 @@ def check_args(args) -> list[float]:
             raise UserError(f"--{name.replace('_', '-')} must be finite, got {bad[0]}")
     require_positive(args, "minutes", "memory_limit_gb", "time_limit_s", "fps", "max_tokens")
     if args.kv_budget is not None:
-        from ..cli.chat import (
-            build_parser as chat_parser,  # light: no mlx before its flags are checked
-        )
+        from ..door import DEFAULT_RESERVE as reserve  # the chat's default
 
-        reserve = chat_parser().get_default("reserve")
         if args.kv_budget <= reserve:
             raise UserError(f"--kv-budget must be above the chat's default reserve ({reserve} tokens), "
                             f"got {args.kv_budget}")

@@ -3,8 +3,8 @@ one JSON line on stdout (MARKER + the result), then an exit without interpreter 
 
 mlx-vlm's side runs its own video path unchanged; the video's token count is read from the
 prompt it ran (prompt tokens less the text around the one video placeholder). Our side runs
-`infinipot_mlx.chat.main` with two of our own functions wrapped to note when the model is
-loaded and when the first answer token arrives (observed, not changed).
+what the chat runs, through the same door (door.py), noting when the model is loaded and when
+the first answer token arrives.
 """
 
 from __future__ import annotations
@@ -60,42 +60,41 @@ def run_mlx_vlm(opts, t0: float, matched: bool) -> dict:
 
 
 def run_ours(opts, t0: float) -> tuple[dict, int]:
-    """`python -m infinipot_mlx.chat V --model M -q Q --fps F --max-pixels H*W --max-tokens K`,
-    in this process, with StreamSession.ask and the backend's load timed (observed, not changed)."""
+    """What `python -m infinipot_mlx.chat V --model M -q Q --fps F --max-pixels H*W --max-tokens K`
+    does, through the same door (door.py: the chat's flags and defaults, open_stream,
+    stream_source), with the load and the first answer token timed."""
     import mlx.core as mx
 
-    from ..cli import chat
-    from ..mlx import backend
-    from ..stream.session import StreamSession
+    from .. import door
+    from ..errors import run_command
 
+    p = argparse.ArgumentParser()
+    p.add_argument("video")
+    door.add_session_flags(p)
+    argv = [opts.video, "--model", opts.model, "--fps", f"{opts.fps:g}",
+            "--max-pixels", str(opts.frame_size * opts.frame_size)]
+    args = p.parse_args(argv + (["--kv-budget", str(opts.kv_budget)] if opts.kv_budget else []),
+                        namespace=argparse.Namespace(seed=0, load=None))
     marks: dict = {}
-    load, ask = backend.load, StreamSession.ask
 
-    def timed_load(*a, **k):
-        session = load(*a, **k)
-        marks["load"] = time.perf_counter()
-        return session
+    def ours() -> int:
+        door.check_session_args(args)
+        opened = door.open_stream(args)
+        marks["load"], session = time.perf_counter(), opened.session
+        door.stream_source(session, opened.source, opts.video)
+        reply = session.ask(opts.question, max_tokens=opts.max_tokens)
+        try:
+            for _piece in reply:
+                if "first" not in marks:
+                    marks.update(first=time.perf_counter(), stats=session.stats())
+        finally:
+            reply.close()
+        marks.setdefault("first", time.perf_counter())  # the first token ended the answer
+        marks.setdefault("stats", session.stats())
+        marks["session"] = session
+        return 0
 
-    def timed_ask(self, *a, **k):
-        reply = ask(self, *a, **k)
-
-        def pieces():
-            try:
-                for piece in reply:
-                    if "first" not in marks:
-                        marks.update(first=time.perf_counter(), stats=self.stats())
-                    yield piece
-            finally:
-                reply.close()
-                if "first" not in marks:  # the first token ended the answer
-                    marks.update(first=time.perf_counter(), stats=self.stats())
-                marks["session"] = self
-        return pieces()
-
-    backend.load, StreamSession.ask = timed_load, timed_ask
-    argv = [opts.video, "--model", opts.model, "-q", opts.question, "--fps", f"{opts.fps:g}",
-            "--max-pixels", str(opts.frame_size * opts.frame_size), "--max-tokens", str(opts.max_tokens)]
-    rc = chat.main(argv + (["--kv-budget", str(opts.kv_budget)] if opts.kv_budget else []))
+    rc = run_command(ours)
     end = time.perf_counter()
     session = marks.get("session")
     if rc != 0 or session is None:

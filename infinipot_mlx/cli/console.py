@@ -14,43 +14,36 @@ import threading
 from ..errors import UserError, report
 
 
-def stream_frames(session, chunks, total: int | None, reader=None, between=None) -> None:
-    """Feed (frames (n, H, W, 3), timestamps (n,) or None) chunks with a progress bar.
+def stream_frames(session, total: int | None, stream, between=None) -> None:
+    """Run `stream` (door.stream_source or door.feed with its source bound) with a progress bar.
 
-    reader: the reader.FrameReader the chunks come from (its drops and lag are shown).
-    between: called after every chunk (chat answers questions typed while streaming there);
+    stream(on_chunk=, between=, reader_hook=): feeds the session, calling the hooks (door.py).
+    between(bar): called after every chunk (chat answers questions typed while streaming there);
         it returns False to stop the stream.
     Ctrl-C stops early: what was streamed stays, and an unfinished block stays queued.
     The bar shows the cache from the start and is redrawn at once after every chunk until the
     first block is in the cache (tqdm otherwise waits 0.1 s between redraws), so the first
     news of the stream comes without delay (bench/startup.py times it: the first line whose
-    cached count is above the starting one).
+    cached count is above the starting one). A reader's drops and lag are shown.
     """
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="frame", desc="streaming", dynamic_ncols=True,
-               postfix=_progress_text(session, reader))
-    early = True  # redraw at once: no block is in the cache yet
+    bar = tqdm(total=total, unit="frame", desc="streaming", dynamic_ncols=True, postfix=_progress_text(session))
+    readers, early = [], [True]  # the FrameReader, when there is one; redraw at once: no block cached yet
+
+    def on_chunk(n: int) -> None:
+        bar.update(n)
+        bar.set_postfix_str(_progress_text(session, *readers), refresh=early[0])
+        early[0] = early[0] and session.counters.frames_seen == 0
+
     try:
-        for frames, timestamps in chunks:
-            session.add_frames(frames, timestamps)
-            if reader is not None:
-                session.counters.frames_dropped = reader.dropped
-            bar.update(len(frames))
-            bar.set_postfix_str(_progress_text(session, reader), refresh=early)
-            early = early and session.counters.frames_seen == 0
-            if between is not None and between(bar) is False:
-                break
-        session.flush()
+        stream(on_chunk=on_chunk, between=None if between is None else lambda: between(bar),
+               reader_hook=readers.append)
     except KeyboardInterrupt:
         bar.close()
         print(f"stopped at frame {session.counters.frames_seen + len(session.pending)} (Ctrl-C); "
               "questions will be about what was streamed", file=sys.stderr)
         return
-    finally:
-        if reader is not None:
-            reader.stop()
-            session.counters.frames_dropped = reader.dropped
     bar.total = bar.n  # the container's frame count is an estimate: end at 100%
     bar.set_postfix_str(_progress_text(session))
     bar.close()

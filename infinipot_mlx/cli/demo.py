@@ -11,8 +11,10 @@ striped 3 x 3 grid.
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 from ..contract.config import InfiniPotConfig
+from ..door import feed
 from ..organism.session import DEMO_BLOCK_SLOTS, first_word, open_organism
 from .console import answer, interactive, stream_frames
 
@@ -30,7 +32,8 @@ def run_demo(args) -> int:
           f"{session.config.method} with a cap of {session.config.capacity or 'no'} tokens "
           "(the bundled organism, a ~1M-parameter Qwen2.5-VL trained on synthetic video)")
     block = 2 * DEMO_BLOCK_SLOTS
-    stream_frames(session, ((frames[i:i + block], None) for i in range(0, len(frames), block)), len(frames))
+    chunks = ((frames[i:i + block], None) for i in range(0, len(frames), block))  # (n, H, W, 3) uint8
+    stream_frames(session, len(frames), partial(feed, session, chunks))
     right = 0
     for question, truth, _qtype in qa:
         print(f"Q: {question}\nA: ", end="")

@@ -19,15 +19,14 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
 from itertools import groupby
 from pathlib import Path
 
 from .. import _blas
 from ..stream import memory_file as memories
 from ..errors import EXIT_BAD_INPUT, OneLineParser, UserError, one_line, run_command
-from ..library import Catalogue, Entry, memory_name, model_key, settings_json
-from .chat import DEFAULT_CAPACITY, MIN_PIXELS, model_path
+from ..door import add_session_flags, check_session_args, model_path
+from ..library import Catalogue, Entry, memory_name, model_key
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
                   ".ts", ".3gp")
@@ -46,19 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Stream every video of FOLDER (subfolders too) once into a saved "
                                        "memory; skip those already indexed with the same model and settings.")
     index.add_argument("folder", help="folder of videos (" + " ".join(VIDEO_SUFFIXES) + ")")
-    index.add_argument("--model", default=None,
-                       help="checkpoint folder or hub repo (default: chat's, "
-                            "mlx-community/Qwen2.5-VL-7B-Instruct-4bit; reference: Qwen/Qwen2.5-VL-7B-Instruct)")
-    index.add_argument("--backend", choices=("mlx", "reference"), default="mlx",
-                       help="mlx (default) or the PyTorch reference (the checkpoint's dtype)")
-    index.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="reference backend device")
-    index.add_argument("--kv-budget", type=int, default=DEFAULT_CAPACITY, metavar="TOKENS",
-                       help=f"KV cache capacity in tokens per layer (default {DEFAULT_CAPACITY})")
-    index.add_argument("--reserve", type=int, default=512, metavar="TOKENS",
-                       help="room kept free under the cap for a question and its answer (default 512)")
-    index.add_argument("--fps", type=float, default=2.0, help="sampling rate in frames per second (default 2)")
-    index.add_argument("--max-pixels", type=int, default=None,
-                       help="pixel budget per frame (default 448x448 = 200704, shrunk to fit the cap)")
+    add_session_flags(index, model_help="checkpoint folder or hub repo (default: chat's, "
+                      "mlx-community/Qwen2.5-VL-7B-Instruct-4bit; reference: Qwen/Qwen2.5-VL-7B-Instruct)")
     index.add_argument("--retry-failed", action="store_true",
                        help="stream again the videos that failed before (default: skip them)")
     sub.add_parser("list", parents=[common], help="one line per video: name, duration, memory size, "
@@ -77,14 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args) -> None:
     """Reject impossible flag values before anything heavy is loaded."""
     if args.command == "index":
-        if not args.fps > 0:
-            raise UserError(f"--fps must be positive, got {args.fps}")
-        if args.reserve < 0 or args.kv_budget <= args.reserve:
-            raise UserError(f"--kv-budget {args.kv_budget} must be above --reserve {args.reserve} (>= 0), "
-                            "the room kept for a question and its answer")
-        if args.max_pixels is not None and args.max_pixels < MIN_PIXELS:
-            raise UserError(f"--max-pixels {args.max_pixels} is below one visual token ({MIN_PIXELS} pixels, "
-                            "28 x 28); use at least that")
+        check_session_args(args)  # the door's checks, the same lines as chat's and the server's
     if args.command == "ask":
         if not args.question.strip():
             raise UserError("the question is empty; write a question about the videos")
@@ -134,14 +115,13 @@ class Indexer:
     the model is loaded at the first video that needs streaming (a run that skips all loads none)."""
 
     def __init__(self, args, catalogue: Catalogue, model_dir: Path):
-        from ..contract.config import InfiniPotConfig
+        from ..door import session_config, settings_key
 
         self.args, self.catalogue, self.session = args, catalogue, None
-        self.config = InfiniPotConfig(capacity=args.kv_budget, reserve=args.reserve)
         self.model_dir = model_dir
         self.identity = memories.model_identity(self.model_dir)  # == memories.identity(session)
         self.key = model_key(self.identity)
-        self.settings = settings_json(asdict(self.config), args.fps, args.max_pixels, args.backend)
+        self.settings = settings_key(args, session_config(args))  # every stream flag: other flags, other rows
 
     def index(self, video: Path, name: str) -> str:
         """'done', 'skipped' or 'failed' for one video; says which on stdout."""
@@ -178,18 +158,22 @@ class Indexer:
         """Stream one file into the emptied session with a per-video bar; its duration (s)."""
         from tqdm import tqdm
 
+        from ..door import fit_source, open_source, stream_source
+
         session.reset()
-        source = session.open_video(video, max_pixels=self.args.max_pixels)  # sized for the cap
-        session.begin_video(video, content=content)  # hashed once, by _content_key
+        source = open_source(self.args, session.spec, str(video))  # at the session's fps, --max-frames
+        fit_source(session, source, self.args.max_pixels)  # sized for the cap
         total = None if source.duration is None else int(source.duration * session.fps + 0.999)
+        if source.max_frames is not None:
+            total = min(total or source.max_frames, source.max_frames)
         bar = tqdm(total=total, unit="frame", desc=_short(name), leave=False, position=1, dynamic_ncols=True)
-        try:
-            for block in source.blocks(session.frames_per_block):  # frames (F, H, W, 3) uint8
-                session.add_frames(block.frames, block.timestamps)
-                bar.update(len(block.frames))
-                bar.set_postfix_str(f"cached {session.cache.n_cached}/{session.config.capacity} tok",
-                                    refresh=False)
-            session.flush()
+
+        def progress(n: int) -> None:
+            bar.update(n)
+            bar.set_postfix_str(f"cached {session.cache.n_cached}/{session.config.capacity} tok", refresh=False)
+
+        try:  # hashed once, by _content_key
+            stream_source(session, source, video, content=content, on_chunk=progress)
         finally:
             bar.close()
         return source.duration
@@ -214,22 +198,12 @@ class Indexer:
 
     def _session(self):
         if self.session is None:
-            self.session = open_session(self.args.backend, self.model_dir, self.config, self.args.fps,
-                                        self.args.device)
+            from ..door import open_session
+
+            self.session = open_session(self.args, str(self.model_dir), say=_say)  # --memory: planned
             if memories.identity(self.session) != self.identity:
                 raise UserError(f"the checkpoint {self.model_dir} changed while indexing; run index again")
         return self.session
-
-
-def open_session(backend: str, path, config, fps: float, device: str = "auto"):
-    """A StreamSession on `backend` for the checkpoint folder `path` (mlx import only here)."""
-    if backend == "reference":
-        from ..reference.backend import load as load_reference
-
-        return load_reference(str(path), config, fps=fps, device=device)
-    from ..mlx.backend import load
-
-    return load(str(path), config, fps=fps)
 
 
 def run_index(args) -> int:
@@ -238,6 +212,10 @@ def run_index(args) -> int:
     folder = Path(args.folder).expanduser()
     videos = find_videos(folder)
     model_dir = model_path(args)  # chat's rule: --model, else the default checkpoint
+    from ..contract.specs import load_spec
+    from ..door import check_capacity
+
+    check_capacity(args.kv_budget, load_spec(model_dir))
     counts = dict(done=0, skipped=0, failed=0)
     with Catalogue(args.library, create=True) as catalogue:
         memories.sweep_temporaries(catalogue.memories)
@@ -259,7 +237,8 @@ def run_list(args) -> int:
         width = max((len(e.name) for e in entries), default=0)
         for e in entries:
             settings = json.loads(e.settings)
-            model = f"{e.model_name} (kv {settings['config']['capacity']}, {settings['fps']:g} fps, {e.backend})"
+            cap = settings["config"]["capacity"] or f"memory {settings.get('memory')}"
+            model = f"{e.model_name} (kv {cap}, {settings['fps']:g} fps, {e.backend})"
             print(f"{e.name:<{width}}  {_duration(e.duration):>8}  {_size(e.memory_bytes):>9}  {model}  "
                   f"{e.created[:16].replace('T', ' ')}  {_status(catalogue, e)}")
     return 0
@@ -319,13 +298,18 @@ def chosen(entries: list[Entry], video: str | None, library: Path) -> list[Entry
 
 def _ask_session(args, path: str, backend: str, group: list[Entry]):
     """A session for `group`'s checkpoint, or None (each video's error said) when it cannot open."""
-    from ..contract.config import InfiniPotConfig
+    from ..contract.config import DEFAULT_CAPACITY, InfiniPotConfig
     from ..contract.model_path import resolve_model_path
+    from ..door import open_with
 
-    settings = json.loads(group[0].settings)  # any memory's: load_memory restores its own
+    settings = json.loads(group[0].settings)  # any memory's: load_memory restores its own config
+    config = dict(settings["config"], capacity=settings["config"]["capacity"] or DEFAULT_CAPACITY)
+    if config["method"] == "full":
+        config["capacity"] = None
     try:
         folder = resolve_model_path(path)
-        return open_session(backend, folder, InfiniPotConfig(**settings["config"]), settings["fps"], args.device)
+        return open_with(backend, folder, InfiniPotConfig(**config), settings["fps"], args.device,
+                         settings.get("dtype"))
     except UserError as err:
         if args.model:  # the flag itself is wrong: bad input to the command
             raise

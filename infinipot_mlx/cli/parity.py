@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..contract.config import METHODS, InfiniPotConfig
+from ..contract.config import DEFAULT_RESERVE, METHODS, InfiniPotConfig
+from ..door import DEFAULT_FPS
 
 EXIT_MISMATCH, EXIT_BAD_INPUT = 1, 2
 LOGIT_TOL = 1e-4  # float32 contract
@@ -252,14 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint folder in the Hugging Face layout (float32 for exact parity)")
     p.add_argument("--video", required=True, help="video file")
     p.add_argument("--kv-budget", type=int, default=1024, metavar="N", help="KV capacity in tokens per layer")
-    p.add_argument("--reserve", type=int, default=512, metavar="N", help="room kept for a question and its answer")
+    p.add_argument("--reserve", type=int, default=DEFAULT_RESERVE, metavar="N", help="room kept for a question and its answer")
     p.add_argument("--method", choices=METHODS, default="infinipot_v",
                    help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
     p.add_argument("--tar-ratio", type=float, default=0.5, help="TaR share (1: TaR only, 0: VaN only)")
     p.add_argument("--van-pooling", action="store_true", help="layer-adaptive VaN pooling")
     p.add_argument("--block-slots", "--block-frames", type=int, default=2, metavar="N",
                    help="temporal slots per block (--block-frames: its name before 0.2)")
-    p.add_argument("--fps", type=float, default=2.0, help="sampling rate in frames per second")
+    p.add_argument("--fps", type=float, default=DEFAULT_FPS, help="sampling rate in frames per second")
     p.add_argument("--max-frames", type=int, default=32, metavar="N", help="sampled frames to use")
     p.add_argument("--max-pixels", type=int, default=None, help="pixel budget per frame")
     p.add_argument("--questions", nargs="+", default=list(DEFAULT_QUESTIONS),

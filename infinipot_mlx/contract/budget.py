@@ -36,7 +36,7 @@ DEFAULT_FRACTION = 0.6  # budget when none is given: this share of unified/syste
 MARGIN_FRACTION = 0.05  # kept free for the allocator, Python and small arrays
 HIDDEN_COPIES = 5  # residual, normed input, attention output, their sum, RoPE tables (per token)
 COMPRESS_F32_COPIES = 6  # float32 vectors per visual token while scoring one layer (TaR, VaN)
-UNITS = {"": 1e9, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
+UNITS = {"b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
          "t": 1e12, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
@@ -276,26 +276,41 @@ def plan_from_config(config: dict, budget_bytes: int, weight_bytes: int, *, toke
 
 
 # ----- budget strings ----------------------------------------------------------------------------
-def parse_budget(text: str | None, total_bytes: int) -> int:
-    """"6GB", "6.5 GiB", "512MB", "60%" (of total_bytes) or None (DEFAULT_FRACTION) -> bytes."""
-    if text is None:
-        return int(total_bytes * DEFAULT_FRACTION)
+def parse_size(text: str, flag: str, share_of: int | None = None) -> int:
+    """One size string -> bytes, for every size flag (--memory, the server's byte limits).
+
+    "6GB", "6.5 GiB", "512MB", "1000000B" (decimal units, binary with an i), and with
+    `share_of` (the machine's memory in bytes) "60%" of it. A bare number is refused: "6"
+    could be 6 bytes or 6 GB, so the unit is asked for. A share is in (0, 100]%; zero or
+    negative sizes are refused. UserError (one line, naming `flag`) otherwise.
+    """
+    forms = "6GB, 512MB, 1000000B" + (" or 60%" if share_of else "")
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(%|[a-zA-Z]*)\s*", str(text))
     unit = match.group(2).lower() if match else None
-    if unit is None or (unit != "%" and unit not in UNITS):
-        raise UserError(f"cannot read the memory budget {text!r}; write it like 6GB, 6.5GiB, "
-                         "512MB or 60%")
+    if unit == "":
+        raise UserError(f"{flag} {text}: give a unit (a bare number could be bytes or GB); write it like {forms}")
+    if unit is None or (unit not in UNITS and not (unit == "%" and share_of)):
+        raise UserError(f"{flag} {text!r} is not a size; write it like {forms}")
     value = float(match.group(1))
     if unit == "%":
         if not 0 < value <= 100:
-            raise UserError(f"a memory budget of {text!r} is not a share of memory in (0, 100]%")
-        return int(total_bytes * value / 100)
-    budget = int(value * UNITS[unit])
-    if budget <= 0:
-        raise UserError(f"the memory budget {text!r} must be positive")
+            raise UserError(f"{flag} {text} is not a share of memory in (0, 100]%; write it like 60%")
+        return int(share_of * value / 100)
+    size = int(value * UNITS[unit])
+    if size <= 0:
+        raise UserError(f"{flag} {text} must be positive; write it like {forms}")
+    return size
+
+
+def parse_budget(text: str | None, total_bytes: int, flag: str = "--memory") -> int:
+    """A memory budget (parse_size: "6GB", "60%" of total_bytes, ...) or None
+    (DEFAULT_FRACTION of total_bytes) -> bytes; no more than the machine has."""
+    if text is None:
+        return int(total_bytes * DEFAULT_FRACTION)
+    budget = parse_size(text, f"{flag} (the memory budget)", share_of=total_bytes)
     if budget > total_bytes:
-        raise UserError(f"a memory budget of {format_bytes(budget)} exceeds this machine's "
-                         f"memory ({format_bytes(total_bytes)})")
+        raise UserError(f"{flag} {text}: a memory budget of {format_bytes(budget)} exceeds this machine's "
+                        f"memory ({format_bytes(total_bytes)})")
     return budget
 
 

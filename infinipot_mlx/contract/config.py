@@ -25,6 +25,9 @@ METHODS = {m.name: m for m in (  # the one method registry: CLIs, config and bot
     Method("full", False, "no compression and no cap (the reference point)"),
 )}
 POSITION_POLICIES = ("absolute", "compact", "auto")
+DEFAULT_CAPACITY = 6144  # tokens per layer: the one default cap (the CLIs', the server's, load()'s)
+DEFAULT_RESERVE = 512  # tokens kept free under the cap for a question and its answer
+DEFAULT_FPS = 2.0  # frames sampled per second (the front ends' --fps; StreamSession's fps)
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,9 @@ class InfiniPotConfig:
         position_policy: "absolute", "compact", or "auto" (the model's default).
     """
 
-    capacity: int | None = 6144
+    capacity: int | None = DEFAULT_CAPACITY
     block_slots: int | None = None
-    reserve: int = 512
+    reserve: int = DEFAULT_RESERVE
     method: str = "infinipot_v"
     tar_ratio: float = 0.5
     recent_ratio: float = 0.25

@@ -86,9 +86,12 @@ def model_key(identity: dict) -> str:
     return f"{identity['config_sha256']}:{identity['weights_sha256']}"
 
 
-def settings_json(config: dict, fps: float, max_pixels: int | None, backend: str) -> str:
-    """The settings part of a row's key: canonical JSON (sorted keys, fps as a float)."""
-    return json.dumps(dict(config=config, fps=float(fps), max_pixels=max_pixels, backend=backend),
+def settings_json(config: dict, fps: float, max_pixels: int | None, backend: str, **more) -> str:
+    """The settings part of a row's key: canonical JSON (sorted keys, fps as a float). `more`:
+    the other stream settings (dtype, memory, max_frames...), recorded when set, so that a key
+    made without them is the same as before they were recorded."""
+    extra = {k: v for k, v in more.items() if v is not None}
+    return json.dumps(dict(config=config, fps=float(fps), max_pixels=max_pixels, backend=backend, **extra),
                       sort_keys=True, separators=(",", ":"))
 
 

@@ -88,6 +88,11 @@ class MLXBackend:
         mx.reset_peak_memory()
 
 
+def seed(n: int) -> None:
+    """Seed the sampler (greedy decoding needs none)."""
+    mx.random.seed(n)
+
+
 def load_model(path_or_repo: str):
     """(model, tokenizer, spec, path) through mlx_vlm.load; UserError for a folder it cannot use."""
     from mlx_vlm import load as vlm_load

@@ -167,6 +167,11 @@ def _check_not_mlx_quantized(path: Path) -> None:
                          f"original Hugging Face weights (for example {DEFAULT_MODEL})")
 
 
+def seed(n: int) -> None:
+    """Seed the sampler (greedy decoding needs none)."""
+    torch.manual_seed(n)
+
+
 def load_model(path_or_repo: str, device: str = "auto", dtype: str | None = None):
     """(model, tokenizer, spec, path) through transformers' from_pretrained.
 

@@ -85,41 +85,18 @@ class Engine:
 
     # ----- loading (on the model thread) ---------------------------------------------------
     def _load(self) -> None:
-        from ..cli.chat import DEFAULT_CAPACITY, model_path
-        from ..contract.config import METHODS, InfiniPotConfig
-        from ..library import model_key, settings_json
+        from ..contract.specs import load_spec
+        from ..door import check_capacity, load_model, model_path, settings_key
+        from ..library import model_key
 
         args = self.args
         path = model_path(args)
-        capacity = (args.kv_budget or DEFAULT_CAPACITY) if METHODS[args.method].bounded else None
-        config = InfiniPotConfig(capacity=capacity, block_slots=args.block_slots, method=args.method,
-                                 reserve=args.reserve)
-        self.model, self.tokenizer, self.spec, self.config = self._load_model(path, config)
+        check_capacity(args.kv_budget, load_spec(path))
+        self.model, self.tokenizer, self.spec, self.config = load_model(args, path)
         self.model_dir = Path(path)
         self.model_id = args.served_model_name or self.model_dir.name
-        self.library_keys = (model_key(memories.model_identity(self.model_dir)),
-                             settings_json(asdict(self.config), args.fps, args.max_pixels, args.backend))
+        self.library_keys = (model_key(memories.model_identity(self.model_dir)), settings_key(args, self.config))
         self.stats.capacity = self.config.capacity
-
-    def _load_model(self, path: str, config):
-        """(model, tokenizer, spec, config): --memory plans the capacity as chat does (MLX)."""
-        args = self.args
-        if args.memory is not None:  # planned for square frames of the default pixel budget
-            from ..cli.chat import open_budgeted_session
-            from ..contract.specs import DEFAULT_FRAME_PIXELS, load_spec
-
-            side = int(DEFAULT_FRAME_PIXELS ** 0.5)
-            probe = open_budgeted_session(args, path, config, tuple(load_spec(path).frame_size or (side, side)))
-            return probe.adapter.model, probe.adapter.tokenizer, probe.spec, probe.config
-        if args.backend == "reference":
-            from ..reference.backend import load_model
-
-            model, tokenizer, spec, _ = load_model(path, device=args.device, dtype=args.dtype)
-        else:
-            from ..mlx.backend import load_model
-
-            model, tokenizer, spec, _ = load_model(path)
-        return model, tokenizer, spec, config
 
     def new_session(self, fps: float | None = None):
         from ..stream.session import StreamSession
@@ -266,6 +243,7 @@ class Engine:
             self.stats.compressions += c.compressions - compressions0
 
     def _stream_file(self, session, clip: Clip, sampling: Sampling) -> None:
+        from ..door import fit_source, stream_source
         from ..video.source import VideoSource
 
         video = VideoSource.for_model(clip.path, self.spec, fps=sampling.fps or session.fps)
@@ -273,12 +251,11 @@ class Engine:
             if video.duration:
                 video.fps = sampling.num_frames / video.duration
             video.max_frames = sampling.num_frames
-        video.frame_size = session.fit_frame_size(video.source_size, self.args.max_pixels)
-        session.begin_video(clip.path, clip.name, clip.key)  # hashed once, in media.py
-        for block in video.blocks(session.frames_per_block):
-            session.add_frames(block.frames, block.timestamps)
+        fit_source(session, video, self.args.max_pixels)
+        stream_source(session, video, clip.path, clip.name, clip.key)  # hashed once, in media.py
 
     def _stream_frames(self, session, clip: Clip, sampling: Sampling) -> None:
+        from ..door import feed
         from ..video.source import resize_frame
 
         frames = clip.frames
@@ -286,8 +263,8 @@ class Engine:
             frames = [frames[i] for i in np.linspace(0, len(frames) - 1, sampling.num_frames).round().astype(int)]
         hw = session.fit_frame_size(frames[0].shape[:2], self.args.max_pixels)
         session.begin_video(clip.name)
-        rgb = np.stack([resize_frame(f, hw) for f in frames])  # BGR in, RGB out
-        session.add_frames(rgb, np.arange(len(rgb)) / (sampling.fps or session.fps))
+        rgb = np.stack([resize_frame(f, hw) for f in frames])  # (n, H, W, 3): BGR in, RGB out
+        feed(session, [(rgb, np.arange(len(rgb)) / (sampling.fps or session.fps))])
 
     # ----- facts -------------------------------------------------------------------------------
     def _note_peak(self, session) -> None:
