@@ -26,6 +26,9 @@ from pathlib import Path
 from .contract.budget import parse_budget, parse_size  # noqa: F401  (parse_size: the one size parser)
 from .contract.config import DEFAULT_CAPACITY, DEFAULT_FPS, DEFAULT_RESERVE, METHODS
 from .errors import UserError
+# the one streaming loop lives with the session, so StreamSession.add_video (the Python API) and
+# every front end feed a source the same way; the door hands it on
+from .stream.feed import feed, stream_source  # noqa: F401
 
 MIN_PIXELS = 28 * 28  # one merged visual token of every supported model
 MAX_CAPACITY = 2**31 - 1  # cache rows and positions are 32-bit integers; the model's own range is checked too
@@ -309,47 +312,3 @@ def open_stream(args, say=print) -> Opened:
     if source is not None:
         fit_source(session, source, args.max_pixels)
     return Opened(session, source, saved, path)
-
-
-# ----- streaming ---------------------------------------------------------------------------------
-def stream_source(session, source, video=None, name: str | None = None, content: str | None = None, *,
-                  realtime: bool = False, on_chunk=None, between=None, reader_hook=None) -> None:
-    """Feed every sampled frame of a VideoSource, with its timestamp, to the session as a video
-    segment of its own: `video` (default: the source) is what the segment records, a file's
-    name and content hash unless `name` and `content` are given (begin_video). A reader thread
-    decodes ahead (video/reader.py); a live source drops what the model cannot keep up with.
-
-    on_chunk(n_frames): after each chunk is fed (progress). between(): after each chunk; False
-    stops the stream there. reader_hook(reader): called with the reader before the first chunk
-    (chat's bar shows its lag and drops). Ctrl-C propagates; what was fed stays, and an
-    unfinished block stays queued (flush() encodes it).
-    """
-    from .video.reader import FrameReader
-
-    session.begin_video(source if video is None else video, name, content)
-    block = session.frames_per_block
-    reader = FrameReader(source, live=source.kind != "file", realtime=realtime, depth=2 * block)
-    feed(session, reader.chunks(block), reader=reader, on_chunk=on_chunk, between=between,
-         reader_hook=reader_hook)
-
-
-def feed(session, chunks, *, reader=None, on_chunk=None, between=None, reader_hook=None) -> None:
-    """The one streaming loop: add each (frames (n, H, W, 3) uint8, timestamps (n,) or None)
-    chunk, then flush the last partial block. reader: the FrameReader the chunks come from
-    (stopped at the end, its drops counted); the hooks as in stream_source."""
-    if reader is not None and reader_hook is not None:
-        reader_hook(reader)
-    try:
-        for frames, timestamps in chunks:
-            session.add_frames(frames, timestamps)
-            if reader is not None:
-                session.counters.frames_dropped = reader.dropped
-            if on_chunk is not None:
-                on_chunk(len(frames))
-            if between is not None and between() is False:
-                break
-        session.flush()
-    finally:
-        if reader is not None:
-            reader.stop()
-            session.counters.frames_dropped = reader.dropped

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..stream.answer import eos_ids
-from ..contract.config import InfiniPotConfig
+from ..contract.config import DEFAULT_FPS, InfiniPotConfig
 from ..contract.model_path import DEFAULT_MODELS, resolve_model_path
 from ..stream.session import StreamSession
 from ..contract.specs import load_spec
@@ -203,7 +203,7 @@ def load_model(path_or_repo: str, device: str = "auto", dtype: str | None = None
     return model, tokenizer, spec, path
 
 
-def load(path_or_repo: str = DEFAULT_MODEL, config: InfiniPotConfig | None = None, fps: float = 2.0,
+def load(path_or_repo: str = DEFAULT_MODEL, config: InfiniPotConfig | None = None, fps: float = DEFAULT_FPS,
          device: str = "auto", dtype: str | None = None, **kwargs) -> StreamSession:
     """Load a checkpoint with transformers and open a reference StreamSession on it.
 

@@ -56,11 +56,7 @@ class VideoFeed:
     def add_video(self, source, max_frames: int | None = None, max_pixels: int | None = None) -> None:
         """Stream a whole video (open_video), block by block, with its frames' own timestamps,
         as a segment of its own: the memory records its name and content hash."""
-        video = self.open_video(source, max_frames, max_pixels)
-        self.begin_video(source)
-        for block in video.blocks(self.frames_per_block):
-            self.add_frames(block.frames, block.timestamps)
-        self.flush()
+        stream_source(self, self.open_video(source, max_frames, max_pixels), source)
 
     @serialized
     def begin_video(self, source, name: str | None = None, content: str | None = None) -> None:
@@ -235,3 +231,47 @@ class VideoFeed:
         if self.segment_t0 is not None:
             return times + self.segment_t0
         return times + self.video_slots_before * self.spec.frames_per_slot / self.fps
+
+
+# ----- the one streaming loop: every front end feeds a source through here (door.py) ----------
+def stream_source(session, source, video=None, name: str | None = None, content: str | None = None, *,
+                  realtime: bool = False, on_chunk=None, between=None, reader_hook=None) -> None:
+    """Feed every sampled frame of a VideoSource, with its timestamp, to the session as a video
+    segment of its own: `video` (default: the source) is what the segment records, a file's
+    name and content hash unless `name` and `content` are given (begin_video). A reader thread
+    decodes ahead (video/reader.py); a live source drops what the model cannot keep up with.
+
+    on_chunk(n_frames): after each chunk is fed (progress). between(): after each chunk; False
+    stops the stream there. reader_hook(reader): called with the reader before the first chunk
+    (chat's bar shows its lag and drops). Ctrl-C propagates; what was fed stays, and an
+    unfinished block stays queued (flush() encodes it).
+    """
+    from ..video.reader import FrameReader
+
+    session.begin_video(source if video is None else video, name, content)
+    block = session.frames_per_block
+    reader = FrameReader(source, live=source.kind != "file", realtime=realtime, depth=2 * block)
+    feed(session, reader.chunks(block), reader=reader, on_chunk=on_chunk, between=between,
+         reader_hook=reader_hook)
+
+
+def feed(session, chunks, *, reader=None, on_chunk=None, between=None, reader_hook=None) -> None:
+    """The one streaming loop: add each (frames (n, H, W, 3) uint8, timestamps (n,) or None)
+    chunk, then flush the last partial block. reader: the FrameReader the chunks come from
+    (stopped at the end, its drops counted); the hooks as in stream_source."""
+    if reader is not None and reader_hook is not None:
+        reader_hook(reader)
+    try:
+        for frames, timestamps in chunks:
+            session.add_frames(frames, timestamps)
+            if reader is not None:
+                session.counters.frames_dropped = reader.dropped
+            if on_chunk is not None:
+                on_chunk(len(frames))
+            if between is not None and between() is False:
+                break
+        session.flush()
+    finally:
+        if reader is not None:
+            reader.stop()
+            session.counters.frames_dropped = reader.dropped

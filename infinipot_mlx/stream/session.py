@@ -37,7 +37,7 @@ import numpy as np
 
 from ..contract import plan
 from .answer import AnswerLoop, Undo
-from ..contract.config import InfiniPotConfig
+from ..contract.config import DEFAULT_FPS, InfiniPotConfig
 from ..errors import UserError
 from .feed import VideoFeed
 from .locking import serialized
@@ -92,7 +92,7 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
     _attend = False  # set around the question's forward when evidence is recorded
 
     def __init__(self, model, tokenizer, spec, config: InfiniPotConfig | None = None,
-                 backend: str | Backend = "mlx", fps: float = 2.0, system_prompt: str = DEFAULT_SYSTEM,
+                 backend: str | Backend = "mlx", fps: float = DEFAULT_FPS, system_prompt: str = DEFAULT_SYSTEM,
                  record_kept: bool = False, check_cap: bool | None = None, model_dir=None):
         self.backend = make_backend(backend)
         self.model_dir = model_dir  # the checkpoint folder, which a saved memory is checked against
