@@ -27,8 +27,10 @@ def test_first_word():
 
 def test_demo_streams_under_the_cap_and_prints_answers_beside_the_truth():
     """The README's main job exactly as written, default flags: every answer printed is the
-    model's own (the same session run here in-process gives the same text), beside the true
-    answer of the video's events, with right/wrong and the count of right answers true."""
+    model's own under the cap (the same session run here in-process gives the same text),
+    beside the answer with the full cache and the true answer of the video's events, with
+    right/wrong and the closing counts (right under the cap, right with the full cache, and
+    how often they agree) true."""
     from infinipot_mlx.organism import make_episode
     from infinipot_mlx.organism.session import DEMO_BLOCK_SLOTS, open_organism
 
@@ -44,14 +46,24 @@ def test_demo_streams_under_the_cap_and_prints_answers_beside_the_truth():
         session.add_frames(frames[i:i + block])
     session.flush()
     replies = ["".join(session.ask(q, max_tokens=256, temperature=0.0, top_p=1.0)) for q, _, _ in qa]
+    full = open_organism(method="full")  # the same video with every token kept
+    for i in range(0, len(frames), block):
+        full.add_frames(frames[i:i + block])
+    full.flush()
+    fulls = [first_word("".join(full.ask(q, max_tokens=256, temperature=0.0, top_p=1.0))) for q, _, _ in qa]
     assert [line[3:] for line in lines if line.startswith("Q: ")] == [q for q, _, _ in qa]
     assert [line[3:] for line in lines if line.startswith("A: ")] == replies
-    assert all(replies), lines  # every question got a word, not an error or nothing
-    marks = [line.split() for line in lines if line.startswith("   truth: ")]
-    right = [first_word(r) == truth for r, (_, truth, _) in zip(replies, qa)]
-    assert marks == [["truth:", truth, "(right)" if ok else "(wrong)"] for (_, truth, _), ok in zip(qa, right)]
-    assert f"{sum(right)}/{len(qa)} right; cached {session.cache.n_cached} tokens, " \
-           f"{session.counters.compressions} compressions" in out.stdout
+    assert all(replies) and all(fulls), lines  # every question got a word, not an error or nothing
+    said = [first_word(r) for r in replies]
+    mark = {True: "right", False: "wrong"}
+    shown = [line.split() for line in lines if line.startswith("   full cache: ")]
+    assert shown == [["full", "cache:", f, "truth:", t, "(cap", f"{mark[s == t]},", "full", f"{mark[f == t]})"]
+                     for s, f, (_, t, _) in zip(said, fulls, qa)]
+    right, right_full = sum(s == t for s, (_, t, _) in zip(said, qa)), sum(f == t for f, (_, t, _) in zip(fulls, qa))
+    agree = sum(s == f for s, f in zip(said, fulls))
+    assert (f"under the cap {right}/{len(qa)} right, with the full cache {right_full}/{len(qa)}; the two agree on "
+            f"{agree}/{len(qa)}; cached {session.cache.n_cached} tokens, {session.counters.compressions} compressions"
+            ) in out.stdout
     assert session.counters.compressions > 0 and "error" not in out.stderr
     assert "streaming" in out.stderr and "mem" in out.stderr  # progress bar with the memory figure
 
