@@ -12,6 +12,7 @@ import pytest
 from infinipot_mlx.cli.library import main
 from infinipot_mlx.library import Catalogue
 from infinipot_mlx.library.search import Ranker, expected_answer, search
+from infinipot_mlx.organism import CELLS
 from infinipot_mlx.stream.memory_file import read
 from videos import index_level, moving_shapes_video, sized_video, static_events_video
 
@@ -106,3 +107,34 @@ def test_ask_prints_the_ranking_and_json(lib, capsys):
     assert hit["rank"] == 1 and hit["thumbnail"].endswith(".jpg")
     code, out, err = run(capsys, "ask", "What moved?", "--library", lib[0], "--top", 1, "--thumbnails")
     assert code == 0 and out.splitlines()[1].strip() == hit["thumbnail"]
+
+
+def test_the_library_benchmark_runs_small(tmp_path, capsys):
+    """bench library on 5 organism videos: every question has one answering video (checked
+    again here from the episodes), its rank is within the library, and the figure is drawn."""
+    from infinipot_mlx.bench.library import unique_questions, write_videos
+    from infinipot_mlx.cli.bench import main as bench
+
+    out = tmp_path / "bench"
+    assert bench(["library", "--n", "5", "--libraries", "1", "--questions", "4", "--sizes", "2", "--timing-queries", "1",
+                  "--out", str(out)]) == 0
+    record = json.loads((out / "library.json").read_text())
+    episodes = write_videos(out / "work" / "videos_0", 5, 0)  # cached: the files the run indexed
+    assert [q["question"] for q in record["questions"]] == [q["question"] for q in unique_questions(episodes, 4)]
+    for q in record["questions"]:
+        holds = [name for name, ep in episodes.items()
+                 if q["qtype"] == "where" and any(f" {e.colour} shape" in q["question"] and q["expect"] == CELLS[e.cell]
+                                                  for e in ep.events)
+                 or q["qtype"] != "where" and any(f" {a.colour} one" in q["question"] and b.colour == q["expect"]
+                                                  for a, b in _neighbours(ep.events, q["qtype"]))]
+        assert holds == [q["video"]] and 1 <= q["rank"] <= 5
+    assert [t["memories"] for t in record["timing"]] == [2, 5]
+    assert record["random_expected"]["hit@1"] == 0.2 and 0 <= record["random"]["mrr"]["p_search_by_chance"] <= 1
+    assert (out / "library.png").stat().st_size > 0
+    assert bench(["library", "--n", "1"]) == 2 and "--n must be at least 2" in capsys.readouterr().err
+
+
+def _neighbours(events, qtype):
+    """(the named shape, the answer's shape) for each consecutive pair."""
+    pairs = list(zip(events, events[1:]))
+    return pairs if qtype == "after" else [(b, a) for a, b in pairs]
