@@ -117,17 +117,13 @@ def test_the_library_benchmark_runs_small(tmp_path, capsys):
     from infinipot_mlx.cli.bench import main as bench
 
     out = tmp_path / "bench"
-    assert bench(["library", "--n", "5", "--libraries", "1", "--questions", "4", "--sizes", "2", "--timing-queries", "1",
-                  "--out", str(out)]) == 0
+    assert bench(["library", "--n", "5", "--libraries", "1", "--questions", "4", "--sizes", "2",
+                  "--timing-queries", "1", "--out", str(out)]) == 0
     record = json.loads((out / "library.json").read_text())
     episodes = write_videos(out / "work" / "videos_0", 5, 0)  # cached: the files the run indexed
     assert [q["question"] for q in record["questions"]] == [q["question"] for q in unique_questions(episodes, 4)]
     for q in record["questions"]:
-        holds = [name for name, ep in episodes.items()
-                 if q["qtype"] == "where" and any(f" {e.colour} shape" in q["question"] and q["expect"] == CELLS[e.cell]
-                                                  for e in ep.events)
-                 or q["qtype"] != "where" and any(f" {a.colour} one" in q["question"] and b.colour == q["expect"]
-                                                  for a, b in _neighbours(ep.events, q["qtype"]))]
+        holds = [name for name, ep in episodes.items() if answers(ep.events, q)]
         assert holds == [q["video"]] and 1 <= q["rank"] <= 5
     assert [t["memories"] for t in record["timing"]] == [2, 5]
     assert record["random_expected"]["hit@1"] == 0.2 and 0 <= record["random"]["mrr"]["p_search_by_chance"] <= 1
@@ -135,7 +131,11 @@ def test_the_library_benchmark_runs_small(tmp_path, capsys):
     assert bench(["library", "--n", "1"]) == 2 and "--n must be at least 2" in capsys.readouterr().err
 
 
-def _neighbours(events, qtype):
-    """(the named shape, the answer's shape) for each consecutive pair."""
+def answers(events, q) -> bool:
+    """Whether a video with these events answers q: a shape of the named colour in the
+    expected cell (where), or the expected colour right after / before the named one."""
+    if q["qtype"] == "where":
+        return any(f" {e.colour} shape" in q["question"] and CELLS[e.cell] == q["expect"] for e in events)
     pairs = list(zip(events, events[1:]))
-    return pairs if qtype == "after" else [(b, a) for a, b in pairs]
+    pairs = pairs if q["qtype"] == "after" else [(b, a) for a, b in pairs]
+    return any(f" {named.colour} one" in q["question"] and other.colour == q["expect"] for named, other in pairs)

@@ -280,8 +280,9 @@ def run(args) -> int:
     for t in ("where", "after", "before"):
         keep = np.array([r["qtype"] == t for r in rows])
         if keep.any():
-            per_type[t] = dict(questions=int(keep.sum()), **{k: v["value"] for k, v in summarize(ranks[keep], rng).items()},
-                               answer_right=float(np.mean([r["answer_right"] for r in rows if r["qtype"] == t])))
+            stats = {k: v["value"] for k, v in summarize(ranks[keep], rng).items()}
+            right = float(np.mean([r["answer_right"] for r in rows if r["qtype"] == t]))
+            per_type[t] = dict(questions=int(keep.sum()), **stats, answer_right=right)
     timing = time_sizes(first[0], sizes, first[1], weights, args.timing_queries)
     print_table(summary, random, per_type, len(rows), args.n)
     env.update(load_average_start=env["load_average"], load_average_end=load_average())
