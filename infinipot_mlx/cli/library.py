@@ -18,15 +18,16 @@ import argparse
 import json
 import os
 import sys
-from itertools import groupby
+from dataclasses import asdict
 from pathlib import Path
 
 from .. import _blas
 from ..stream import memory_file as memories
-from ..errors import EXIT_BAD_INPUT, OneLineParser, UserError, one_line, run_command
+from ..errors import EXIT_BAD_INPUT, OneLineParser, UserError, run_command
 from ..door import add_session_flags, check_session_args, model_path
 from ..library import Catalogue, Entry
 from ..library.indexer import VIDEO_SUFFIXES, Indexer, _duration, _size, find_videos  # noqa: F401  (their home)
+from ..library.search import MAX_ANSWER_TOKENS
 
 DEFAULT_LIBRARY = "~/.cache/infinipot_mlx/library"  # unless INFINIPOT_LIBRARY names another
 
@@ -55,8 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", default=None,
                      help="checkpoint folder or hub repo (default: the one each memory was made with)")
     ask.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="reference backend device")
-    ask.add_argument("--max-tokens", type=int, default=256, help="answer length cap (default 256)")
-    ask.add_argument("--evidence", action="store_true", help="after each answer, the moments (mm:ss) it rests on")
+    ask.add_argument("--max-tokens", type=int, default=MAX_ANSWER_TOKENS,
+                     help=f"answer length cap (default {MAX_ANSWER_TOKENS})")
+    ask.add_argument("--top", type=int, default=5, metavar="K", help="show the K best videos (default 5)")
+    ask.add_argument("--expect", default=None, metavar="ANSWER",
+                     help="rank by the probability of this answer (default: 'yes' for a yes/no question, "
+                          "else the confidence of each video's own answer)")
+    ask.add_argument("--json", action="store_true", help="print the hits as one JSON document")
+    ask.add_argument("--thumbnails", action="store_true",
+                     help="write a JPEG of each hit's moment under DIR/thumbnails/ and print its path")
+    ask.add_argument("--evidence", action="store_true", help="also each moment's share of the attention")
     return p
 
 
@@ -69,6 +78,8 @@ def check_args(args) -> None:
             raise UserError("the question is empty; write a question about the videos")
         if args.max_tokens < 1:
             raise UserError(f"--max-tokens must be a positive integer, got {args.max_tokens}")
+        if args.top < 1:
+            raise UserError(f"--top must be a positive integer, got {args.top}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,80 +139,43 @@ def _status(catalogue: Catalogue, e: Entry) -> str:
 
 # ----- ask -----------------------------------------------------------------------------------------
 def run_ask(args) -> int:
-    with Catalogue(args.library) as catalogue:
-        def checkpoint(e: Entry) -> tuple[str, str]:  # one session per checkpoint and backend
-            return args.model or e.model_path, e.backend
+    """The ranked hits (library/search.py), one line each or one JSON document; a memory
+    that cannot answer is one error line on stderr (exit 2), the others are still ranked."""
+    from tqdm import tqdm
 
-        entries = sorted(chosen(catalogue.entries("done"), args.video, args.library),
-                         key=lambda e: (*checkpoint(e), e.name))
-        failures = 0
-        for (path, backend), group in groupby(entries, key=checkpoint):  # each memory brings its settings
-            group = list(group)
-            session = _ask_session(args, path, backend, group)
-            for e in group:
-                failures += 1 if session is None else ask_one(session, catalogue, e, args)
+    from ..library.search import Ranker
+
+    failures = []
+
+    def failed(name: str, message: str) -> None:
+        failures.append(name)
+        tqdm.write(f"error: {name}: {message}", file=sys.stderr)
+
+    with tqdm(unit="video", desc="asking", leave=False, dynamic_ncols=True, disable=None) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        hits = Ranker(args.library, args.model, args.device).ask(
+            args.question, top=args.top, expect=args.expect, video=args.video, thumbnails=args.thumbnails,
+            max_tokens=args.max_tokens, on_progress=progress, on_error=failed)
+    if args.json:
+        print(json.dumps([asdict(h) for h in hits], indent=1))
+    else:
+        print_hits(hits, args.evidence)
     return EXIT_BAD_INPUT if failures else 0
 
 
-def chosen(entries: list[Entry], video: str | None, library: Path) -> list[Entry]:
-    """The done rows to ask: all, or those whose name, file name or stem is `video`."""
-    if video is not None:
-        entries = [e for e in entries if video in (e.name, Path(e.name).name, Path(e.name).stem)]
-        if not entries:
-            raise UserError(f"no indexed video named {video!r} in {library}; "
-                            "python -m infinipot_mlx.library list shows the names")
-    if not entries:
-        raise UserError(f"no indexed video in {library}; index a folder first")
-    return entries
-
-
-def _ask_session(args, path: str, backend: str, group: list[Entry]):
-    """A session for `group`'s checkpoint, or None (each video's error said) when it cannot open."""
-    from ..contract.config import DEFAULT_CAPACITY, InfiniPotConfig
-    from ..contract.model_path import resolve_model_path
-    from ..door import open_with
-
-    settings = json.loads(group[0].settings)  # any memory's: load_memory restores its own config
-    config = dict(settings["config"], capacity=settings["config"]["capacity"] or DEFAULT_CAPACITY)
-    if config["method"] == "full":
-        config["capacity"] = None
-    try:
-        folder = resolve_model_path(path)
-        return open_with(backend, folder, InfiniPotConfig(**config), settings["fps"], args.device,
-                         settings.get("dtype"))
-    except UserError as err:
-        if args.model:  # the flag itself is wrong: bad input to the command
-            raise
-        for e in group:
-            print(f"error: {e.name}: {one_line(err)}", file=sys.stderr)
-        return None
-
-
-def ask_one(session, catalogue: Catalogue, e: Entry, args) -> int:
-    """Print `NAME: answer` from its memory; 1 (and one error line) when it cannot answer."""
-    from ..stream.answer import STOP_NOTES
-
-    try:
-        session.load_memory(catalogue.memory_path(e))  # checksum, format, model identity checked
-        session.check_question(args.question)
-    except UserError as err:
-        print(f"error: {e.name}: {one_line(err)}", file=sys.stderr)
-        return 1
-    print(f"{e.name}: ", end="", flush=True)
-    session.record_evidence = args.evidence
-    reply = session.ask(args.question, max_tokens=args.max_tokens)
-    try:
-        for piece in reply:
-            print(piece, end="", flush=True)
-    finally:
-        reply.close()  # Ctrl-C goes on to main (exit 130); the memory file is never written here
-    note = STOP_NOTES.get(session.stop_reason)
-    print(f" {note}" if note else "")
-    if args.evidence:
-        from ..stream.evidence import format_moments
-
-        print(f"  {format_moments(session.evidence)}")
-    return 0
+def print_hits(hits, evidence: bool = False) -> None:
+    """`rank. name  mm:ss  score  answer` per hit, the answer on one line (then its
+    thumbnail path when made)."""
+    width = max((len(h.name) for h in hits), default=0)
+    for h in hits:
+        share = f" ({h.share:.0%} of the attention)" if evidence else ""
+        answer = " ".join(h.answer.split())  # one line per hit (--json keeps the answer as it is)
+        print(f"{h.rank}. {h.name:<{width}}  {h.clock}  {h.score:.2f}  {answer}{share}")
+        if h.thumbnail:
+            print(f"   {h.thumbnail}")
 
 
 if __name__ == "__main__":
