@@ -147,7 +147,7 @@ def add_page(app: FastAPI, engine: Engine, api_key: str | None, max_body_bytes: 
         if not isinstance(top, int) or not 1 <= top <= 50:
             raise ApiError(400, f"top must be an integer in 1-50, got {top!r}", "invalid_top")
         events = await queue(engine, partial(run_search, engine, library, question, top))
-        return {"hits": events.first[1]}
+        return events.first[1]
 
     @app.post("/api/videos/{video_id}/chat")
     async def chat(video_id: str, request: Request):
@@ -312,15 +312,18 @@ def run_index(engine: Engine, library: Path, folder: Path, jobs: Jobs, job: dict
 
 
 def run_search(engine: Engine, library: Path, question: str, top: int, events) -> None:
-    """Ranked moments across the library (library/search.py), on the model thread."""
-    try:
-        from ..library.search import search
-    except ImportError:
-        raise ApiError(503, "asking across the library is not available in this build yet "
-                            "(library/search.py)", "not_available") from None
-    hits = search(library, question, top=top, device=engine.args.device)
-    found = {}
-    for row in catalogue_entries(library):
-        found.setdefault(row[0].path, video_key(row))
-    events.emit("done", [dict(rank=h.rank, name=h.name, id=found.get(str(h.path)), seconds=h.seconds,
-                              answer=h.answer, score=h.score, share=h.share) for h in hits])
+    """Ranked moments across the library (library/search.py's Ranker, kept on the engine for the
+    next question), on the model thread; a memory that cannot answer is listed in `errors`."""
+    from ..library.search import Ranker
+
+    ranker = getattr(engine, "page_ranker", None)
+    if ranker is None:
+        ranker = engine.page_ranker = Ranker(library, device=engine.args.device)
+        # memories made with the server's checkpoint are asked on its loaded model, not a second copy
+        ranker.sessions[(str(engine.model_dir.resolve()), engine.args.backend)] = engine.new_session()
+    errors = []
+    hits = ranker.ask(question, top=top, on_error=lambda name, message: errors.append(dict(name=name, error=message)))
+    ids = {row[0].path: video_key(row) for row in catalogue_entries(library) if row[0].status == "done"}
+    events.emit("done", dict(errors=errors, hits=[
+        dict(rank=h.rank, name=h.name, id=ids.get(h.path), seconds=h.seconds, answer=h.answer, score=h.score,
+             share=h.share) for h in hits]))

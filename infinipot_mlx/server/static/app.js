@@ -91,8 +91,9 @@ $("ask").onsubmit = async (event) => {
   $("ask-status").textContent = "asking every video…";
   $("hits").replaceChildren();
   try {
-    const {hits} = await (await api("/api/ask", {question: $("question").value, top: 5})).json();
-    $("ask-status").textContent = hits.length ? `${hits.length} moments, best first` : "no indexed video answered";
+    const {hits, errors} = await (await api("/api/ask", {question: $("question").value, top: 5})).json();
+    $("ask-status").textContent = (hits.length ? `${hits.length} moments, best first` : "no indexed video answered") +
+      errors.map((e) => `; ${e.name} could not answer: ${e.error}`).join("");
     $("hits").replaceChildren(...hits.map(hitCard));
   } catch (e) { $("ask-status").textContent = e.message; }
 };
@@ -103,7 +104,7 @@ function hitCard(h) {
   card.dataset.seconds = h.seconds;
   card.append(el("img", {src: `/api/videos/${h.id}/frame?t=${h.seconds}`, alt: ""}),
               el("div", {className: "name", textContent: `${h.rank}. ${h.name}`}),
-              el("div", {className: "meta", textContent: `at ${clock(h.seconds)}`}),
+              el("div", {className: "meta", textContent: `at ${clock(h.seconds)} · score ${h.score.toFixed(2)}`}),
               el("div", {className: "answer", textContent: h.answer}));
   card.onclick = () => openVideo({id: h.id, name: h.name}, h.seconds);
   return card;
