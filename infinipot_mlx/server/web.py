@@ -38,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from . import media
 from .engine import Engine, api_error
 from .protocol import ApiError
-from .requests import ChatRequest, MediaPart, parse_json
+from .requests import ChatRequest, parse_json
 
 STATIC = Path(__file__).with_name("static")
 COOKIE = "infinipot_key"
@@ -76,6 +76,12 @@ def add_page(app: FastAPI, engine: Engine, api_key: str | None, max_body_bytes: 
     def video_file(video_id: str) -> Path:
         e = entry(video_id)  # a path the catalogue recorded, checked as a request's file:// would be
         return media.allowed_path(e.path, engine.limits, "video")
+
+    def clip(video_id: str) -> media.Clip:
+        from ..stream.memory_file import content_hash
+
+        path = video_file(video_id)
+        return media.Clip(key=content_hash(path), name=entry(video_id).name, path=path)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -154,17 +160,16 @@ def add_page(app: FastAPI, engine: Engine, api_key: str | None, max_body_bytes: 
         question = str((await body(request)).get("question", "")).strip()
         if not question:
             raise ApiError(400, "the question is empty; write a question about the video", "invalid_question")
-        clip = await run_in_threadpool(library_clip, video_file(video_id), entry(video_id).name)
-        req = ChatRequest(question, [])
-        events = await queue(engine, partial(engine.answer, req, [clip], evidence=True))
+        found = await run_in_threadpool(clip, video_id)
+        events = await queue(engine, partial(engine.answer, ChatRequest(question, []), [found], evidence=True))
         return StreamingResponse(chat_events(events), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
     @app.post("/api/videos/{video_id}/memory-map")
     async def memory_map(video_id: str, request: Request):
         authorize(request)
-        clip = await run_in_threadpool(library_clip, video_file(video_id), entry(video_id).name)
-        events = await queue(engine, partial(engine.memory_map, [clip]))
+        found = await run_in_threadpool(clip, video_id)
+        events = await queue(engine, partial(engine.memory_map, [found]))
         return Response(events.first[1], media_type="image/png")
 
 
@@ -201,12 +206,6 @@ def check_folder(folder: str, limits: media.Limits) -> Path:
     if not path.is_dir():
         raise ApiError(400, f"{path} is not a folder; give a folder of videos", "invalid_folder")
     return path
-
-
-def library_clip(path: Path, name: str) -> media.Clip:
-    from ..stream.memory_file import content_hash
-
-    return media.Clip(key=content_hash(path), name=name, path=path)
 
 
 def jpeg_at(path: Path, seconds: float) -> bytes:
