@@ -164,3 +164,12 @@ def test_server_demo_serves_the_page(tmp_path):
         proc.wait(timeout=20)
         log.close()
     assert "Traceback" not in (tmp_path / "demo.log").read_text()
+
+
+def test_server_demo_with_another_model_or_library_is_one_line(capsys):
+    from infinipot_mlx.cli.server import main
+
+    for extra in (["--model", "somewhere"], ["--library", "elsewhere"]):
+        assert main(["--demo", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--demo serves the bundled organism" in err and "Traceback" not in err
