@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -82,17 +83,31 @@ def page(browser, tmp_path):
     assert not errors, errors  # no script error on the page
 
 
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Two H.264 videos, long enough to be compressed under the cap (their moments are not all 0)."""
+    folder = tmp_path_factory.mktemp("page_videos")
+    h264_video(folder / "garden.mp4", n=200, fps=10.0)  # 20 s
+    h264_video(folder / "street.mp4", n=150, fps=10.0, height=96, width=128)  # 15 s
+    return folder
+
+
+def indexed(server, folder) -> None:
+    """Index `folder` through the API (videos already indexed are skipped) and wait for the job."""
+    job = http("POST", server.base + "/api/index", {"folder": str(folder)}).json()["job"]
+    deadline = time.monotonic() + 240
+    while http("GET", f"{server.base}/api/jobs/{job}").json()["state"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, "indexing did not finish"
+        time.sleep(0.2)
+
+
 def player_state(page) -> dict:
     return page.evaluate("""() => { const p = document.getElementById('player');
         return {time: p.currentTime, ready: p.readyState, error: p.error && p.error.code, duration: p.duration,
                 seeking: p.seeking}; }""")
 
 
-def test_index_ask_and_play_the_moment(page, server, tmp_path):
-    folder = tmp_path / "videos"
-    folder.mkdir()
-    h264_video(folder / "garden.mp4", n=200, fps=10.0)  # 20 s: compressed under the cap
-    h264_video(folder / "street.mp4", n=150, fps=10.0, height=96, width=128)  # 15 s
+def test_index_ask_and_play_the_moment(page, server, folder):
     page.goto(server.base + "/")
     page.fill("#folder", str(folder))
     page.click("#index button")
@@ -123,11 +138,10 @@ def test_index_ask_and_play_the_moment(page, server, tmp_path):
     assert page.inner_text("#player-title") == asked[0]["name"]
 
 
-def test_chat_with_one_video_shows_its_evidence_and_memory_map(page, server, tmp_path):
+def test_chat_with_one_video_shows_its_evidence_and_memory_map(page, server, folder):
+    indexed(server, folder)
     page.goto(server.base + "/")
-    page.wait_for_selector("#videos li.video")  # indexed by the test above, or index them now
-    if page.locator("#videos li.video").count() < 1:
-        pytest.fail("the library is empty: run the whole module")
+    page.wait_for_selector("#videos li.video")
     page.locator("#videos li.video").first.click()
     page.fill("#chat-question", "What moved?")
     page.click("#chat button:has-text('Ask')")
