@@ -6,6 +6,7 @@ as test_server.py drives it) over a library indexed by `library index`:
   (404), a library video whose file lies (through a symlink) outside
   --allowed-local-media-path is refused (403), and so is a folder to index outside it;
 - --api-key guards every /api route (the header, or the cookie the page's key form sets);
+- another site can neither post to it (JSON bodies only) nor reach it by DNS rebinding (Host);
 - no GET changes anything: the library folder's files and the model thread's job count
   are the same after every GET route was called;
 - the server listens on 127.0.0.1 unless told otherwise.
@@ -123,6 +124,18 @@ def test_the_api_key_guards_every_api_route(server):
     assert login.status == 200 and "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
     r = http("GET", f"{server.base}/api/library", headers={"Cookie": cookie.split(";")[0]})
     assert r.status == 200 and "shapes.mp4" in r.text
+
+
+def test_another_site_cannot_drive_the_page(server, world):
+    """A plain cross-site form (text/plain, no preflight) cannot post a body, and a page that
+    reached 127.0.0.1 through DNS rebinding (another Host) is refused."""
+    post = http("POST", f"{server.base}/api/index", content=json.dumps({"folder": str(world[0])}).encode(),
+                headers={**BEARER, "Content-Type": "text/plain"})
+    assert post.status == 415, post.text
+    status, body, _ = raw_get(server, "/api/library", {"Host": f"evil.example:{server.port}"})
+    assert status == 403 and json.loads(body)["error"]["code"] == "host_not_allowed"
+    for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", "localhost"):
+        assert raw_get(server, "/api/library", {"Host": host})[0] == 200, host
 
 
 def snapshot(folder: Path) -> dict:

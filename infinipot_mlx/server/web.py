@@ -15,6 +15,8 @@ package; nothing is fetched from elsewhere.
     POST /api/videos/{id}/memory-map the memory map as a PNG
 
 Safety: every /api route needs the key when --api-key is set (the Bearer header or the cookie);
+POST bodies are JSON only (another site's plain form cannot send one); a server on 127.0.0.1
+answers the page's routes only for the Host 127.0.0.1 or localhost (no DNS rebinding);
 a video is named by its catalogue id, never by a path, and is served or read only when it is
 under --allowed-local-media-path (when given); a folder to index must be under it too. No GET
 writes anything or queues work on the model.
@@ -26,6 +28,7 @@ import argparse
 import hashlib
 import hmac
 import json
+import re
 import threading
 from functools import partial
 from pathlib import Path
@@ -42,6 +45,7 @@ from .requests import ChatRequest, parse_json
 
 STATIC = Path(__file__).with_name("static")
 COOKIE = "infinipot_key"
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
 FRAME_CACHE = 256  # JPEG frames held in RAM (thumbnails)
 
 
@@ -49,11 +53,16 @@ def add_page(app: FastAPI, engine: Engine, api_key: str | None, max_body_bytes: 
     """Add the page, its assets and its /api routes to `app` (module docstring); `read_body` and
     `queue` are app.py's (a body under the limit; a job queued on the model thread)."""
     library: Path | None = engine.args.library
+    loopback = getattr(engine.args, "host", "127.0.0.1") in LOOPBACK_NAMES
     jobs, frames = Jobs(), {}
     app.state.page_jobs = jobs  # start_index's
 
-    def authorize(request: Request) -> None:
-        if api_key is None:
+    def authorize(request: Request, needs_key: bool = True) -> None:
+        host = re.match(r"(\[[^\]]*\]|[^:]*)", request.headers.get("host", "")).group(1)  # the port left out
+        if loopback and host not in LOOPBACK_NAMES:  # a page of another site, through DNS rebinding
+            raise ApiError(403, f"this server answers its page on 127.0.0.1 or localhost, not {host!r}",
+                           "host_not_allowed")
+        if api_key is None or not needs_key:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         token = token.strip() if scheme.lower() == "bearer" else request.cookies.get(COOKIE, "")
@@ -61,8 +70,11 @@ def add_page(app: FastAPI, engine: Engine, api_key: str | None, max_body_bytes: 
             raise ApiError(401, "this server needs its API key (--api-key): enter it on the page",
                            "invalid_api_key")
 
-    async def body(request: Request) -> dict:
-        authorize(request)
+    async def body(request: Request, needs_key: bool = True) -> dict:
+        """The JSON body of a POST: JSON only, so that another site's plain form cannot send it."""
+        authorize(request, needs_key)
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise ApiError(415, "send the body as JSON (Content-Type: application/json)", "unsupported_media_type")
         return parse_json(await read_body(request, max_body_bytes))
 
     def entry(video_id: str):
@@ -91,7 +103,7 @@ def add_page(app: FastAPI, engine: Engine, api_key: str | None, max_body_bytes: 
 
     @app.post("/api/login")
     async def login(request: Request):
-        key = parse_json(await read_body(request, 4096)).get("key", "")
+        key = (await body(request, needs_key=False)).get("key", "")
         if api_key is not None and not hmac.compare_digest(str(key).encode(), api_key.encode()):
             raise ApiError(401, "that is not this server's API key", "invalid_api_key")
         reply = JSONResponse({"ok": True})
@@ -167,7 +179,7 @@ def add_page(app: FastAPI, engine: Engine, api_key: str | None, max_body_bytes: 
 
     @app.post("/api/videos/{video_id}/memory-map")
     async def memory_map(video_id: str, request: Request):
-        authorize(request)
+        await body(request)
         found = await run_in_threadpool(clip, video_id)
         events = await queue(engine, partial(engine.memory_map, [found]))
         return Response(events.first[1], media_type="image/png")
