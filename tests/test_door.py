@@ -167,4 +167,4 @@ def test_library_index_plans_a_memory_budget_and_records_it(tiny_qwen_dir, clip,
     assert main(["list", *lib]) == 0
     assert "(kv memory 400MB, 2 fps, mlx)" in capsys.readouterr().out
     assert main(["ask", "What moved?", *lib, "--max-tokens", "2"]) == 0
-    assert capsys.readouterr().out.startswith("clip.mp4: ")
+    assert capsys.readouterr().out.startswith("1. clip.mp4  ")  # ranked: rank, video, mm:ss, score, answer

@@ -318,6 +318,7 @@ def test_ctrl_c_then_kill_9_then_a_run_that_finishes(long_folder, tiny_qwen_dir,
     (["ask", "Hi?", "--video", "nope.mp4"], "no indexed video named 'nope.mp4'"),
     (["ask", "Hi?", "--top", "0"], "--top must be a positive integer"),
     (["ask", "Hi?", "--top", "x"], "invalid int value"),
+    (["ask", "Hi?", "--model", "{tmp}/no_model"], "does not exist"),
     ([], "required"),
 ])
 def test_bad_input_is_one_line_and_exit_2(indexed, folder, tmp_path, capsys, monkeypatch, args, words):

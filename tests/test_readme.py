@@ -229,6 +229,18 @@ def test_memory_map_and_library_transcripts_run(shell, tmp_path):
     assert any(re.fullmatch(r"evidence: (\d\d:\d\d \(\d+%\)(, )?)+", line) for line in got[1])
     assert [line[:33] for line in got[2]] == [line[:33] for line in shown[2]]  # done ... (0:16, 16 slots,
     assert got[2][-1] == shown[2][-1] == "library library: 3 indexed, 0 skipped, 0 failed"
+    check_ranking(got[4], shown[4])
+
+
+def check_ranking(got: list[str], shown: list[str]) -> None:
+    """`library ask` prints what the README shows: the same ranks, videos, moments and answers,
+    scores within 0.02 (float rounding on another machine), best first; the clip whose first
+    shape was blue (kitchen.avi) on top."""
+    rows = [line.split() for line in got]
+    assert [r[:3] + r[4:] for r in rows] == [line.split()[:3] + line.split()[4:] for line in shown], got
+    scores = [float(r[3]) for r in rows]
+    assert all(abs(a - float(line.split()[3])) <= 0.02 for a, line in zip(scores, shown)), got
+    assert scores == sorted(scores, reverse=True) and rows[0][:2] == ["1.", "kitchen.avi"]
 
 
 @pytest.mark.parametrize("name", ["Qwen2-VL-7B-Instruct", "Qwen3-VL-8B-Instruct", "llava-onevision-qwen2-7b-ov"])

@@ -12,6 +12,7 @@ import pytest
 from infinipot_mlx.cli.library import main
 from infinipot_mlx.library import Catalogue
 from infinipot_mlx.library.search import Ranker, expected_answer, search
+from infinipot_mlx.organism import CELLS
 from infinipot_mlx.stream.memory_file import read
 from videos import index_level, moving_shapes_video, sized_video, static_events_video
 
@@ -81,10 +82,11 @@ def test_thumbnails_are_jpegs_of_the_moments_frame(lib):
     assert image.shape == (144, 176, 3)
     frame = round(hit.seconds * FPS)
     assert abs(float(np.mean(image[:, 5:30])) - index_level(frame)) < 4  # the left quarter names the frame
-    before = (lib[0] / "thumbnails").stat().st_mtime_ns, len(list((lib[0] / "thumbnails").iterdir()))
+    made = sorted((lib[0] / "thumbnails").iterdir())
+    stamp = made[0].stat().st_mtime_ns
     (again,) = search(lib[0], "What moved?", video="clip", thumbnails=True)
-    assert again.thumbnail == hit.thumbnail  # cached: the same file, none added
-    assert len(list((lib[0] / "thumbnails").iterdir())) == before[1]
+    assert again.thumbnail == hit.thumbnail and sorted((lib[0] / "thumbnails").iterdir()) == made
+    assert made[0].stat().st_mtime_ns == stamp  # cached: not written again
 
 
 def run(capsys, *args):
@@ -106,3 +108,34 @@ def test_ask_prints_the_ranking_and_json(lib, capsys):
     assert hit["rank"] == 1 and hit["thumbnail"].endswith(".jpg")
     code, out, err = run(capsys, "ask", "What moved?", "--library", lib[0], "--top", 1, "--thumbnails")
     assert code == 0 and out.splitlines()[1].strip() == hit["thumbnail"]
+
+
+def test_the_library_benchmark_runs_small(tmp_path, capsys):
+    """bench library on 5 organism videos: every question has one answering video (checked
+    again here from the episodes), its rank is within the library, and the figure is drawn."""
+    from infinipot_mlx.bench.library import unique_questions, write_videos
+    from infinipot_mlx.cli.bench import main as bench
+
+    out = tmp_path / "bench"
+    assert bench(["library", "--n", "5", "--libraries", "1", "--questions", "4", "--sizes", "2",
+                  "--timing-queries", "1", "--out", str(out)]) == 0
+    record = json.loads((out / "library.json").read_text())
+    episodes = write_videos(out / "work" / "videos_0", 5, 0)  # cached: the files the run indexed
+    assert [q["question"] for q in record["questions"]] == [q["question"] for q in unique_questions(episodes, 4)]
+    for q in record["questions"]:
+        holds = [name for name, ep in episodes.items() if answers(ep.events, q)]
+        assert holds == [q["video"]] and 1 <= q["rank"] <= 5
+    assert [t["memories"] for t in record["timing"]] == [2, 5]
+    assert record["random_expected"]["hit@1"] == 0.2 and 0 <= record["random"]["mrr"]["p_search_by_chance"] <= 1
+    assert (out / "library.png").stat().st_size > 0
+    assert bench(["library", "--n", "1"]) == 2 and "--n must be at least 2" in capsys.readouterr().err
+
+
+def answers(events, q) -> bool:
+    """Whether a video with these events answers q: a shape of the named colour in the
+    expected cell (where), or the expected colour right after / before the named one."""
+    if q["qtype"] == "where":
+        return any(f" {e.colour} shape" in q["question"] and CELLS[e.cell] == q["expect"] for e in events)
+    pairs = list(zip(events, events[1:]))
+    pairs = pairs if q["qtype"] == "after" else [(b, a) for a, b in pairs]
+    return any(f" {named.colour} one" in q["question"] and other.colour == q["expect"] for named, other in pairs)

@@ -12,5 +12,6 @@ SUBCOMMANDS = {
     "kv": "infinipot_mlx.bench.kv",  # the cache and compression alone at 7B KV shape
     "accuracy": "infinipot_mlx.bench.accuracy",  # the organism's answers under a cap, per method
     "startup": "infinipot_mlx.bench.startup",  # CLI start-up: --help, a bad flag, imports, first frame
+    "library": "infinipot_mlx.bench.library",  # ranked search over a library of organism videos
     "vs-mlx-vlm": "infinipot_mlx.bench.vs_mlx_vlm",  # peak memory and time vs stock mlx-vlm, per length
 }

@@ -3,8 +3,9 @@
 `index FOLDER` streams every video of FOLDER (and its subfolders) once into a saved video
 memory under DIR/memories/ and records it in DIR/catalogue.sqlite (library/catalogue.py);
 videos already indexed with the same model and settings are skipped, so a run that was
-killed is finished by the next one. `list` prints one line per video; `ask "Q"` loads each
-memory (or --video NAME's) and answers from it, without reading the video again.
+killed is finished by the next one. `list` prints one line per video; `ask "Q"` ranks the
+videos by how well each memory (or --video NAME's) answers, without reading any video again
+(library/search.py: the score, the moment, thumbnails).
 
 A video that cannot be read (any UserError while opening or streaming it) is recorded as
 failed with its one-line reason, and the run goes on. Bad input to the command itself is

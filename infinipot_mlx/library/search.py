@@ -165,16 +165,19 @@ class Ranker:
         if top < 1:
             raise UserError(f"--top must be a positive integer, got {top}")
         expect = expect if expect is not None else expected_answer(question)
+        from ..contract.model_path import ModelPathError
+
         start = time.perf_counter()
         with Catalogue(self.root) as catalogue:
             entries = chosen(catalogue.entries("done"), video, self.root)
+            contents = {e.name: e.content for e in entries}
             hits = []
             ordered = sorted(entries, key=lambda e: (self.model or e.model_path, e.backend, e.name))
             for done, e in enumerate(ordered, 1):
                 try:
                     hits.append(self._one(catalogue, e, question, expect, max_tokens))
                 except UserError as err:
-                    if on_error is None or (self.model and err.__class__.__name__ == "ModelPathError"):
+                    if on_error is None or (self.model and isinstance(err, ModelPathError)):
                         raise  # no video can be asked with a wrong --model: bad input to the command
                     on_error(e.name, one_line(err))
                 if on_progress is not None:
@@ -186,7 +189,7 @@ class Ranker:
         hits = hits[:top]
         if thumbnails:
             for hit in hits:
-                hit.thumbnail = thumbnail(hit.path, hit.seconds, thumbs)
+                hit.thumbnail = thumbnail(hit.path, hit.seconds, thumbs, contents[hit.name])
         self.timings.per_query.append(time.perf_counter() - start)
         return hits
 
@@ -228,13 +231,12 @@ def search(library_dir, question: str, *, top: int = 5, model: str | None = None
                                                   on_error=on_error)
 
 
-def thumbnail(video: str, seconds: float, folder: Path) -> str | None:
-    """A JPEG of `video`'s frame at `seconds` under `folder`, made once; None if unreadable."""
-    import hashlib
-
+def thumbnail(video: str, seconds: float, folder: Path, content: str) -> str | None:
+    """A JPEG of `video`'s frame at `seconds` under `folder`, made once per video content
+    (its catalogue hash) and moment; None when the file cannot be read."""
     import cv2
 
-    key = hashlib.sha256(str(Path(video).resolve()).encode()).hexdigest()[:12]
+    key = content.rsplit(":", 1)[-1][:12]
     out = folder / f"{Path(video).stem[:40]}-{key}-{round(seconds * 1000):d}ms.jpg"
     if out.is_file():
         return str(out)
