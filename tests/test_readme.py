@@ -107,6 +107,8 @@ EXEMPT = {  # pattern (re.match on the command) -> why no test runs it
     r"python -m lmms_eval ": "lmms-eval and its benchmark data (downloads)",
     r"python conversions/convert\.py --hf-path ": "downloads the hub model it converts",
     r"python -m infinipot_mlx\.chat video\.mp4 .*--device cuda": "a hub model on a CUDA device",
+    r"python -m infinipot_mlx\.server --demo$": "a server that runs until stopped: "
+        "tests/test_page.py::test_server_demo_serves_the_page starts it and loads the page",
 }
 RUN_BY = {  # pattern -> the test that runs it
     r"python conversions/make_tiny_checkpoint\.py qwen2_5_vl /tmp/tiny-qwen ": "test_transcript_runs_as_shown",

@@ -19,6 +19,7 @@ from ..door import add_session_flags, check_session_args, machine_memory, parse_
 from ..errors import OneLineParser, UserError, run_command
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+DEMO_DIR = "~/.cache/infinipot_mlx/server-demo"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-limit", type=int, default=64,
                    help="requests that may wait while one runs; more answer 503 (default 64)")
     p.add_argument("--library", default=None, metavar="DIR",
-                   help="a video library (python -m infinipot_mlx.library): reuse its memories")
+                   help="a video library (python -m infinipot_mlx.library): reuse its memories, and browse, "
+                        "index and ask it on the page at http://HOST:PORT/")
+    p.add_argument("--demo", action="store_true",
+                   help="serve the page over a small generated library on the bundled model organism "
+                        "(no download; videos and library under $INFINIPOT_DEMO_DIR, else "
+                        f"{DEMO_DIR})")
     p.add_argument("--allowed-local-media-path", action="append", default=None, metavar="DIR",
                    help="read file:// videos only under DIR (repeatable; default: any local file)")
     p.add_argument("--max-body-bytes", default="64MB", metavar="SIZE",
@@ -54,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args) -> None:
     """Reject impossible flag values before anything heavy is loaded; sizes become bytes."""
+    if getattr(args, "demo", False):
+        demo_args(args)
     check_session_args(args)
     for name in ("queue_limit",):
         if getattr(args, name) < 0:
@@ -72,7 +80,45 @@ def check_args(args) -> None:
         from ..library import Catalogue
 
         args.library = Path(args.library).expanduser()
-        Catalogue(args.library).close()  # CatalogueError (one line) when there is no library there
+        Catalogue(args.library, create=getattr(args, "demo", False)).close()  # CatalogueError (one line) when there is none
+
+
+def demo_args(args) -> None:
+    """--demo: the bundled organism with chat --demo's cap, over the demo folder's library."""
+    from ..organism import weights_dir
+    from ..organism.session import DEMO_BLOCK_SLOTS, DEMO_RESERVE
+
+    if args.model or args.library:
+        raise UserError("--demo serves the bundled organism over its own library; leave out --model and --library")
+    folder = Path(os.environ.get("INFINIPOT_DEMO_DIR") or DEMO_DIR).expanduser()
+    args.model, args.library, args.demo_videos = str(weights_dir()), str(folder / "library"), folder / "videos"
+    args.kv_budget = args.kv_budget or 316  # chat --demo's: 18 pinned + 256 reserve + a quarter of 32 frames
+    args.block_slots, args.reserve = args.block_slots or DEMO_BLOCK_SLOTS, DEMO_RESERVE
+    args.served_model_name = args.served_model_name or "organism (bundled demo model)"
+
+
+def write_demo_videos(folder: Path, count: int = 3) -> Path:
+    """`count` held-out organism videos (32 frames at 2 fps, 84 x 84) as VP8 WebM, which browsers
+    play, in `folder` (written once; kept for the next start). Returns the folder."""
+    import cv2
+
+    from ..organism import make_episode
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in range(count):
+        path = folder / f"shapes-{seed + 1}.webm"
+        if path.is_file():
+            continue
+        frames, fps, _ = make_episode(seed, split="test")  # (32, 84, 84, 3) RGB
+        partial = path.with_name(f".{path.name}.partial.webm")
+        writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"VP80"), fps, frames.shape[2:0:-1])
+        if not writer.isOpened():
+            raise UserError(f"this OpenCV cannot write WebM (VP8) videos to {folder}; --demo needs it")
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+        partial.replace(path)
+    return folder
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -113,12 +159,17 @@ def run(args) -> int:
             from ..server.app import create_app
 
             app = create_app(engine, api_key=args.api_key, max_body_bytes=args.max_body_bytes)
+            if args.demo:  # indexed in the background: the page shows the progress
+                from ..server.web import start_index
+
+                start_index(app, engine, write_demo_videos(args.demo_videos))
             capacity = engine.config.capacity or "no cap"
             if args.host not in LOOPBACK and not roots:
                 print(f"warning: listening on {args.host} and reading any local file a request names; limit "
                       "that with --allowed-local-media-path DIR", file=sys.stderr)
             print(f"serving {engine.model_id} (KV cap {capacity} tokens, {args.backend}) on "
-                  f"http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+                  f"http://{args.host}:{args.port}/v1; the page: http://{args.host}:{args.port}/",
+                  file=sys.stderr, flush=True)
             config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
             uvicorn.Server(config).run(sockets=[sock])
         finally:

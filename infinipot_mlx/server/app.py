@@ -9,6 +9,7 @@
                                       an image (image/*), with ?num_frames=N or ?fps=F
     GET    /v1/sessions/{name}        a live session's stats;  DELETE: forget it
     GET    /health                    200 once the model is loaded (no key needed)
+    GET    /  and /api/...            the library page and its API (web.py)
 
 Every error is an OpenAI-style body (protocol.ApiError) with its status: 400 bad input,
 401 a wrong or missing key (`--api-key`), 403 a path outside the allowed folders, 404, 413
@@ -43,6 +44,7 @@ from .requests import (
     parse_sampling,
     session_name,
 )
+from .web import add_page
 from .worker import Events
 
 MEDIA_TYPES = {"video/": "video", "image/": "frames"}  # raw bodies a frames request may carry
@@ -99,6 +101,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
     async def forget(name: str):
         return await _finish(await _queue(engine, partial(engine.forget, session_name(name))))
 
+    add_page(app, engine, api_key, max_body_bytes, read_body, _queue)  # the page at / and its /api (web.py)
     return app
 
 

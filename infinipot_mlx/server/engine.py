@@ -114,11 +114,16 @@ class Engine:
         except Exception as err:
             events.emit("error", api_error(err))
 
-    def answer(self, req: ChatRequest, clips: list[Clip], events: Events) -> None:
-        """Ask `req.question` of its memory; emits ready, the pieces, then done."""
+    def answer(self, req: ChatRequest, clips: list[Clip], events: Events, evidence: bool = False) -> None:
+        """Ask `req.question` of its memory; emits ready, the pieces, then done (with `evidence`:
+        the moments the answer rests on, evidence.py, as `evidence` in done)."""
         session, held, info = self._memory_for(req, clips)
         with session.scratch() if held else nullcontext():  # a held memory is left as it was
+            session.record_evidence = evidence
             done = dict(info, **self._ask(session, req, events))
+            if evidence:
+                done["evidence"] = [dict(seconds=m.seconds, clock=m.clock, share=m.share, video=m.video)
+                                    for m in session.evidence or []]
             self._note_peak(session)
         if req.session is not None:
             self.pool.keep_session(req.session, session)
@@ -142,6 +147,20 @@ class Engine:
             reply.close()
         return dict(stop_reason=session.stop_reason, prompt_tokens=prompt,
                     completion_tokens=session.answer_tokens)  # generated, the end token not counted
+
+    def memory_map(self, clips: list[Clip], events: Events) -> None:
+        """The memory map (evidence.map_figure) of the clips' memory, as PNG bytes in done."""
+        import io
+
+        import matplotlib.pyplot as plt
+
+        from ..stream.evidence import map_figure
+
+        session, _, _ = self._memory_for(ChatRequest("", []), clips)
+        fig, png = map_figure(session), io.BytesIO()
+        fig.savefig(png, format="png")
+        plt.close(fig)
+        events.emit("done", png.getvalue())
 
     def append(self, name: str, sampling: Sampling, clips: list[Clip], events: Events) -> None:
         """Stream `clips` into the named session (made when new); done carries its stats."""
