@@ -138,6 +138,18 @@ def test_another_site_cannot_drive_the_page(server, world):
         assert raw_get(server, "/api/library", {"Host": host})[0] == 200, host
 
 
+def test_another_site_cannot_drive_the_openai_api_either(server, world):
+    """The same two guards on /v1: a plain-form body type is refused before anything is read
+    or queued, and so is a Host of another site (a script that reached 127.0.0.1 by DNS rebinding)."""
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Hi?"}]}).encode()
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        post = http("POST", f"{server.base}/v1/chat/completions", content=body, headers={**BEARER, "Content-Type": kind})
+        assert post.status == 415 and json.loads(post.text)["error"]["code"] == "unsupported_media_type", (kind, post.text)
+    status, body, _ = raw_get(server, "/v1/models", {**BEARER, "Host": f"evil.example:{server.port}"})
+    assert status == 403 and json.loads(body)["error"]["code"] == "host_not_allowed"
+    assert raw_get(server, "/v1/models", {**BEARER, "Host": f"localhost:{server.port}"})[0] == 200
+
+
 def snapshot(folder: Path) -> dict:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns,
                                          hashlib.sha256(p.read_bytes()).hexdigest())

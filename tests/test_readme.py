@@ -170,7 +170,10 @@ def shell(tmp_path):
     """run(command, **kw): bash -c in tmp_path, `python` this interpreter."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python").symlink_to(sys.executable)
+    # a script, not a symlink: a virtualenv's python reached through a symlink in another folder
+    # finds no pyvenv.cfg there and runs as the base interpreter, with another site-packages
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
     env = dict(os.environ, HF_HUB_OFFLINE="1", INFINIPOT_CHECK_CAP="1",
                PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 

@@ -56,7 +56,10 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
     created = int(time.time())
     _error_handlers(app)
 
+    served_host = getattr(engine.args, "host", "127.0.0.1")
+
     def authorize(request: Request) -> None:
+        protocol.check_same_site(request.headers, served_host, request.method)
         if api_key is None:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")

@@ -17,6 +17,11 @@ FINISH_REASONS = {"eos": "stop", "stop": "stop", "max_tokens": "length", "cap": 
                   "positions": "length", "interrupted": "stop"}
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
+# the bodies a form or a script of any web site may POST here without the browser asking first
+CROSS_SITE_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
+
+
 class ApiError(Exception):
     """A request the server answers with an OpenAI-style error body and `status`."""
 
@@ -72,3 +77,17 @@ def sse(data: dict | str) -> bytes:
 def model_list(model_id: str, created: int) -> dict:
     return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
                                         "owned_by": "infinipot_mlx"}]}
+
+
+def check_same_site(headers, served_host: str, method: str) -> None:
+    """Refuse what only another web site would send to a server on this machine: a Host that is
+    not this machine's loopback name (DNS rebinding) when the server listens on loopback, and
+    a POST whose body type a plain form can send (cross-site request forgery)."""
+    host = headers.get("host", "")
+    host = host[:host.index("]") + 1] if host.startswith("[") and "]" in host else host.partition(":")[0]
+    if served_host in LOOPBACK_NAMES and host not in LOOPBACK_NAMES:
+        raise ApiError(403, f"this server answers on 127.0.0.1 or localhost, not {host!r}", "host_not_allowed")
+    kind = headers.get("content-type", "").split(";")[0].strip().lower()
+    if method == "POST" and kind in CROSS_SITE_TYPES:
+        raise ApiError(415, f"a {kind} body is refused (another site's form could send it); send JSON with "
+                            "Content-Type: application/json", "unsupported_media_type")

@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import hmac
 import json
-import re
 import threading
 from functools import partial
 from pathlib import Path
@@ -40,12 +39,11 @@ from starlette.concurrency import run_in_threadpool
 
 from . import media
 from .engine import Engine, api_error
-from .protocol import ApiError
+from .protocol import ApiError, check_same_site
 from .requests import ChatRequest, parse_json
 
 STATIC = Path(__file__).with_name("static")
 COOKIE = "infinipot_key"
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
 FRAME_CACHE = 256  # JPEG frames held in RAM (thumbnails)
 
 
@@ -53,15 +51,12 @@ def add_page(app: FastAPI, engine: Engine, api_key: str | None, max_body_bytes: 
     """Add the page, its assets and its /api routes to `app` (module docstring); `read_body` and
     `queue` are app.py's (a body under the limit; a job queued on the model thread)."""
     library: Path | None = engine.args.library
-    loopback = getattr(engine.args, "host", "127.0.0.1") in LOOPBACK_NAMES
+    served_host = getattr(engine.args, "host", "127.0.0.1")
     jobs, frames = Jobs(), {}
     app.state.page_jobs = jobs  # start_index's
 
     def authorize(request: Request, needs_key: bool = True) -> None:
-        host = re.match(r"(\[[^\]]*\]|[^:]*)", request.headers.get("host", "")).group(1)  # the port left out
-        if loopback and host not in LOOPBACK_NAMES:  # a page of another site, through DNS rebinding
-            raise ApiError(403, f"this server answers its page on 127.0.0.1 or localhost, not {host!r}",
-                           "host_not_allowed")
+        check_same_site(request.headers, served_host, request.method)  # DNS rebinding, plain-form POSTs
         if api_key is None or not needs_key:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
