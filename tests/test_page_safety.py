@@ -173,3 +173,25 @@ def test_the_server_listens_on_loopback_by_default():
     from infinipot_mlx.cli.server import build_parser
 
     assert build_parser().parse_args([]).host == "127.0.0.1"
+
+
+def test_a_new_or_empty_folder_starts_an_empty_library_and_a_folder_of_other_files_is_refused(tmp_path):
+    """So a person can start the page on a new library and fill it from there; a --library that
+    points at a folder of videos by mistake is one line, not a catalogue written into it."""
+    from infinipot_mlx.cli.server import build_parser, check_args
+    from infinipot_mlx.errors import UserError
+    from infinipot_mlx.library import Catalogue
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder in (tmp_path / "new" / "library", empty):
+        check_args(build_parser().parse_args(["--library", str(folder)]))
+        catalogue = Catalogue(folder)  # exists now; no create needed
+        assert catalogue.entries() == []
+        catalogue.close()
+    videos_folder = tmp_path / "videos"
+    videos_folder.mkdir()
+    (videos_folder / "clip.mp4").write_bytes(b"not really")
+    with pytest.raises(UserError, match="no video library"):
+        check_args(build_parser().parse_args(["--library", str(videos_folder)]))
+    assert sorted(p.name for p in videos_folder.iterdir()) == ["clip.mp4"]

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests that may wait while one runs; more answer 503 (default 64)")
     p.add_argument("--library", default=None, metavar="DIR",
                    help="a video library (python -m infinipot_mlx.library): reuse its memories, and browse, "
-                        "index and ask it on the page at http://HOST:PORT/")
+                        "index and ask it on the page at http://HOST:PORT/; a new or empty folder starts "
+                        "an empty one")
     p.add_argument("--demo", action="store_true",
                    help="serve the page over a small generated library on the bundled model organism "
                         "(no download; videos and library under $INFINIPOT_DEMO_DIR, else "
@@ -80,7 +81,10 @@ def check_args(args) -> None:
         from ..library import Catalogue
 
         args.library = Path(args.library).expanduser()
-        Catalogue(args.library, create=getattr(args, "demo", False)).close()  # CatalogueError (one line) when there is none
+        # a new or empty folder becomes an empty library, to fill from the page; a folder of
+        # other files with no catalogue (a videos folder, say) is refused in one line
+        new = not args.library.exists() or (args.library.is_dir() and not any(args.library.iterdir()))
+        Catalogue(args.library, create=new or getattr(args, "demo", False)).close()
 
 
 def demo_args(args) -> None:
