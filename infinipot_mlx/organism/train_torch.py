@@ -162,6 +162,16 @@ class Step:
         return float(loss.detach())
 
 
+def soften_attention(model, factor: float) -> None:
+    """Scale every LM layer's attention logits by factor (q_proj and k_proj, weights and
+    biases, by sqrt(factor); M-RoPE is linear, so the logits scale by exactly factor)."""
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                proj.weight.mul_(factor ** 0.5)
+                proj.bias.mul_(factor ** 0.5)
+
+
 def hub_state(model) -> dict[str, torch.Tensor]:
     """Parameters under the published checkpoint's names (lm_head left out: tied)."""
     out = {}
@@ -230,6 +240,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--independent", type=float, default=0.5, help="share of batches with independent turns")
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--eval-videos", type=int, default=64)
+    p.add_argument("--soften-attention", type=float, default=1.0,
+                   help="scale the LM's attention logits by this at the start (0.01 un-saturates the shipped weights)")
     return p.parse_args(argv)
 
 
@@ -241,6 +253,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     model, tok = load_model(args.init), load_tokenizer(args.init)
+    if args.soften_attention != 1.0:
+        soften_attention(model, args.soften_attention)
     builder, pad = PromptBuilder(tok), tok.token_to_id("<|endoftext|>")
     step, rng, t0, history, best = Step(model, args.lr, aux_weight=args.aux_weight), np.random.default_rng(args.seed), time.time(), [], -1.0
     val = [video_batch(builder, pad, [data.split_seed("val", i) for i in range(lo, min(lo + 16, args.eval_videos))],
