@@ -77,8 +77,15 @@ def main(argv=None) -> None:
     loss0, times = side(arrays, args.weights, args.steps, args.aux_weight)
     from .common import environment
 
+    env = environment()
+    if args.framework == "torch":  # environment()["blas"] is MLX's; torch brings its own
+        import re
+
+        import torch
+
+        env["blas"] = "torch: " + ",".join(re.findall(r"BLAS_INFO=([^,\s]+)", torch.__config__.show()) or ["unknown"])
     print(MARKER + json.dumps({"framework": args.framework, "loss": loss0, "step_s": times,
-                               "environment": environment()}), flush=True)
+                               "environment": env}), flush=True)
 
 
 if __name__ == "__main__":
