@@ -3,9 +3,10 @@
 The same model (transformers' Qwen2_5_VLForConditionalGeneration, loaded from a checkpoint
 folder in the published hub layout), the same batches (organism.prompts), the same loss
 as organism.train's MLX loss_fn, and a checkpoint written back in the published layout,
-which mlx_vlm.load opens with its unmodified classes. On 2 CPU cores one step is several
-times faster than MLX's (`python -m infinipot_mlx.bench train-step`;
-docs/ORGANISM_TRAINING.md has the figures).
+which mlx_vlm.load opens with its unmodified classes. On the shared 2-core machine a step
+at 1 thread took about as long as MLX's at 2 (1.2 s against 0.9-1.5 s; at 2 threads torch's
+OpenMP spins against other work and is slower): `python -m infinipot_mlx.bench train-step`,
+figures in docs/ORGANISM_TRAINING.md. Run it with OMP_NUM_THREADS=1 on a shared machine.
 
 Run it in a process where the optimized BLAS for MLX is not preloaded (INFINIPOT_BLAS=off):
 a system OpenBLAS loaded with RTLD_GLOBAL slows torch's matmuls 1.3-12x. main() re-executes
