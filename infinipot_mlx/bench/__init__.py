@@ -14,4 +14,5 @@ SUBCOMMANDS = {
     "startup": "infinipot_mlx.bench.startup",  # CLI start-up: --help, a bad flag, imports, first frame
     "library": "infinipot_mlx.bench.library",  # ranked search over a library of organism videos
     "vs-mlx-vlm": "infinipot_mlx.bench.vs_mlx_vlm",  # peak memory and time vs stock mlx-vlm, per length
+    "train-step": "infinipot_mlx.bench.train_step",  # one organism training step, MLX vs torch
 }

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from . import data
 from . import model as om
+from .prompts import episode_prompts
 from .save import save_checkpoint
 
 
@@ -68,14 +69,7 @@ def make_batch(builder: om.PromptBuilder, seeds: list[int], opts: data.VideoOpti
     rich: data.training_questions instead of the test set's; independent: every question
     sees only the video, not the earlier turns (see PromptBuilder.build).
     """
-    eps = [data.generate(s, opts) for s in seeds]
-    prompts = []
-    for seed, ep in zip(seeds, eps):
-        qa = data.training_questions(ep, seed) if rich else ep.qa
-        cells = {e.colour: data.CELLS[e.cell] for e in ep.events}
-        prompts.append(builder.build(opts.n_frames // 2, qa, independent=independent, cells=cells))
-        prompts[-1].aux = builder.aux_targets(data.token_events(ep.events, opts.n_frames))
-    frames = np.stack([ep.frames for ep in eps])
+    prompts, frames = episode_prompts(builder, seeds, opts, rich, independent)
     return om.make_batch(prompts, frames, pad_id, builder.word_id["no"])
 
 
