@@ -44,15 +44,23 @@ def chromium_path() -> str | None:
         return None
 
 
+def no_browser(reason: str):
+    """Skip where no browser can be had; where one was installed (.ci/run sets
+    INFINIPOT_REQUIRE_BROWSER=1 once chromium is there), a missing one fails instead."""
+    if os.environ.get("INFINIPOT_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason}, though INFINIPOT_REQUIRE_BROWSER=1 says one is installed")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("no browser driver: Playwright is not installed (pip install -e '.[dev]')")
+        no_browser("no browser driver: Playwright is not installed (pip install -e '.[dev]')")
     path = chromium_path()
     if path is None:
-        pytest.skip("no Chromium found: apt-get install chromium (Debian) or python -m playwright install chromium")
+        no_browser("no Chromium found: apt-get install chromium (Debian) or python -m playwright install chromium")
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS)
         yield chromium
