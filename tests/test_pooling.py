@@ -13,7 +13,6 @@ a hole (in-grid cell without a token) counts in neither.
 The oracles below are written from that text and import nothing from the package.
 """
 
-import itertools
 
 import mlx.core as mx
 import numpy as np
@@ -25,6 +24,7 @@ from infinipot_mlx.mlx import scoring
 from infinipot_mlx.mlx import select as mlx_select
 from infinipot_mlx.reference import scoring as ref_scoring
 from infinipot_mlx.reference import select as ref_select
+from test_select_oracle import pool_head
 
 NUM_LAYERS = 28
 LAYER = {3: 0, 2: 7, 1: 14, 0: 21}  # pooled axes -> a layer of that quarter (of 28)
@@ -107,36 +107,12 @@ def test_last_quarter_does_not_pool():
 
 # ------------------------------------------------ (b) holes: the definition in float64
 
-def odd_fit(kernel, size):
-    """The largest odd kernel <= kernel that fits an axis of `size`."""
-    return min(kernel, size if size % 2 else size - 1)
-
-
 def oracle_pool(van, slot_ids, patch_ids, grid, axes):
-    """Pooled VaN (H, N) float64 from the module docstring's definition, cell by cell."""
-    rows, cols = grid
-    n_frames = max(len(set(ids.tolist())) for ids in slot_ids)  # G
-    extent = (n_frames * rows * cols,) if axes == 1 else (n_frames, rows, cols)
-    k = NOMINAL[axes]
-    kernel = {1: (odd_fit(k, extent[0]),), 2: (1, odd_fit(k, rows), odd_fit(k, cols)),
-              3: tuple(odd_fit(k, s) for s in extent)}[axes]
-    out = np.zeros(van.shape)
-    for h in range(van.shape[0]):
-        rank = {f: i for i, f in enumerate(sorted(set(slot_ids[h].tolist())))}
-        coords = [(rank[f] * rows * cols + p,) if axes == 1 else (rank[f], p // cols, p % cols)
-                  for f, p in zip(slot_ids[h].tolist(), patch_ids[h].tolist())]
-        cells = {c: float(v) for c, v in zip(coords, van[h])}
-        offsets = list(itertools.product(*(range(-(s // 2), s // 2 + 1) for s in kernel)))
-        for n, centre in enumerate(coords):
-            total = count = 0.0
-            for offset in offsets:
-                cell = tuple(c + o for c, o in zip(centre, offset))
-                if not all(0 <= c < e for c, e in zip(cell, extent)):
-                    count += 1  # beyond the edge: a zero that counts
-                elif cell in cells:
-                    total, count = total + cells[cell], count + 1
-            out[h, n] = total / count
-    return out
+    """Pooled VaN (H, N) float64 from the module docstring's definition, cell by cell: each head
+    through the selection oracle's pool_head (test_select_oracle.py), one grid of G slots."""
+    n_grid = max(len(set(ids.tolist())) for ids in slot_ids)  # G
+    return np.stack([pool_head(van[h].astype(np.float64), slot_ids[h].tolist(), patch_ids[h].tolist(), grid, axes,
+                               n_grid) for h in range(van.shape[0])])
 
 
 def holey_case(seed, heads, frames, grid, keep_share):
