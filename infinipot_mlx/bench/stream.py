@@ -162,8 +162,9 @@ def mlx_lm_decode_rate(session, answer_tokens: int) -> float:
 
     caches = []
     for layer in session.cache.layers:
-        cache = KVCache()
-        cache.state = (mx.array(layer.keys), mx.array(layer.values), layer.n_cached)  # copies
+        cache = KVCache()  # its fields, not `state` (a 2-tuple before mlx-lm 0.29, then 3)
+        cache.keys, cache.values = mx.array(layer.keys), mx.array(layer.values)  # copies
+        cache.offset = layer.n_cached
         caches.append(cache)
     mx.eval([c.keys for c in caches])
     lm = session.adapter.lm
