@@ -28,6 +28,9 @@ POSITION_POLICIES = ("absolute", "compact", "auto")
 DEFAULT_CAPACITY = 6144  # tokens per layer: the one default cap (the CLIs', the server's, load()'s)
 DEFAULT_RESERVE = 512  # tokens kept free under the cap for a question and its answer
 DEFAULT_FPS = 2.0  # frames sampled per second (the front ends' --fps; StreamSession's fps)
+KV_BITS = (4, 8)  # --kv-bits: affine quantization of the stored keys and values (mlx-lm's)
+KV_GROUP_SIZES = (32, 64, 128)  # --kv-group-size: what mx.quantize accepts; it must divide head_dim
+DEFAULT_KV_GROUP_SIZE = 64  # mlx-lm's default
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,13 @@ class InfiniPotConfig:
         recent_ratio: share of the cached slots used as TaR's recent reference.
         van_pooling: layer-adaptive average pooling of the VaN map.
         position_policy: "absolute", "compact", or "auto" (the model's default).
+        kv_bits: None (keys and values in the compute dtype), 4 or 8: the cache stores them
+            quantized (affine, per group of kv_group_size along the head dim; mlx-lm's
+            QuantizedKVCache), and each row keeps the bytes it was stored with.
+        kv_group_size: elements per quantization group (32, 64 or 128; divides head_dim).
+        quantized_kv_start: stored tokens at which the cache switches to quantized storage
+            (mlx-lm's --quantized-kv-start; 0, the default here, quantizes from the first
+            token, so a capacity planned at kv_bits holds from the start).
     """
 
     capacity: int | None = DEFAULT_CAPACITY
@@ -56,6 +66,9 @@ class InfiniPotConfig:
     recent_ratio: float = 0.25
     van_pooling: bool = False
     position_policy: str = "auto"
+    kv_bits: int | None = None
+    kv_group_size: int = DEFAULT_KV_GROUP_SIZE
+    quantized_kv_start: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -72,6 +85,12 @@ class InfiniPotConfig:
         _require(0.0 <= self.tar_ratio <= 1.0, f"tar_ratio must lie in [0, 1], got {self.tar_ratio}")
         _require(0.0 < self.recent_ratio <= 1.0,
                  f"recent_ratio must lie in (0, 1], got {self.recent_ratio}")
+        _require(self.kv_bits is None or self.kv_bits in KV_BITS,
+                 f"kv_bits must be one of {', '.join(map(str, KV_BITS))} (or None), got {self.kv_bits!r}")
+        _require(self.kv_group_size in KV_GROUP_SIZES, f"kv_group_size must be one of "
+                 f"{', '.join(map(str, KV_GROUP_SIZES))}, got {self.kv_group_size!r}")
+        _require(isinstance(self.quantized_kv_start, int) and self.quantized_kv_start >= 0,
+                 f"quantized_kv_start must be a non-negative integer, got {self.quantized_kv_start!r}")
         if self.capacity is None:
             _require(not METHODS[self.method].bounded,
                      f"method {self.method!r} needs a capacity (a KV budget in tokens)")
@@ -86,6 +105,18 @@ class InfiniPotConfig:
     def bounded(self) -> bool:
         """False for the uncompressed reference point (method full)."""
         return METHODS[self.method].bounded
+
+    @property
+    def quantized(self) -> bool:
+        """True when the cache stores keys and values at kv_bits."""
+        return self.kv_bits is not None
+
+    def check_head_dim(self, head_dim: int) -> None:
+        """UserError when kv_group_size does not divide the model's head dimension."""
+        if self.quantized and head_dim % self.kv_group_size:
+            raise UserError(f"--kv-group-size {self.kv_group_size} does not divide this model's head "
+                            f"dimension ({head_dim}); choose one of "
+                            f"{', '.join(str(g) for g in KV_GROUP_SIZES if head_dim % g == 0) or 'none'}")
 
     def check_fits(self, tokens_per_slot: int, n_pinned: int = 0) -> None:
         """Raise ValueError if the capacity cannot hold one block and one kept slot."""
