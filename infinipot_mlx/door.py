@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .contract.budget import parse_budget, parse_size  # noqa: F401  (parse_size: the one size parser)
-from .contract.config import DEFAULT_CAPACITY, DEFAULT_FPS, DEFAULT_RESERVE, METHODS
+from .contract.config import (DEFAULT_CAPACITY, DEFAULT_FPS, DEFAULT_KV_GROUP_SIZE, DEFAULT_RESERVE,
+                              KV_BITS, KV_GROUP_SIZES, METHODS)
 from .errors import UserError
 # the one streaming loop lives with the session, so StreamSession.add_video (the Python API) and
 # every front end feed a source the same way; the door hands it on
@@ -67,6 +68,15 @@ def add_session_flags(p: argparse.ArgumentParser, *, model_help: str | None = No
                    help="pixel budget per frame (default 448x448 = 200704, shrunk to fit the cap)")
     p.add_argument("--method", choices=METHODS, default="infinipot_v",
                    help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
+    p.add_argument("--kv-bits", type=int, choices=KV_BITS, default=None,
+                   help="store the cached keys and values at 4 or 8 bits (mlx-lm's affine quantization; "
+                        "a 4-bit cache holds ~3.5x the tokens of a 16-bit one in the same memory); "
+                        "default: the model's dtype")
+    p.add_argument("--kv-group-size", type=int, choices=KV_GROUP_SIZES, default=DEFAULT_KV_GROUP_SIZE,
+                   help=f"elements per quantization group along the head dimension (default {DEFAULT_KV_GROUP_SIZE})")
+    p.add_argument("--quantized-kv-start", type=int, default=0, metavar="TOKENS",
+                   help="with --kv-bits: quantize once the cache holds this many tokens (default 0: "
+                        "from the first token, which a --memory plan needs)")
 
 
 def check_session_args(args) -> None:
@@ -88,9 +98,14 @@ def check_session_args(args) -> None:
     if args.max_pixels is not None and args.max_pixels < MIN_PIXELS:
         raise UserError(f"--max-pixels {args.max_pixels} is below one visual token ({MIN_PIXELS} pixels, "
                         "28 x 28); use at least that")
+    if getattr(args, "quantized_kv_start", 0) < 0:
+        raise UserError(f"--quantized-kv-start must be 0 or more tokens, got {args.quantized_kv_start}")
     if args.memory is not None:
         if args.backend != "mlx" or not METHODS[args.method].bounded:
             raise UserError("--memory plans an MLX session with a compression method; otherwise use --kv-budget")
+        if getattr(args, "kv_bits", None) is not None and getattr(args, "quantized_kv_start", 0):
+            raise UserError("--memory plans a cache quantized from its first token; drop --quantized-kv-start "
+                            "or give the cap with --kv-budget")
         parse_budget(args.memory, machine_memory())
 
 
@@ -133,7 +148,9 @@ def session_config(args):
 
     capacity = (args.kv_budget or DEFAULT_CAPACITY) if METHODS[args.method].bounded else None
     return InfiniPotConfig(capacity=capacity, block_slots=args.block_slots, method=args.method,
-                           reserve=args.reserve)
+                           reserve=args.reserve, kv_bits=getattr(args, "kv_bits", None),
+                           kv_group_size=getattr(args, "kv_group_size", DEFAULT_KV_GROUP_SIZE),
+                           quantized_kv_start=getattr(args, "quantized_kv_start", 0))
 
 
 def settings_key(args, config) -> str:
@@ -163,14 +180,20 @@ def use_memory_settings(args, saved: dict) -> None:
     config = saved["config"]
     args.kv_budget, args.block_slots = config["capacity"], config["block_slots"]
     args.method, args.reserve, args.fps = config["method"], config["reserve"], saved["fps"]
+    args.kv_bits = config.get("kv_bits")  # a memory from before 0.4 has full-precision KV
+    args.kv_group_size = config.get("kv_group_size", DEFAULT_KV_GROUP_SIZE)
+    args.quantized_kv_start = config.get("quantized_kv_start", 0)
     args.saved_config = config
 
 
-def check_capacity(capacity: int | None, spec, flag: str = "--kv-budget") -> None:
-    """Refuse a cap beyond the positions the model can give (its max_position_embeddings)."""
+def check_capacity(capacity: int | None, spec, flag: str = "--kv-budget", args=None) -> None:
+    """Refuse a cap beyond the positions the model can give (its max_position_embeddings), and
+    (with `args`) a --kv-group-size that does not divide the model's head dimension."""
     if capacity is not None and spec.max_positions and capacity > spec.max_positions:
         raise UserError(f"{flag} {capacity} is more than the {spec.max_positions} positions this model can "
                         f"place, so the cap could never be reached; use at most {spec.max_positions}")
+    if args is not None and getattr(args, "kv_bits", None) is not None:
+        session_config(args).check_head_dim(spec.head_dim)
 
 
 def seed(args) -> None:
@@ -240,7 +263,7 @@ def open_budgeted_session(args, path: str, config, frame_hw: tuple[int, int] | N
     plan = plan_session(args.memory, model, tokenizer, spec,
                         json.loads((Path(model_dir) / "config.json").read_text()), frame_hw=frame_hw,
                         block_slots=config.block_slots or DEFAULT_BLOCK_SLOTS, reserve=config.reserve,
-                        make_session=make)
+                        make_session=make, kv_bits=config.kv_bits, kv_group_size=config.kv_group_size)
     apply_memory_limits(plan)
     say(plan.line())
     args.memory_plan = plan
@@ -302,7 +325,7 @@ def open_stream(args, say=print) -> Opened:
         use_memory_settings(args, saved)
     path = model_path(args, saved)
     spec = load_spec(path)
-    check_capacity(args.kv_budget, spec)
+    check_capacity(args.kv_budget, spec, args=args)
     source = open_source(args, spec) if args.video is not None else None
     seed(args)  # the first mlx (or torch) import: after the memory, checkpoint and video are checked
     session = open_session(args, path, source.frame_size if source else None, say)

@@ -106,18 +106,18 @@ def damaged(saved, tmp_path, how: str):
         data = data[: len(data) // 2]
     elif how == "flipped":
         data[-100] ^= 0x01  # a byte of the last tensor
-    elif how == "version":  # the same header, one character changed: "version":"2" -> "9"
+    elif how == "version":  # the same header, one character changed: "version":"3" -> "9"
         length = struct.unpack("<Q", data[:8])[0]
         header = bytes(data[8:8 + length])
-        assert json.loads(header)["__metadata__"]["version"] == "2" and header.count(b'"version":"2"') == 1
-        data[8:8 + length] = header.replace(b'"version":"2"', b'"version":"9"')
+        assert json.loads(header)["__metadata__"]["version"] == "3" and header.count(b'"version":"3"') == 1
+        data[8:8 + length] = header.replace(b'"version":"3"', b'"version":"9"')
     out.write_bytes(bytes(data))
     return out
 
 
 @pytest.mark.parametrize("how,words", [("truncated", ["truncated or damaged", "save it again"]),
                                        ("flipped", ["checksum", "save it again"]),
-                                       ("version", ["version 9 memory file", "reads versions 1, 2"])])
+                                       ("version", ["version 9 memory file", "reads versions 1, 2, 3"])])
 def test_a_damaged_file_is_refused_in_one_line(saved, tmp_path, tiny_qwen_dir, how, words):
     path = damaged(saved, tmp_path, how)
     with pytest.raises(MemoryFileError) as err:

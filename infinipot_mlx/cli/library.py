@@ -101,7 +101,7 @@ def run_index(args) -> int:
     from ..contract.specs import load_spec
     from ..door import check_capacity
 
-    check_capacity(args.kv_budget, load_spec(model_dir))
+    check_capacity(args.kv_budget, load_spec(model_dir), args=args)
     counts = dict(done=0, skipped=0, failed=0)
     with Catalogue(args.library, create=True) as catalogue:
         memories.sweep_temporaries(catalogue.memories)

@@ -116,6 +116,12 @@ def kv_bytes_per_token(dims: ModelDims, dtype_bytes: float) -> float:
     return dims.layers * 2 * dims.kv_heads * dims.head_dim * dtype_bytes
 
 
+def kv_element_bytes(dtype_bytes: float, kv_bits: int | None = None, group_size: int = 64) -> float:
+    """Bytes one stored key or value element costs: the compute dtype's, or at kv_bits the
+    packed bits plus a scale and a bias (compute dtype) per group (mlx-lm's affine layout)."""
+    return dtype_bytes if kv_bits is None else kv_bits / 8 + 2 * dtype_bytes / group_size
+
+
 def compute_dtype_bytes(held: dict[str, tuple[int, int]]) -> int:
     """Bytes per element of a model's compute dtype, which its KV cache holds: of the floating
     dtypes of its parameters ({dtype name: (bytes per element, bytes held)}), the one holding
@@ -186,7 +192,7 @@ class MemoryPlan:
     budget_bytes: int
     weight_bytes: int
     resident_bytes: int  # weights plus anything else already held when planning
-    kv_bytes_per_token: float
+    kv_bytes_per_token: float  # as stored: at kv_bits when the cache is quantized
     activation_bytes: int  # A
     context_bytes_per_token: int  # c
     margin_bytes: int
@@ -197,6 +203,9 @@ class MemoryPlan:
     n_pinned: int
     computed_activation_bytes: int  # A from the config alone
     measured_activation_bytes: int | None = None  # calibration of one real block
+    kv_bits: int | None = None  # None: the compute dtype
+    kv_group_size: int = 64
+    dtype_bytes: float = 2  # the compute dtype's bytes per element
 
     @property
     def slots(self) -> int:
@@ -216,16 +225,26 @@ class MemoryPlan:
     def line(self) -> str:
         """One line for the CLI."""
         return (f"model {format_bytes(self.weight_bytes)} | KV {format_bytes(self.kv_bytes_per_token)}/token"
+                f"{self._quantized_note()}"
                 f" | capacity {self.capacity:,} tokens = {self.slots:,} slots of {self.tokens_per_slot}"
                 f" | block {self.block_slots} slots ({format_bytes(self.activation_bytes)})"
                 f" | peak <= {format_bytes(self.peak_bytes)} of {format_bytes(self.budget_bytes)}")
+
+
+    def _quantized_note(self) -> str:
+        """' at 4 bits (3.6x the tokens of 2-byte KV)' for a quantized cache, else ''."""
+        if self.kv_bits is None:
+            return ""
+        gain = self.dtype_bytes / kv_element_bytes(self.dtype_bytes, self.kv_bits, self.kv_group_size)
+        return f" at {self.kv_bits} bits ({gain:.1f}x the tokens of {self.dtype_bytes:g}-byte KV)"
 
 
 def make_plan(budget_bytes: int, *, weight_bytes: int, kv_per_token: float, activation_bytes: int,
               context_per_token: int, tokens_per_slot: int, block_slots: int, reserve: int,
               n_pinned: int = 0, resident_bytes: int | None = None,
               computed_activation_bytes: int | None = None,
-              measured_activation_bytes: int | None = None) -> MemoryPlan:
+              measured_activation_bytes: int | None = None, kv_bits: int | None = None,
+              kv_group_size: int = 64, dtype_bytes: float = 2) -> MemoryPlan:
     """Capacity = floor((B - margin - R - A) / (kv + c)); ValueError below the minimum."""
     resident = max(weight_bytes, resident_bytes or 0)
     margin = int(budget_bytes * MARGIN_FRACTION)
@@ -244,14 +263,15 @@ def make_plan(budget_bytes: int, *, weight_bytes: int, kv_per_token: float, acti
     return MemoryPlan(budget_bytes, weight_bytes, resident, kv_per_token, activation_bytes,
                       context_per_token, margin, capacity, tokens_per_slot, block_slots, reserve,
                       n_pinned, computed_activation_bytes or activation_bytes,
-                      measured_activation_bytes)
+                      measured_activation_bytes, kv_bits, kv_group_size, dtype_bytes)
 
 
 def plan_from_config(config: dict, budget_bytes: int, weight_bytes: int, *, tokens_per_slot: int,
                      block_slots: int = 8, reserve: int = 512, n_pinned: int = 0,
                      dtype_bytes: int = 2, scores_materialized: bool = False,
                      resident_bytes: int | None = None,
-                     measured_activation_bytes: int | None = None) -> MemoryPlan:
+                     measured_activation_bytes: int | None = None, kv_bits: int | None = None,
+                     kv_group_size: int = 64) -> MemoryPlan:
     """The plan of a config.json dict; the measured block activations raise A when larger.
 
     Args:
@@ -260,6 +280,7 @@ def plan_from_config(config: dict, budget_bytes: int, weight_bytes: int, *, toke
         tokens_per_slot: T.  block_slots: S.  dtype_bytes: KV cache and activation dtype.
         scores_materialized: True where attention scores are materialized (CPU), False where
             attention is fused (Metal).
+        kv_bits, kv_group_size: a quantized cache's bits and group (kv_element_bytes).
         measured_activation_bytes: context-free activations measured on one block, or None.
     """
     dims = model_dims(config)
@@ -267,12 +288,14 @@ def plan_from_config(config: dict, budget_bytes: int, weight_bytes: int, *, toke
     computed = max(vision_block_bytes(dims, block_slots, tokens_per_slot, dtype_bytes),
                    prefill_block_bytes(dims, block, dtype_bytes))
     return make_plan(
-        budget_bytes, weight_bytes=weight_bytes, kv_per_token=kv_bytes_per_token(dims, dtype_bytes),
+        budget_bytes, weight_bytes=weight_bytes,
+        kv_per_token=kv_bytes_per_token(dims, kv_element_bytes(dtype_bytes, kv_bits, kv_group_size)),
         activation_bytes=max(computed, measured_activation_bytes or 0),
         context_per_token=context_bytes_per_token(dims, block, dtype_bytes, scores_materialized),
         tokens_per_slot=tokens_per_slot, block_slots=block_slots, reserve=reserve,
         n_pinned=n_pinned, resident_bytes=resident_bytes, computed_activation_bytes=computed,
-        measured_activation_bytes=measured_activation_bytes)
+        measured_activation_bytes=measured_activation_bytes, kv_bits=kv_bits,
+        kv_group_size=kv_group_size, dtype_bytes=dtype_bytes)
 
 
 # ----- budget strings ----------------------------------------------------------------------------

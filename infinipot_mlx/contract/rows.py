@@ -163,6 +163,19 @@ class LayerStack:
         for layer in self.layers:
             layer.drop_pinned(start, stop)
 
+    @property
+    def quantized(self) -> bool:
+        """True when the layers store keys and values quantized (they have `bits`)."""
+        return hasattr(self.layers[0], "bits")
+
+    def maybe_quantize(self, config) -> None:
+        """Switch every layer to quantized storage (each row quantized once) when `config`
+        asks for kv_bits and the cache holds at least quantized_kv_start tokens (mlx-lm's
+        maybe_quantize_kv_cache)."""
+        if config.quantized and not self.quantized and self.n_cached >= config.quantized_kv_start:
+            self.layers = [layer.to_quantized(group_size=config.kv_group_size, bits=config.kv_bits)
+                           for layer in self.layers]
+
     def snapshot(self) -> tuple:
         """What restore() needs to undo every later append, compression, drop or rotation.
 
@@ -170,10 +183,10 @@ class LayerStack:
         because the caches never write below their live length in place: appends write
         past it, and compress, drop_pinned and rerotate make new arrays.
         """
-        return self.next_position, [layer.state_refs() for layer in self.layers]
+        return self.next_position, list(self.layers), [layer.state_refs() for layer in self.layers]
 
     def restore(self, snapshot: tuple) -> None:
-        self.next_position, states = snapshot
+        self.next_position, self.layers, states = snapshot[0], list(snapshot[1]), snapshot[2]
         for layer, state in zip(self.layers, states):
             layer.set_state_refs(state)
 
@@ -258,7 +271,8 @@ class RowLabels:
     def set_rows(self, keys, values, slot, patch, pos) -> None:
         """Hold exactly these live rows (a memory loaded from disk; memories.py)."""
         self._reset()
-        self._keys, self._values, self._n = keys, values, keys.shape[2]
+        self._keys, self._values = keys, values  # arrays, or (packed, scales, biases) tuples
+        self._n = (keys[0] if isinstance(keys, tuple) else keys).shape[2]
         self._slot, self._patch, self._pos = (np.array(a, np.int32) for a in (slot, patch, pos))
 
     def state_refs(self) -> tuple:

@@ -58,34 +58,46 @@ class LayerKVCache(RowLabels, _BaseCache):
 
     @property
     def keys(self) -> mx.array | None:
-        """(1, H, n, D) stored keys, arrival order per head."""
-        return None if self._keys is None else self._keys[..., : self._n, :]
+        """(1, H, n, D) stored keys, arrival order per head (quantized: a (packed, scales,
+        biases) tuple of (1, H, n, ·) arrays)."""
+        return None if self._keys is None else _tree(lambda b: b[..., : self._n, :], self._keys)
 
     @property
     def values(self) -> mx.array | None:
-        return None if self._values is None else self._values[..., : self._n, :]
+        return None if self._values is None else _tree(lambda b: b[..., : self._n, :], self._values)
 
-    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
         """Append L new tokens; return all stored keys and values.
 
         Args:
             keys: (1, H, L, D) new keys (after RoPE).
             values: (1, H, L, Dv) new values.
         Returns:
-            keys (1, H, n + L, D), values (1, H, n + L, Dv).
+            keys (1, H, n + L, D), values (1, H, n + L, Dv) as stored (QuantizedLayerKVCache:
+            (packed, scales, biases) each, which mlx-vlm's attention reads quantized).
         """
         n, length = self._n, keys.shape[2]
         slot, patch = self._take_labels(length)
-        if self._keys is None or n + length > self._keys.shape[2]:
+        new_keys, new_values = self._store(keys), self._store(values)
+        if self._keys is None or n + length > _capacity(self._keys):
             spare = -(n + length) % self.step  # round capacity up to a multiple of step
-            self._keys = self._grow(self._keys, keys, spare)
-            self._values = self._grow(self._values, values, spare)
+            self._keys = _tree(lambda old, new: self._grow(old, new, spare), self._keys, new_keys)
+            self._values = _tree(lambda old, new: self._grow(old, new, spare), self._values, new_values)
         else:
-            self._keys[..., n : n + length, :] = keys
-            self._values[..., n : n + length, :] = values
-        self._append_labels(slot, patch, keys.shape[1], self._keys.shape[2])
+            for buffer, new in ((self._keys, new_keys), (self._values, new_values)):
+                for b, x in zip(*_parts(buffer, new)):
+                    b[..., n : n + length, :] = x
+        self._append_labels(slot, patch, keys.shape[1], _capacity(self._keys))
         self._n = n + length
         return self.keys, self.values
+
+    def _store(self, x: mx.array):
+        """What a new (1, H, L, D) block is stored as: itself here (the compute dtype)."""
+        return x
+
+    def _load(self, stored):
+        """The stored form back as (…, D) arrays in the compute dtype: itself here."""
+        return stored
 
     def _grow(self, old: mx.array | None, new: mx.array, spare: int) -> mx.array:
         """One copy: live rows, then the new tokens, then `spare` empty rows."""
@@ -121,17 +133,18 @@ class LayerKVCache(RowLabels, _BaseCache):
         rows = visual_rows(self.slot_ids)  # (H, N)
         start = run_start(rows)
         if start is None:  # text between video tokens: one row gather per buffer
-            keys, values = _take_rows(self._keys, rows)[0], _take_rows(self._values, rows)[0]
+            keys, values = (_tree(lambda b: _take_rows(b, rows)[0], buf) for buf in (self._keys, self._values))
         else:  # one run of rows in every head: a view of the buffers, nothing copied
             stop = start + rows.shape[1]
-            keys, values = self._keys[0, :, start:stop], self._values[0, :, start:stop]
+            keys, values = (_tree(lambda b: b[0, :, start:stop], buf) for buf in (self._keys, self._values))
+        keys, values = self._load(keys), self._load(values)  # scored as the attention reads them
         slots = np.take_along_axis(self.slot_ids, rows, axis=1)
         patches = np.take_along_axis(self.patch_ids, rows, axis=1)
         return rows, keys, values, slots, patches
 
     def _keep(self, rows: np.ndarray) -> None:
         """Keep the stored rows (H, n_new) in that order: one row gather per buffer."""
-        self._keys, self._values = _take_rows(self._keys, rows), _take_rows(self._values, rows)
+        self._keys, self._values = (_tree(lambda b: _take_rows(b, rows), buf) for buf in (self._keys, self._values))
         self._keep_labels(rows)
         self._n = rows.shape[1]
 
@@ -161,12 +174,72 @@ class LayerKVCache(RowLabels, _BaseCache):
         """Bytes of the keys and values held in live rows."""
         if self._keys is None:
             return 0
-        return self.keys.nbytes + self.values.nbytes
+        return _nbytes(self.keys) + _nbytes(self.values)
 
     @property
     def allocated_bytes(self) -> int:
         """Bytes of the key and value buffers, spare rows included (storage grows by `step`)."""
-        return 0 if self._keys is None else self._keys.nbytes + self._values.nbytes
+        return 0 if self._keys is None else _nbytes(self._keys) + _nbytes(self._values)
+
+    def to_quantized(self, group_size: int = 64, bits: int = 8) -> "QuantizedLayerKVCache":
+        """This layer's rows quantized once, labels and all (mlx-lm's to_quantized)."""
+        quantized = QuantizedLayerKVCache(group_size=group_size, bits=bits)
+        if self._keys is not None:
+            rows = self.rows()
+            quantized.set_rows(quantized._store(rows["keys"]), quantized._store(rows["values"]),
+                               rows["slot"], rows["patch"], rows["pos"])
+        return quantized
+
+
+class QuantizedLayerKVCache(LayerKVCache):
+    """A layer cache that stores keys and values at `bits`, as mlx-lm's QuantizedKVCache does:
+    affine, per group of `group_size` along the head dim, each of keys and values a tuple
+    (packed uint32 (1, H, n, D * bits / 32), scales (1, H, n, D / group_size), biases same).
+
+    mlx-vlm's attention sees `bits` and reads the tuples with quantized matmuls. Compression
+    scores the dequantized rows (visual()) and gathers the packed rows with their scales and
+    biases (_keep), so a kept token keeps the bytes it was stored with: nothing is quantized
+    twice. Re-rotating keys (the compact position policy) would, so `rerotate` refuses.
+    """
+
+    def __init__(self, group_size: int = 64, bits: int = 8):
+        self.group_size, self.bits = group_size, bits
+        super().__init__()
+
+    def _store(self, x: mx.array) -> tuple:
+        return tuple(mx.quantize(x, group_size=self.group_size, bits=self.bits))
+
+    def _load(self, stored: tuple) -> mx.array:
+        return mx.dequantize(*stored, group_size=self.group_size, bits=self.bits)
+
+    def rerotate(self, new_positions, rope) -> None:
+        raise ValueError("a quantized cache cannot re-rotate its keys: that would quantize them twice")
+
+    def to_quantized(self, group_size: int = 64, bits: int = 8) -> "QuantizedLayerKVCache":
+        return self
+
+
+def _tree(fn, *buffers):
+    """fn over a stored buffer: one array, or the (packed, scales, biases) tuple part by part."""
+    if isinstance(buffers[0], tuple):
+        return tuple(fn(*parts) for parts in zip(*buffers))
+    if buffers[0] is None and len(buffers) > 1 and isinstance(buffers[1], tuple):
+        return tuple(fn(None, part) for part in buffers[1])
+    return fn(*buffers)
+
+
+def _parts(*buffers) -> list[tuple]:
+    """The buffers as parallel tuples of arrays (one part for an unquantized buffer)."""
+    return [b if isinstance(b, tuple) else (b,) for b in buffers]
+
+
+def _capacity(buffer) -> int:
+    """Rows a stored buffer has room for (spare rows included)."""
+    return (buffer[0] if isinstance(buffer, tuple) else buffer).shape[2]
+
+
+def _nbytes(buffer) -> int:
+    return sum(a.nbytes for a in (buffer if isinstance(buffer, tuple) else (buffer,)))
 
 
 def _take_rows(buffer: mx.array, rows: np.ndarray) -> mx.array:
@@ -188,6 +261,8 @@ def _take_rows(buffer: mx.array, rows: np.ndarray) -> mx.array:
 class StreamCache(LayerStack):
     """All layers' caches, as the session holds them; iterable like mlx-vlm's cache list."""
 
-    def __init__(self, num_layers: int):
-        self.layers = [LayerKVCache() for _ in range(num_layers)]
+    def __init__(self, num_layers: int, kv_bits: int | None = None, kv_group_size: int = 64):
+        self.layers = [LayerKVCache() if kv_bits is None else
+                       QuantizedLayerKVCache(group_size=kv_group_size, bits=kv_bits)
+                       for _ in range(num_layers)]
         self.next_position = 0  # logical RoPE position of the next token (set by the session)

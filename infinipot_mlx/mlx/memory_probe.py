@@ -105,7 +105,7 @@ def measure_block(session, frame_hw: tuple[int, int]) -> int:
 
 def plan_session(budget: str | None, model, tokenizer, spec, config: dict, *,
                  frame_hw: tuple[int, int], block_slots: int, reserve: int,
-                 make_session=None) -> MemoryPlan:
+                 make_session=None, kv_bits: int | None = None, kv_group_size: int = 64) -> MemoryPlan:
     """The plan of a loaded MLX model; `make_session(InfiniPotConfig)` enables calibration.
 
     Args:
@@ -115,6 +115,7 @@ def plan_session(budget: str | None, model, tokenizer, spec, config: dict, *,
             plus the slot's text for Qwen3-VL: a slot's rows).
         make_session: builds a StreamSession for a config; one block of blank frames runs
             through a throwaway session to check the computed activations (None: no check).
+        kv_bits, kv_group_size: the cache's quantization (None: the compute dtype).
     """
     from ..contract.config import InfiniPotConfig
     from ..contract.specs import DEFAULT_SYSTEM
@@ -127,7 +128,7 @@ def plan_session(budget: str | None, model, tokenizer, spec, config: dict, *,
         tokens_per_slot=spec.tokens_per_slot(frame_hw) + slot_text, block_slots=block_slots,
         reserve=reserve, n_pinned=len(tokenizer.encode(opening, add_special_tokens=False)),
         dtype_bytes=compute_dtype_bytes(model), scores_materialized=not probe.metal,
-        resident_bytes=probe.active)
+        resident_bytes=probe.active, kv_bits=kv_bits, kv_group_size=kv_group_size)
     budget_bytes, weights = parse_budget(budget, probe.total), weight_bytes(model)
     plan = plan_from_config(config, budget_bytes, weights, **kwargs)  # refuse before any block runs
     if make_session is None:

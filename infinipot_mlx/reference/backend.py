@@ -61,7 +61,7 @@ class TorchBackend:
             self.device = torch.device(adapter.device)
         return adapter
 
-    def new_cache(self, num_layers: int) -> StreamCache:
+    def new_cache(self, num_layers: int, config=None) -> StreamCache:
         return StreamCache(num_layers)
 
     def sync(self, output, cache: StreamCache | None = None) -> None:

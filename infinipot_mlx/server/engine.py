@@ -91,7 +91,7 @@ class Engine:
 
         args = self.args
         path = model_path(args)
-        check_capacity(args.kv_budget, load_spec(path))
+        check_capacity(args.kv_budget, load_spec(path), args=args)
         self.model, self.tokenizer, self.spec, self.config = load_model(args, path)
         self.model_dir = Path(path)
         self.model_id = args.served_model_name or self.model_dir.name

@@ -5,7 +5,10 @@ A memory file is safetensors (as mlx-lm's save_prompt_cache writes prompt caches
 tensor group per layer, `{layer}.keys` and `{layer}.values` (1, H, n, D) as stored (after
 RoPE; bfloat16 travels bit for bit as uint16), `{layer}.slot`, `.patch`, `.pos` (H, n)
 int32 row labels, `pending_frames` (queued frames of an unfinished block), and string
-metadata: `format`, `version`, and `infinipot`, one JSON object holding everything else:
+metadata: `format`, `version`, `kv_quantization` (`null`, or the bits and group size of a
+quantized cache, whose `{layer}.keys` / `.values` are then the packed uint32 rows beside
+`_scales` and `_biases` (1, H, n, D / group), saved bit for bit), and `infinipot`, one JSON
+object holding everything else:
 
 - the model's identity (model_identity): config.json's hash and each weight file's name and
   sampled content hash (its size, its header and 4 MB spread over it: content_hash), so a
@@ -38,8 +41,9 @@ import numpy as np
 
 from ..errors import UserError
 
-FORMAT, VERSION = "infinipot-memory", 2
-READABLE = ("1", "2")  # version 1 named the slot labels `{layer}.frame` and config block_frames
+FORMAT, VERSION = "infinipot-memory", 3
+READABLE = ("1", "2", "3")  # 1 named the slot labels `{layer}.frame` and config block_frames; 3 adds kv_quantization
+_PARTS = ("", "_scales", "_biases")  # a quantized tensor's packed values, then its scales and biases
 _SAMPLES, _CHUNK = 64, 1 << 16  # content_hash reads 64 chunks of 64 KiB, whatever the size
 
 
@@ -98,22 +102,42 @@ def save(session, path: str | Path) -> Path:
     model = identity(session)
     tensors, kv_dtype = {}, None
     for i, layer in enumerate(session.cache.layers):
-        rows = layer.rows()  # keys, values (backend arrays), slot, patch, pos (host)
-        for name in ("keys", "values"):
-            rows[name], kv_dtype = session.backend.to_host_bits(rows[name])
+        rows, kv_dtype = _host_rows(session, layer)
         tensors.update({f"{i}.{name}": np.ascontiguousarray(a) for name, a in rows.items()})
     if session.pending:
         tensors["pending_frames"] = np.stack([f for f, _ in session.pending])
     meta = dict(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), model=model,
                 model_path=str(Path(session.model_dir).resolve()),
                 backend=type(session.backend).__name__, kv_dtype=kv_dtype,
+                kv_quantization=_quantization(session.cache),
                 config=dataclasses.asdict(session.config), fps=session.fps,
                 state=session_state(session))
     meta["sha256"] = _checksum(tensors, meta)
     data = to_bytes(tensors, metadata={"format": FORMAT, "version": str(VERSION),
+                                       "kv_quantization": json.dumps(meta["kv_quantization"]),
                                        "infinipot": json.dumps(meta)})
     _write_atomic(path, data)
     return path
+
+
+def _host_rows(session, layer) -> tuple[dict, str]:
+    """A layer's live rows as host arrays: `keys`, `values` (a quantized layer adds
+    `keys_scales`, `keys_biases`, `values_scales`, `values_biases`; `keys` is then the packed
+    uint32), `slot`, `patch`, `pos`; and the compute dtype's name (bfloat16 travels as uint16)."""
+    rows, kv_dtype = layer.rows(), None
+    for name in ("keys", "values"):
+        stored = rows.pop(name)
+        for suffix, array in zip(_PARTS, stored if isinstance(stored, tuple) else (stored,)):
+            rows[name + suffix], kv_dtype = session.backend.to_host_bits(array)  # ends on a compute-dtype array
+    return rows, kv_dtype
+
+
+def _quantization(cache) -> dict | None:
+    """How the keys and values are stored: None (the compute dtype) or mlx-lm's affine triple."""
+    if not cache.quantized:
+        return None
+    layer = cache.layers[0]
+    return dict(mode="affine", bits=layer.bits, group_size=layer.group_size)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -274,8 +298,12 @@ def restore(session, meta: dict, tensors: dict) -> None:
     session.config = InfiniPotConfig(**meta["config"])
     session.fps = float(meta["fps"])
     session._clear()  # no system-prompt forward: the memory's cache replaces it
+    quantization = meta.get("kv_quantization")
+    if quantization and not session.cache.quantized:  # saved after --quantized-kv-start
+        session.cache.layers = [layer.to_quantized(group_size=quantization["group_size"], bits=quantization["bits"])
+                                for layer in session.cache.layers]
     for i, layer in enumerate(session.cache.layers):
-        keys, values = (session.backend.from_host_bits(tensors[f"{i}.{n}"], meta["kv_dtype"])
+        keys, values = (_stored(session.backend, tensors, f"{i}.{n}", meta["kv_dtype"], quantization)
                         for n in ("keys", "values"))
         layer.set_rows(keys, values, *(tensors[f"{i}.{n}"] for n in ("slot", "patch", "pos")))
     session.cache.next_position, session.n_system = state["next_position"], state["n_system"]
@@ -287,3 +315,12 @@ def restore(session, meta: dict, tensors: dict) -> None:
     session.turns = [Turn(*t) for t in state["turns"]]
     session.counters = type(session.counters)(**state["counters"])  # StreamStats
     session.frame_hw = None if state["frame_hw"] is None else tuple(state["frame_hw"])
+
+
+def _stored(backend, tensors: dict, name: str, kv_dtype: str, quantization: dict | None):
+    """`{layer}.keys` or `.values` as the cache stores it: one array in the compute dtype, or
+    (packed uint32, scales, biases), bit for bit as saved."""
+    if not quantization:
+        return backend.from_host_bits(tensors[name], kv_dtype)
+    packed = backend.from_host_bits(tensors[name], "uint32")
+    return (packed, *(backend.from_host_bits(tensors[name + part], kv_dtype) for part in _PARTS[1:]))

@@ -104,6 +104,7 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
         self.system_prompt = system_prompt
         self.record_kept = record_kept
         self.check_cap = _env_flag("INFINIPOT_CHECK_CAP") if check_cap is None else check_cap
+        self.config.check_head_dim(self.spec.head_dim)  # --kv-group-size must divide it
         if self.policy == "compact" and self.spec.position_axes != 1:
             raise UserError(f"the compact position policy needs a 1-D RoPE model (LLaVA-OneVision); "
                             f"{self.spec.model_type} uses M-RoPE, so use position_policy='absolute'")
@@ -119,7 +120,7 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
 
     def _clear(self) -> None:
         """An empty cache and a fresh state, with nothing prefilled (reset; a memory load)."""
-        self.cache = self.backend.new_cache(self.spec.num_layers)
+        self.cache = self.backend.new_cache(self.spec.num_layers, self.config)
         self.counters = StreamStats()
         self.kept_log: list[list[np.ndarray]] = []  # per compression, per layer (H, K, 2)
         self.transcript: list[str] = []  # every pinned text piece and video placeholder
@@ -232,6 +233,7 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
         if wait:
             self.backend.sync(logits, self.cache)
         self.cache.next_position = max(self.cache.next_position, next_after(positions))
+        self.cache.maybe_quantize(self.config)  # once it holds --quantized-kv-start tokens
         n = self.cache.n_cached
         self.counters.peak_cached = max(self.counters.peak_cached, n)
         if self.check_cap and self.config.bounded and n > self.config.capacity:
@@ -269,6 +271,11 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
         trained range, so that stored keys are re-rotated, and rounded again, rarely."""
         limit = self.spec.max_positions
         if self.policy == "compact" and limit is not None and self.cache.next_position + incoming > limit:
+            if self.cache.quantized:  # re-rotating a quantized key would quantize it twice
+                raise PositionLimitError(
+                    f"the stream would pass the model's trained range of {limit} positions, and a cache "
+                    "stored at --kv-bits cannot renumber its positions (its keys would be quantized "
+                    "twice); stop here, or stream without --kv-bits")
             self._compact_positions()
 
     def _compact_positions(self) -> None:
