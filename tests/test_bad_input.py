@@ -64,6 +64,14 @@ CASES = {
     "no video": (lambda s: ["-q", "hi"], {}, "give a video"),
     "memory budget misspelt": (lambda s: [s["video"], "--model", s["model"], "--memory", "6 parsecs", "-q", "hi"],
                                {}, "memory budget"),
+    "kv bits other than 4 or 8": (lambda s: [s["video"], "--kv-bits", "3", "-q", "hi"], {},
+                                  "invalid choice: 3 (choose from 4, 8)"),
+    "kv group size that does not divide the head dim": (
+        lambda s: [s["video"], "--model", s["model"], "--kv-bits", "4", "--kv-group-size", "64", "-q", "hi"], {},
+        "does not divide this model's head dimension (32)"),
+    "memory plan with a late quantization start": (
+        lambda s: [s["video"], "--memory", "2GB", "--kv-bits", "4", "--quantized-kv-start", "100", "-q", "hi"], {},
+        "drop --quantized-kv-start"),
     "a BLAS library that fails to load": (lambda s: [s["video"], "-q", "hi"],
                                           {"INFINIPOT_BLAS": "/nonexistent/libblas.so"}, "INFINIPOT_BLAS"),
 }
@@ -83,6 +91,7 @@ def test_bad_input_is_one_line_and_exit_2(setup, case):
 @pytest.mark.parametrize("argv", [
     ["clip.mp4", "--method", "h2o"], ["clip.mp4", "--max-pixels", "10", "-q", "hi"],
     ["clip.mp4", "--kv-budget", "0"], ["clip.mp4", "-q", ""], ["--fps", "0", "--demo"],
+    ["clip.mp4", "--kv-bits", "2"], ["clip.mp4", "--kv-group-size", "48"],
 ])
 def test_bad_flags_are_refused_before_heavy_imports(argv):
     code = ("import sys\nfrom infinipot_mlx.chat import main\n"

@@ -17,6 +17,7 @@ from infinipot_mlx.contract.budget import kv_element_bytes, plan_from_config
 from infinipot_mlx.errors import UserError
 from infinipot_mlx.mlx.backend import load_model
 from infinipot_mlx.mlx.cache import LayerKVCache, QuantizedLayerKVCache, StreamCache
+from infinipot_mlx.server.pool import Memory, MemoryPool
 from infinipot_mlx.stream.session import PositionLimitError, StreamSession
 
 H, D, T = 2, 64, 4  # heads, head dim, tokens per slot
@@ -121,6 +122,10 @@ def test_a_quantized_session_holds_the_cap_answers_and_continues_exactly_from_it
     session.add_frames(_frames(40))  # check_cap: CapBrokenError if any forward passes 200 rows
     assert session.counters.compressions >= 5 and session.cache.quantized
     assert session.counters.peak_cached <= 200 and "".join(session.ask("What moved?", max_tokens=4))
+    buffers = [part for layer in session.cache.layers for part in (*layer._keys, *layer._values)]
+    pool = MemoryPool(max_bytes=10**9, max_sessions=1)
+    assert pool.put(Memory("clip", session, ["clip.mp4"], "stream"))  # the server's pool charges
+    assert pool.snapshot()["memory_bytes"] == session.cache.allocated_bytes == sum(b.nbytes for b in buffers)
     path = session.save(tmp_path / "q.mem")
     header = json.loads(path.read_bytes()[8:8 + struct.unpack("<Q", path.read_bytes()[:8])[0]])["__metadata__"]
     assert json.loads(header["kv_quantization"]) == dict(mode="affine", bits=bits, group_size=32)
