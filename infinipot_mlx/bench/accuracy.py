@@ -12,6 +12,12 @@ raised to it and the JSON records the budget actually used.
 
 Statistics: 95% CIs by a cluster bootstrap over videos (questions of one video are not
 independent); differences against infinipot_v are paired by video.
+
+--kv-bits 16,8,4 compares at equal bytes: budget b is the share a 16-bit cache gets, and a
+cache quantized to q bits gets the same bytes, b x 2 / kv_element_bytes(2, q, group) of
+the video's tokens (capped at all of them): 1.78x at 8 bits and 3.2x at 4 bits with the
+organism's groups of 32 (its head dim; 1.88x and 3.56x with a 7B's groups of 64). Each
+quantized run is paired by video with the 16-bit run of the same method and budget.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", default="test", help="test and/or stress splits: pan,texture,flicker,repeat")
     p.add_argument("--weights", type=Path, default=None,
                    help="an organism checkpoint folder (default: the shipped one)")
+    p.add_argument("--kv-bits", default="16", help="cache bits to compare at equal bytes: 16 (the "
+                   "model's dtype, counted as 2 bytes), 8 and/or 4 (e.g. 16,8,4)")
+    p.add_argument("--kv-group-size", type=int, default=32, help="quantization group (default 32, the "
+                   "organism's head dim)")
     p.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
 
 
@@ -63,12 +73,22 @@ def selection(args) -> tuple[list[float], list[str], list[str]]:
         raise UserError(f"--budgets must be shares in (0, 1], got {args.budgets!r}")
     methods = list(dict.fromkeys(parse_list(args.methods, "methods", choices=METHODS)))
     splits = list(dict.fromkeys(parse_list(args.splits, "splits", choices=SPLITS)))
+    args.bits = list(dict.fromkeys(parse_list(args.kv_bits, "kv_bits", kind=int, choices=(16, 8, 4))))
     return budgets, methods, splits
 
 
+def equal_bytes_share(budget: float, bits: int, group_size: int) -> float:
+    """The share of the video's tokens a cache at `bits` holds in the bytes that a 16-bit cache
+    spends on `budget` of them (at most all of them)."""
+    from ..contract.budget import kv_element_bytes
+
+    return min(1.0, budget * 2 / kv_element_bytes(2, None if bits == 16 else bits, group_size))
+
+
 def run_one(model_bundle, frames: np.ndarray, qa, method: str, budget: float,
-            first_frames: tuple[int, int] | None = None) -> dict:
-    """Stream one video under one config; per-question correctness and cache facts, and
+            first_frames: tuple[int, int] | None = None, quantization: dict | None = None) -> dict:
+    """Stream one video under one config (`quantization`: kv_bits and kv_group_size, for a
+    quantized cache); per-question correctness and cache facts, and
     whether the evidence of "what colour was the first shape?" (its top moment, evidence.py)
     falls within the first shape's frames [start, stop)."""
     from ..organism.session import first_word, organism_config
@@ -76,7 +96,7 @@ def run_one(model_bundle, frames: np.ndarray, qa, method: str, budget: float,
 
     model, tok, spec, pinned = model_bundle
     name, overrides = METHODS[method]
-    config = organism_config(len(frames), budget, name, pinned, **overrides)
+    config = organism_config(len(frames), budget, name, pinned, **overrides, **(quantization or {}))
     session = StreamSession(model, tok, spec, config, fps=2.0)
     session.record_evidence = True
     session.add_frames(frames)
@@ -116,21 +136,23 @@ def bootstrap_ci(per_video: np.ndarray, rng: np.random.Generator) -> tuple[float
 def summarize(records: list[dict], rng: np.random.Generator) -> list[dict]:
     """Accuracy with CIs per (split, budget, method, qtype), and paired deltas vs infinipot_v."""
     rows = []
-    keys = sorted({(r["split"], r["budget"], r["method"]) for r in records})
-    by_key = {k: [r for r in records if (r["split"], r["budget"], r["method"]) == k] for k in keys}
-    for split, budget, method in keys:
-        recs = sorted(by_key[(split, budget, method)], key=lambda r: r["video"])
-        ref = sorted(by_key.get((split, budget, "infinipot_v"), []), key=lambda r: r["video"])
+    keys = sorted({(r["split"], r["budget"], r["method"], r.get("kv_bits", 16)) for r in records})
+    by_key = {k: sorted([r for r in records if (r["split"], r["budget"], r["method"], r.get("kv_bits", 16)) == k],
+                        key=lambda r: r["video"]) for k in keys}
+    for split, budget, method, bits in keys:
+        recs = by_key[(split, budget, method, bits)]
+        refs = dict(vs_infinipot_v=by_key.get((split, budget, "infinipot_v", bits)) if method != "infinipot_v" else None,
+                    vs_16bit=by_key.get((split, budget, method, 16)) if bits != 16 else None)
         for qtype in ["all", *sorted({q for r in recs for q in r["qtypes"]})]:
             acc = np.array([_mean(r, qtype) for r in recs])
-            row = dict(split=split, budget=budget, method=method, qtype=qtype,
+            row = dict(split=split, budget=budget, method=method, kv_bits=bits, qtype=qtype,
                        n_videos=int(np.isfinite(acc).sum()), accuracy=float(np.nanmean(acc)))
             row["ci95"] = bootstrap_ci(acc[np.isfinite(acc)], rng)
-            if ref and method != "infinipot_v":
-                diff = acc - np.array([_mean(r, qtype) for r in ref])
-                diff = diff[np.isfinite(diff)]
-                row["vs_infinipot_v"] = float(diff.mean())
-                row["vs_infinipot_v_ci95"] = bootstrap_ci(diff, rng)
+            for name, ref in refs.items():  # paired by video
+                if ref:
+                    diff = acc - np.array([_mean(r, qtype) for r in ref])
+                    diff = diff[np.isfinite(diff)]
+                    row[name], row[name + "_ci95"] = float(diff.mean()), bootstrap_ci(diff, rng)
             row["budget_used"] = float(np.mean([r["budget_used"] for r in recs]))
             hits = [r["evidence_first_hit"] for r in recs if r.get("evidence_first_hit") is not None]
             if qtype == "all" and hits:  # the top moment of "first colour?" within the first shape
@@ -146,19 +168,22 @@ def _mean(record: dict, qtype: str) -> float:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'split':8} {'budget':>6} {'method':15} {'acc':>6} {'95% CI':>15} {'vs infinipot_v':>22} "
-          f"{'evidence hit':>12}")
+    print(f"{'split':8} {'budget':>6} {'bits':>4} {'method':15} {'acc':>6} {'95% CI':>15} "
+          f"{'vs infinipot_v':>22} {'vs 16-bit':>22} {'evidence hit':>12}")
     for r in rows:
         if r["qtype"] != "all":
             continue
         lo, hi = r["ci95"]
-        delta = ""
-        if "vs_infinipot_v" in r:
-            dlo, dhi = r["vs_infinipot_v_ci95"]
-            delta = f"{r['vs_infinipot_v']:+.3f} [{dlo:+.3f},{dhi:+.3f}]"
         hit = f"{r['evidence_first_hit_rate']:.2f}" if "evidence_first_hit_rate" in r else "-"
-        print(f"{r['split']:8} {r['budget']:>6.2f} {r['method']:15} {r['accuracy']:6.3f} "
-              f"[{lo:.3f}, {hi:.3f}] {delta:>22} {hit:>12}")
+        print(f"{r['split']:8} {r['budget']:>6.2f} {r.get('kv_bits', 16):>4} {r['method']:15} {r['accuracy']:6.3f} "
+              f"[{lo:.3f}, {hi:.3f}] {_delta(r, 'vs_infinipot_v'):>22} {_delta(r, 'vs_16bit'):>22} {hit:>12}")
+
+
+def _delta(row: dict, name: str) -> str:
+    if name not in row:
+        return ""
+    lo, hi = row[name + "_ci95"]
+    return f"{row[name]:+.3f} [{lo:+.3f},{hi:+.3f}]"
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -171,12 +196,14 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4), squeeze=False)
     for ax, split in zip(axes[0], splits):
         for method in METHODS:
-            pts = sorted((r["budget"], r["accuracy"], *r["ci95"]) for r in rows
-                         if r["split"] == split and r["method"] == method and r["qtype"] == "all")
-            if pts:
-                b, acc, lo, hi = map(np.array, zip(*pts))
-                ax.errorbar(b * 100, acc, yerr=[acc - lo, hi - acc], marker="o", capsize=3, label=method)
-        ax.set(xscale="log", xlabel="visual tokens kept (% of the video's)", ylabel="accuracy",
+            for bits, marker in ((16, "o"), (8, "s"), (4, "^")):
+                pts = sorted((r["budget"], r["accuracy"], *r["ci95"]) for r in rows if r["split"] == split
+                             and r["method"] == method and r.get("kv_bits", 16) == bits and r["qtype"] == "all")
+                if pts:
+                    b, acc, lo, hi = map(np.array, zip(*pts))
+                    label = method if bits == 16 else f"{method}, {bits}-bit KV"
+                    ax.errorbar(b * 100, acc, yerr=[acc - lo, hi - acc], marker=marker, capsize=3, label=label)
+        ax.set(xscale="log", xlabel="KV bytes (% of a 16-bit cache holding the whole video)", ylabel="accuracy",
                title=f"organism, split {split}")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -202,15 +229,22 @@ def run(args) -> int:
         unbounded = {}  # a method without a cap answers the same at every budget: run it once
         for budget in budgets:
             for method in methods:
-                if method in unbounded:
-                    res = unbounded[method]
-                else:
-                    res = run_one(bundle, frames, qa, method, budget, (first.start, first.start + first.length))
-                    if not config.METHODS[METHODS[method][0]].bounded:
-                        unbounded[method] = res
-                records.append(dict(split=split, video=video, budget=budget, method=method,
-                                    qtypes=[q for _, _, q in qa], budget_used=res["visual_tokens"] / n_video,
-                                    **res))
+                for bits in args.bits:
+                    bounded = config.METHODS[METHODS[method][0]].bounded
+                    if not bounded and bits != 16:
+                        continue  # the uncompressed reference point stays in the model's dtype
+                    quantization = None if bits == 16 else dict(kv_bits=bits, kv_group_size=args.kv_group_size)
+                    share = equal_bytes_share(budget, bits, args.kv_group_size)
+                    if method in unbounded:
+                        res = unbounded[method]
+                    else:
+                        res = run_one(bundle, frames, qa, method, share, (first.start, first.start + first.length),
+                                      quantization)
+                        if not bounded:
+                            unbounded[method] = res
+                    records.append(dict(split=split, video=video, budget=budget, method=method, kv_bits=bits,
+                                        qtypes=[q for _, _, q in qa], budget_used=res["visual_tokens"] / n_video,
+                                        **res))
     rows = summarize(records, np.random.default_rng(0))
     print_table(rows)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -218,6 +252,7 @@ def run(args) -> int:
     write_json(args.out, "accuracy.json", dict(
         environment=env, weights=str(args.weights or "shipped"), seconds=time.perf_counter() - start,
         n=args.n, seed_offset=args.seed_offset,
-        budgets=budgets, methods=methods, splits=splits, summary=rows, records=records))
+        budgets=budgets, methods=methods, splits=splits, kv_bits=args.bits, kv_group_size=args.kv_group_size,
+        summary=rows, records=records))
     print(f"wrote {args.out / 'accuracy.png'}")
     return 0

@@ -66,6 +66,11 @@ class LayerKVCache(RowLabels, _BaseCache):
     def values(self) -> mx.array | None:
         return None if self._values is None else _tree(lambda b: b[..., : self._n, :], self._values)
 
+    def dense_keys(self) -> mx.array | None:
+        """(1, H, n, D) stored keys in the compute dtype (dequantized from a quantized cache),
+        as attention reads them (the evidence's attention weights)."""
+        return None if self._keys is None else self._load(self.keys)
+
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         """Append L new tokens; return all stored keys and values.
 

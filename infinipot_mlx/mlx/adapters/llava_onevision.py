@@ -125,5 +125,5 @@ class LlavaOnevisionAdapter:
             q = attn.q_proj(layer.input_layernorm(h)).reshape(1, h.shape[1], attn.n_heads, -1).transpose(0, 2, 1, 3)
             q = attn.rope(q, offset=c.offset)  # before the layer appends: the new tokens' offset
             h = layer(h, mask, c)
-            masses.append(attention_mass(attention_probs(q[:, :, -1], c.keys, attn.scale), self.spec.kv_heads))
+            masses.append(attention_mass(attention_probs(q[:, :, -1], c.dense_keys(), attn.scale), self.spec.kv_heads))
         return self._last_logits(model.norm(h)), masses

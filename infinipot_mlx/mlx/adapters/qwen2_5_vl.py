@@ -102,5 +102,5 @@ class Qwen2_5_VLAdapter:
             else:
                 q, _ = language.apply_multimodal_rotary_pos_emb(q, q, *pe, unqueeze_dim=1)
             h = layer(h, mask, c, position_ids, pe)
-            masses.append(attention_mass(attention_probs(q[:, :, -1], c.keys, attn.scale), self.spec.kv_heads))
+            masses.append(attention_mass(attention_probs(q[:, :, -1], c.dense_keys(), attn.scale), self.spec.kv_heads))
         return self._last_logits(model.norm(h)), masses
