@@ -5,6 +5,8 @@ the same frames, block by block, through the same loop (session.StreamSession: o
 explicit positions) once per method, from 1x to 10x the visual capacity:
 - full: our StreamCache, never compressed (the uncapped reference);
 - infinipot_v, uniform, sliding_window: our StreamCache under InfiniPotConfig(capacity);
+- infinipot_v_kv8 / infinipot_v_kv4: the same at --kv-bits 8 / 4 (same token cap, fewer bytes;
+  mlx-lm's comparison then runs over its own QuantizedKVCache holding the same packed rows);
 - mlx_vlm_rotating / mlx_vlm_quant8: mlx-vlm's RotatingKVCache at the same token cap and
   QuantizedKVCache at 8 bits with no cap (vlm_caches.py), run with method "full".
 At each point (a multiple of the visual capacity) it records memory (peak while streaming,
@@ -56,7 +58,8 @@ def _import_mlx() -> None:
     from ..stream.session import StreamSession
     from . import vlm_caches
 
-OUR_METHODS = ("full", *(m for m in METHODS_REGISTRY if m != "full"))  # config.METHODS, full first
+QUANTIZED = {"infinipot_v_kv8": 8, "infinipot_v_kv4": 4}  # infinipot_v under the same cap, --kv-bits
+OUR_METHODS = ("full", *(m for m in METHODS_REGISTRY if m != "full"), *QUANTIZED)  # config.METHODS, full first
 VLM_METHODS = ("mlx_vlm_rotating", "mlx_vlm_quant8")
 METHODS = OUR_METHODS + VLM_METHODS
 QUESTION = "What happened in the video?"
@@ -102,11 +105,11 @@ def stream_plan(spec, tokenizer, size, points: list[float], answer_tokens: int) 
 def make_session(method: str, model, tokenizer, spec, plan: dict, fps: float) -> StreamSession:
     """A session on `method`'s cache, with the shared block size and fps."""
     block = plan["block_slots"]
-    if method in VLM_METHODS or not METHODS_REGISTRY[method].bounded:
+    if method in VLM_METHODS or (method not in QUANTIZED and not METHODS_REGISTRY[method].bounded):
         config = InfiniPotConfig(capacity=None, method="full", block_slots=block, reserve=0)
     else:
-        config = InfiniPotConfig(capacity=plan["capacity"], method=method, block_slots=block,
-                                 reserve=plan["reserve"])
+        config = InfiniPotConfig(capacity=plan["capacity"], method=method.partition("_kv")[0], block_slots=block,
+                                 reserve=plan["reserve"], kv_bits=QUANTIZED.get(method))
     factory = {"mlx_vlm_rotating": vlm_caches.rotating(plan["capacity"]),
                "mlx_vlm_quant8": vlm_caches.quantized(bits=8)}.get(method)
     return StreamSession(model, tokenizer, spec, config, vlm_caches.BenchBackend(factory), fps=fps)
@@ -156,17 +159,22 @@ def _ask(session, answer_tokens: int, compare: bool) -> dict:
 
 def mlx_lm_decode_rate(session, answer_tokens: int) -> float:
     """mlx-lm's generate_step, greedy, on the session's language model from a KVCache holding
-    the same keys and values as the session's cache (same length): tokens per second."""
+    the same keys and values as the session's cache (same length; a QuantizedKVCache of the same
+    packed rows when the session's cache is quantized): tokens per second."""
     from mlx_lm.generate import generate_step
-    from mlx_lm.models.cache import KVCache
+    from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
     caches = []
-    for layer in session.cache.layers:
-        cache = KVCache()  # its fields, not `state` (a 2-tuple before mlx-lm 0.29, then 3)
-        cache.keys, cache.values = mx.array(layer.keys), mx.array(layer.values)  # copies
+    for layer in session.cache.layers:  # their fields, not `state` (it changed in mlx-lm 0.29)
+        if session.cache.quantized:  # the same packed rows, scales and biases
+            cache = QuantizedKVCache(group_size=layer.group_size, bits=layer.bits)
+            cache.keys, cache.values = (tuple(mx.array(a) for a in kv) for kv in (layer.keys, layer.values))
+        else:
+            cache = KVCache()
+            cache.keys, cache.values = mx.array(layer.keys), mx.array(layer.values)  # copies
         cache.offset = layer.n_cached
         caches.append(cache)
-    mx.eval([c.keys for c in caches])
+    mx.eval([(c.keys, c.values) for c in caches])
     lm = session.adapter.lm
 
     def logits(inputs, cache=None, **_):  # mlx-vlm's language model returns an output object
@@ -223,6 +231,8 @@ METHOD_NOTES = {
     "infinipot_v": "our StreamCache, InfiniPot-V (TaR + VaN) under the cap",
     "uniform": "our StreamCache, uniform frame subsampling under the cap",
     "sliding_window": "our StreamCache, newest frames under the cap",
+    "infinipot_v_kv8": "our StreamCache at 8 bits (--kv-bits 8), InfiniPot-V under the same cap",
+    "infinipot_v_kv4": "our StreamCache at 4 bits (--kv-bits 4), InfiniPot-V under the same cap",
     "mlx_vlm_rotating": "mlx-vlm RotatingKVCache(max_size=capacity, keep=4) (--max-kv-size)",
     "mlx_vlm_quant8": "mlx-vlm QuantizedKVCache(bits=8, group_size=64), no cap (--kv-bits 8)",
 }

@@ -16,6 +16,8 @@ POINT_FIELDS = (  # every measured point of every method has these keys
 MB = 1 << 20
 STYLES = {"full": dict(color="black", linestyle="--"), "infinipot_v": dict(color="tab:red"),
           "uniform": dict(color="tab:blue"), "sliding_window": dict(color="tab:green"),
+          "infinipot_v_kv8": dict(color="tab:red", linestyle=":"),
+          "infinipot_v_kv4": dict(color="darkred", linestyle=":"),
           "mlx_vlm_rotating": dict(color="tab:purple", linestyle="-."),
           "mlx_vlm_quant8": dict(color="tab:orange", linestyle="-.")}
 
