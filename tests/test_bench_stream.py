@@ -88,6 +88,24 @@ def test_bench_kv_compresses_and_reports_full_kv(tmp_path, capsys):
     assert ratio < 1 and summary.endswith(f"at the end: {1 / ratio:.1f}x more"), summary  # not "0x less"
 
 
+def test_bench_kv_streams_each_width_at_the_same_cap_and_the_memory_files_shrink(tmp_path, capsys):
+    args = build_parser().parse_args([
+        "kv", "--out", str(tmp_path), "--slots", "24", "--layers", "2", "--kv-heads", "2",
+        "--head-dim", "64", "--tokens-per-slot", "4", "--block-slots", "2", "--dtype", "bfloat16",
+        "--capacity-slots", "6", "--prompt-tokens", "3", "--reserve", "4", "--points", "2",
+        "--bank-tokens", "16", "--kv-bits", "16,8,4"])
+    args.run(args)
+    by_bits = json.loads((tmp_path / "kv.json").read_text())["by_bits"]
+    held = {bits: b["tokens_held"] for bits, b in by_bits.items()}
+    assert len(set(held.values())) == 1 and all(b["summary"]["compressions"] >= 1 for b in by_bits.values())
+    kv = {bits: b["points"][-1]["kv_bytes"] for bits, b in by_bits.items()}
+    tokens, per_element = held["16"] * 2 * 2 * 2 * 64, {"16": 2, "8": 1 + 4 / 64, "4": 0.5 + 4 / 64}
+    assert kv == {bits: tokens * per_element[bits] for bits in kv}  # K and V x layers x heads x dims
+    files = {bits: b["memory_file_bytes"] for bits, b in by_bits.items()}
+    assert all(kv[bits] < files[bits] < kv[bits] + 4096 for bits in files)  # the rows, labels and a header
+    assert "memory file" in capsys.readouterr().out
+
+
 def test_the_kv_summary_says_how_many_times_less_or_more():
     from infinipot_mlx.bench.kv import times_fewer
 

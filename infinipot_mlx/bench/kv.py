@@ -25,6 +25,7 @@ import argparse
 import gc
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from ..stream.room import compress_layers
 from .common import (
     environment,
     load_average,
+    parse_list,
     print_environment,
     require_positive,
     write_json,
@@ -82,6 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--points", type=int, default=12, help="measurement points (log-spaced)")
     parser.add_argument("--bank-tokens", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--capacity", type=int, default=None, metavar="TOKENS",
+                        help="the cap in tokens (default: prompt + reserve + --capacity-slots x T)")
+    parser.add_argument("--kv-bits", default="16", help="cache widths to stream at the same cap: 16 "
+                        "(--dtype), 8 and/or 4 (e.g. 16,8,4); each reports its KV bytes, compression time "
+                        "and memory-file size")
+    parser.add_argument("--kv-group-size", type=int, default=64, help="quantization group (default 64)")
 
 
 class Source:
@@ -135,14 +143,16 @@ def _point(cache: StreamCache, slots: int, fps: float, times: list[float], appen
 
 
 def stream(args, config: InfiniPotConfig | None, total: int, points: list[int],
-           byte_limit: float | None = None) -> tuple[list[dict], list[float]]:
-    """Stream `total` slots (compressing under `config`, or never when None); points, all ms.
+           byte_limit: float | None = None) -> tuple[list[dict], list[float], object]:
+    """Stream `total` slots (compressing under `config`, or never when None, at its kv_bits);
+    the points, every compression's ms, and the cache as it ended.
 
     Stops early, at a point, when the next block would take the cache past byte_limit.
     """
     T, S, dtype = args.tokens_per_slot, args.block_slots, DTYPES[args.dtype]
     grid = (int(round(T ** 0.5)),) * 2
-    source, cache = Source(args, dtype), StreamCache(args.layers)
+    source = Source(args, dtype)
+    cache = StreamCache(args.layers, *((config.kv_bits, config.kv_group_size) if config else ()))
     mx.reset_peak_memory()
     _append(cache, source, args.prompt_tokens)
     results, all_times, times, appends, slots = [], [], [], [], 0
@@ -167,7 +177,23 @@ def stream(args, config: InfiniPotConfig | None, total: int, points: list[int],
             mx.reset_peak_memory()
     if slots and (not results or results[-1]["slots"] != slots):  # stopped by byte_limit
         results.append(_point(cache, slots, args.fps, times, appends))
-    return results, all_times + times
+    return results, all_times + times, cache
+
+
+def memory_file_bytes(cache) -> int:
+    """Bytes of the cache's tensors written as a memory file writes them (memory_file.cache_tensors,
+    safetensors), without the session's JSON (a few KB)."""
+    import tempfile
+
+    from safetensors.numpy import save_file
+
+    from ..stream.memory_file import cache_tensors
+
+    tensors, _ = cache_tensors(cache, MLXBackend())
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "cache.safetensors"
+        save_file(tensors, str(path))
+        return path.stat().st_size
 
 
 def bytes_per_token(args) -> int:
@@ -203,7 +229,8 @@ def checked_config(args, capacity: int) -> InfiniPotConfig:
     """The compression config of the flags; UserError when its capacity cannot hold a block."""
     try:
         config = InfiniPotConfig(capacity=capacity, block_slots=args.block_slots,
-                                 reserve=args.reserve, method=args.method)
+                                 reserve=args.reserve, method=args.method, kv_group_size=args.kv_group_size)
+        config.check_head_dim(args.head_dim)
         config.check_fits(args.tokens_per_slot, args.prompt_tokens)
     except ValueError as err:
         problem = str(err).split(";")[0]  # the advice after ";" names the chat's flags
@@ -221,17 +248,30 @@ def run(args: argparse.Namespace) -> dict:
     total = args.slots or round(args.minutes * 60 * args.fps)
     if total < 1:
         raise UserError(f"--minutes {args.minutes:g} at --fps {args.fps:g} is no slot; stream a longer video")
-    capacity = args.prompt_tokens + args.reserve + args.capacity_slots * T
+    capacity = args.capacity or args.prompt_tokens + args.reserve + args.capacity_slots * T
     config = checked_config(args, capacity)
+    widths = parse_list(args.kv_bits, "kv_bits", kind=int, choices=(16, 8, 4))
+    config = replace(config, kv_bits=None if widths[0] == 16 else widths[0])
+    config.check_head_dim(args.head_dim)
     _import_mlx()  # the flags are checked
     points = _points(total, args.capacity_slots, args.block_slots, args.points)
     print(f"kv bench: {total} slots x {T} tokens, {args.layers} layers x {args.kv_heads} heads x "
           f"{args.head_dim} dims {args.dtype}, capacity {capacity} tokens, {args.method}", flush=True)
-    full, _ = stream(args, None, total, points, byte_limit=args.full_limit_gb * GB)
+    full, _, _ = stream(args, None, total, points, byte_limit=args.full_limit_gb * GB)
     gc.collect()
     mx.clear_cache()  # the compressed run starts from an empty allocator cache
-    method, times = stream(args, config, total, points)
-    for p in full + method:
+    by_bits = {}
+    for bits in widths:  # the first width is the record's main series
+        gc.collect()
+        mx.clear_cache()
+        width_points, width_times, cache = stream(args, replace(config, kv_bits=None if bits == 16 else bits),
+                                                  total, points)
+        by_bits[bits] = dict(points=width_points, summary=_summary(args, total, width_points, width_times),
+                             compress_ms=width_times, tokens_held=cache.n_cached,
+                             memory_file_bytes=memory_file_bytes(cache))
+        del cache
+    method, times = by_bits[widths[0]]["points"], by_bits[widths[0]]["compress_ms"]
+    for p in full + [q for b in by_bits.values() for q in b["points"]]:
         p["full_kv_bytes_analytic"] = analytic_full(args, p["slots"])
     record = dict(
         benchmark="kv",
@@ -243,7 +283,8 @@ def run(args: argparse.Namespace) -> dict:
         capacity=dict(tokens=capacity, slots=args.capacity_slots, reserve=args.reserve),
         method=args.method, points=method, full_measured=full,
         full_limit_bytes=args.full_limit_gb * GB,
-        summary=_summary(args, total, method, times), compress_ms=times,
+        summary=by_bits[widths[0]]["summary"], compress_ms=times,
+        kv_bits=widths, kv_group_size=args.kv_group_size, by_bits=by_bits,
         note="full KV is measured only up to full_limit_bytes; full_kv_bytes_analytic is "
              "(prompt + slots x T) x bytes_per_token, not a measurement. Times are this "
              "machine's wall clock, shared with other work.",
@@ -279,6 +320,11 @@ def _print(record: dict) -> None:
           f"{100 * s['compress_share_of_real_time']:.2f}% of the video's real time")
     print(f"peak {format_bytes(s['peak_memory_bytes'])} vs full KV {format_bytes(s['full_kv_bytes_end_analytic'])} "
           f"(analytic) at the end: {times_fewer(s['full_over_peak'])}")
+    print(f"{'KV bits':>8}{'tokens held':>12}{'KV held':>10}{'memory file':>13}{'ms/compr (median)':>19}")
+    for bits, b in record["by_bits"].items():
+        label = record["shape"]["dtype"] if bits == 16 else f"{bits}"
+        print(f"{label:>8}{b['tokens_held']:>12,}{format_bytes(b['points'][-1]['kv_bytes']):>10}"
+              f"{format_bytes(b['memory_file_bytes']):>13}{(b['summary']['compress_ms_median'] or 0):>19.1f}")
 
 
 def times_fewer(full_over_peak: float) -> str:

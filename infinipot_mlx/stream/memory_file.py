@@ -100,10 +100,7 @@ def save(session, path: str | Path) -> Path:
 
     path = Path(path)
     model = identity(session)
-    tensors, kv_dtype = {}, None
-    for i, layer in enumerate(session.cache.layers):
-        rows, kv_dtype = _host_rows(session, layer)
-        tensors.update({f"{i}.{name}": np.ascontiguousarray(a) for name, a in rows.items()})
+    tensors, kv_dtype = cache_tensors(session.cache, session.backend)
     if session.pending:
         tensors["pending_frames"] = np.stack([f for f, _ in session.pending])
     meta = dict(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), model=model,
@@ -120,7 +117,17 @@ def save(session, path: str | Path) -> Path:
     return path
 
 
-def _host_rows(session, layer) -> tuple[dict, str]:
+def cache_tensors(cache, backend) -> tuple[dict, str]:
+    """Every layer's live rows as the host tensors of a memory file (`{layer}.{name}`, _host_rows),
+    and the compute dtype's name."""
+    tensors, kv_dtype = {}, None
+    for i, layer in enumerate(cache.layers):
+        rows, kv_dtype = _host_rows(backend, layer)
+        tensors.update({f"{i}.{name}": np.ascontiguousarray(a) for name, a in rows.items()})
+    return tensors, kv_dtype
+
+
+def _host_rows(backend, layer) -> tuple[dict, str]:
     """A layer's live rows as host arrays: `keys`, `values` (a quantized layer adds
     `keys_scales`, `keys_biases`, `values_scales`, `values_biases`; `keys` is then the packed
     uint32), `slot`, `patch`, `pos`; and the compute dtype's name (bfloat16 travels as uint16)."""
@@ -128,7 +135,7 @@ def _host_rows(session, layer) -> tuple[dict, str]:
     for name in ("keys", "values"):
         stored = rows.pop(name)
         for suffix, array in zip(_PARTS, stored if isinstance(stored, tuple) else (stored,)):
-            rows[name + suffix], kv_dtype = session.backend.to_host_bits(array)  # ends on a compute-dtype array
+            rows[name + suffix], kv_dtype = backend.to_host_bits(array)  # ends on a compute-dtype array
     return rows, kv_dtype
 
 
