@@ -35,7 +35,7 @@ class MLXBackend:
         """The model type's MLX adapter (adapters/, found through specs.MODEL_TYPES)."""
         return adapter_class(spec.model_type)(model, tokenizer, spec)
 
-    def new_cache(self, num_layers: int) -> StreamCache:
+    def new_cache(self, num_layers: int, config=None) -> StreamCache:
         return StreamCache(num_layers)
 
     def sync(self, output, cache: StreamCache | None = None) -> None:
