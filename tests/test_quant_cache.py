@@ -147,3 +147,32 @@ def test_new_cache_follows_the_config():
     assert isinstance(layer, QuantizedLayerKVCache) and (layer.bits, layer.group_size) == (4, 128)
     later = backend.new_cache(2, InfiniPotConfig(kv_bits=4, quantized_kv_start=100)).layers[0]
     assert type(later) is LayerKVCache  # quantized once it holds 100 tokens (LayerStack.maybe_quantize)
+
+
+@pytest.mark.parametrize("bits, checkpoint", [(4, "tiny_qwen_dir"), (8, "tiny_qwen_bf16_dir")])
+def test_reference_session_streams_and_answers_at_kv_bits(bits, checkpoint, request):
+    """The tiny Qwen2.5-VL (head dim 32) on the reference backend at --kv-bits: frames stream
+    under the cap through several compressions, two questions get answers, the cache holds
+    the quantized layout, and the system prompt's rows keep their first bytes throughout."""
+    from infinipot_mlx.reference.backend import load_model
+    from infinipot_mlx.stream.session import StreamSession
+
+    model, tokenizer, spec, _ = load_model(str(request.getfixturevalue(checkpoint)), device="cpu")
+    config = InfiniPotConfig(capacity=160, reserve=40, block_slots=2, kv_bits=bits, kv_group_size=32)
+    session = StreamSession(model, tokenizer, spec, config, "reference")
+    n_system = session.cache.n_cached
+    system_rows = [tuple(p.clone() for p in layer.keys + layer.values) for layer in session.cache.layers]
+    frames = np.random.default_rng(0).integers(0, 256, (16, 112, 112, 3), dtype=np.uint8)
+    answers = []
+    for question in ("What moved?", "And then?"):
+        session.add_frames(frames)
+        answers.append("".join(session.ask(question, max_tokens=8)))
+        assert session.stop_reason in ("eos", "max_tokens")
+    assert session.counters.compressions >= 2 and session.counters.peak_cached <= config.capacity
+    assert all(answers) and len(session.transcript) > 2
+    dtype_bytes = model.dtype.itemsize
+    per_row = 2 * spec.kv_heads * (spec.head_dim * bits // 8 + 2 * (spec.head_dim // 32) * dtype_bytes)
+    assert session.cache.nbytes == spec.num_layers * session.cache.n_cached * per_row
+    for layer, first in zip(session.cache.layers, system_rows):
+        assert isinstance(layer, QuantizedLayerKVCache) and layer.bits == bits
+        assert all(_same_bits(now[..., :n_system, :], then) for now, then in zip(layer.keys + layer.values, first))
