@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from infinipot_mlx.reference import quant
+from infinipot_mlx.reference.cache import QuantizedLayerKVCache
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 D = 256  # row length: two groups of 128, eight of 32
@@ -109,3 +110,5 @@ def test_bad_parameters_are_refused():
         quant.quantize(x, 64, 4)  # 64 does not divide 96
     with pytest.raises(ValueError, match="bits"):
         quant.quantize(x, 32, 3)
+    with pytest.raises(ValueError, match="group_size must be one of"):
+        QuantizedLayerKVCache(group_size=16, bits=4)

@@ -251,7 +251,7 @@ class QuantizedLayerKVCache(LayerKVCache):
     """
 
     def __init__(self, group_size: int = DEFAULT_KV_GROUP_SIZE, bits: int = 8):
-        quant.check(group_size, group_size, bits)
+        quant.check(group_size, bits)
         self.group_size, self.bits = group_size, bits
         super().__init__()
 

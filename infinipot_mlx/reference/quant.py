@@ -31,19 +31,19 @@ GROUP_SIZES = (32, 64, 128)
 EPS = 1e-7  # MLX's floor on the scale (a float32 constant there too)
 
 
-def check(dim: int, group_size: int, bits: int) -> None:
-    """ValueError unless bits is 4 or 8 and group_size (32, 64, 128) divides dim."""
+def check(group_size: int, bits: int, dim: int | None = None) -> None:
+    """ValueError unless bits is 4 or 8 and group_size is 32, 64 or 128 (and divides dim)."""
     if bits not in BITS:
         raise ValueError(f"bits must be one of {BITS}, got {bits!r}")
-    if group_size not in GROUP_SIZES or dim % group_size:
-        raise ValueError(f"group_size must be one of {GROUP_SIZES} and divide the last axis ({dim}), "
-                         f"got {group_size!r}")
+    if group_size not in GROUP_SIZES or (dim is not None and dim % group_size):
+        axis = "" if dim is None else f" and divide the last axis ({dim})"
+        raise ValueError(f"group_size must be one of {GROUP_SIZES}{axis}, got {group_size!r}")
 
 
 def quantize(x: torch.Tensor, group_size: int = 64, bits: int = 4):
     """x (..., D) float32/float16/bfloat16 -> packed (..., P) uint32, scales (..., G), biases (..., G)
     (scales and biases in x's dtype), equal to mx.quantize(x, group_size, bits) bit for bit."""
-    check(x.shape[-1], group_size, bits)
+    check(group_size, bits, x.shape[-1])
     groups = x.float().reshape(*x.shape[:-1], -1, group_size)  # (..., G, gs)
     n_bins = torch.tensor(float(2**bits - 1), device=x.device)
     hi, lo = groups.amax(-1, keepdim=True), groups.amin(-1, keepdim=True)  # (..., G, 1)
@@ -64,7 +64,7 @@ def dequantize(packed: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor,
                group_size: int = 64, bits: int = 4) -> torch.Tensor:
     """packed (..., P) uint32, scales, biases (..., G) -> x (..., D) in the scales' dtype,
     equal to mx.dequantize(packed, scales, biases, group_size, bits) bit for bit."""
-    check(scales.shape[-1] * group_size, group_size, bits)
+    check(group_size, bits)
     q = unpack(packed, bits)  # (..., D) int64
     if q.shape[-1] != scales.shape[-1] * group_size:
         raise ValueError(f"{packed.shape[-1]} packed words hold {q.shape[-1]} elements, but "
