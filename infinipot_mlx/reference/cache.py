@@ -292,8 +292,9 @@ def _nbytes(buffer) -> int:
 
 
 def _signed(x: torch.Tensor) -> torch.Tensor:
-    """A packed uint32 tensor viewed as int32 (the same bytes): torch's uint32 is a shell
-    dtype that some row copies and gathers do not take on every version and device."""
+    """A packed uint32 tensor viewed as int32 (the same bytes) for row copies and gathers:
+    torch's uint32 is a shell dtype whose operator coverage varies by version and device,
+    int32 has them all."""
     return x.view(torch.int32) if x.dtype == torch.uint32 else x
 
 
