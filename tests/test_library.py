@@ -127,6 +127,28 @@ def test_other_settings_or_another_model_make_new_rows(tiny_qwen_dir, build_tiny
     assert code == 0 and len(lines(out, "clip.mp4")) == 3 and "1 fps" in out and "2 fps" in out
 
 
+def test_a_quantized_library_holds_smaller_memories_that_answer_as_chat_does(tiny_qwen_dir, tmp_path, capsys):
+    one = tmp_path / "one"
+    one.mkdir()
+    moving_shapes_video(one / "clip.mp4", n=30, fps=10.0)
+    sizes, quantized = {}, ["--kv-bits", "4", "--kv-group-size", "32"]
+    for name, extra in (("float", []), ("4-bit", quantized)):
+        code, out, err = library("index", one, "--library", tmp_path / name, "--model", tiny_qwen_dir, *BUDGET,
+                                 *extra, capsys=capsys)
+        assert code == 0, err
+        (entry,) = check_agrees(tmp_path / name)
+        sizes[name] = entry.memory_bytes
+        assert entry.memory_bytes == (tmp_path / name / "memories" / entry.memory).stat().st_size
+    meta, _ = read(tmp_path / "4-bit" / "memories" / entry.memory)
+    assert meta["kv_quantization"] == dict(mode="affine", bits=4, group_size=32)
+    assert sizes["float"] > 2 * sizes["4-bit"]  # float32 KV: 128 bytes per row and head, 4 bits: 24
+    assert chat.main([str(one / "clip.mp4"), "--model", str(tiny_qwen_dir), *BUDGET, *quantized,
+                      "--max-tokens", "6", "-q", "What moved?"]) == 0
+    said = " ".join(capsys.readouterr().out.split("\nA: ", 1)[1].split())
+    code, out, err = library("ask", "What moved?", "--library", tmp_path / "4-bit", "--max-tokens", 6, capsys=capsys)
+    assert code == 0 and [(n, a) for _, n, _, _, a in ranked(out)] == [("clip.mp4", said)], (out, err)
+
+
 def test_list_shows_one_line_per_video(indexed, tiny_qwen_dir, capsys):
     code, out, err = library("list", "--library", indexed[0], capsys=capsys)
     assert code == 0, err
