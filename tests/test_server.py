@@ -370,3 +370,26 @@ def test_each_bad_request_gets_an_openai_error_and_the_server_goes_on(server, me
         ok = http("POST", f"{server.url}/chat/completions", **good)
         assert ok.status == 200 and ok.json()["choices"][0]["message"]["content"] is not None, name
     assert http("GET", f"{server.url}/models").status == 401
+
+
+# ----- a quantized cache ------------------------------------------------------------------------------
+def test_a_server_with_kv_bits_answers_as_chat_does_and_charges_the_quantized_bytes(tiny_qwen_dir, media,
+                                                                                     video_dir, tmp_path, capsys):
+    from infinipot_mlx.cli import chat
+
+    flags = ["--kv-budget", str(CAP), "--reserve", "64", "--kv-bits", "8", "--kv-group-size", "32"]
+    assert chat.main([str(media["long"]), "--model", str(tiny_qwen_dir), *flags, "--max-tokens", "8",
+                      "-q", "What moved?"]) == 0
+    said = capsys.readouterr().out.split("\nA: ", 1)[1].strip()
+    server = Server(tiny_qwen_dir, tmp_path / "server.log", *flags, "--api-key", KEY,
+                    "--allowed-local-media-path", str(video_dir))
+    try:
+        client = openai.OpenAI(base_url=server.url, api_key=KEY, max_retries=0, timeout=120)
+        reply = ask(client, file_url(media["long"]))
+        held = server.stats()["pool"]["memory_bytes"]
+    finally:
+        assert "Traceback" not in server.stop()
+    assert reply.choices[0].message.content.strip() == said
+    # tiny model: 2 layers x 2 KV heads x head dim 32; 8 bits in groups of 32 = 32 + 2 x 4 bytes per
+    # row, K and V, over the 256 allocated rows (float32 would be 128 bytes per row)
+    assert held == 2 * 2 * 2 * 256 * (32 + 8)
