@@ -195,16 +195,20 @@ def plot(rows: list[dict], path: Path) -> None:
     splits = sorted({r["split"] for r in rows})
     fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4), squeeze=False)
     for ax, split in zip(axes[0], splits):
-        for method in METHODS:
-            for bits, marker in ((16, "o"), (8, "s"), (4, "^")):
+        for color, method in enumerate(METHODS):
+            for bits, marker, line in ((16, "o", "-"), (8, "s", "--"), (4, "^", ":")):
                 pts = sorted((r["budget"], r["accuracy"], *r["ci95"]) for r in rows if r["split"] == split
                              and r["method"] == method and r.get("kv_bits", 16) == bits and r["qtype"] == "all")
                 if pts:
                     b, acc, lo, hi = map(np.array, zip(*pts))
                     label = method if bits == 16 else f"{method}, {bits}-bit KV"
-                    ax.errorbar(b * 100, acc, yerr=[acc - lo, hi - acc], marker=marker, capsize=3, label=label)
-        ax.set(xscale="log", xlabel="KV bytes (% of a 16-bit cache holding the whole video)", ylabel="accuracy",
+                    ax.errorbar(b * 100, acc, yerr=[acc - lo, hi - acc], marker=marker, linestyle=line,
+                                color=f"C{color}", capsize=3, label=label)
+        ax.set(xscale="log", xlabel="KV bytes (share of a 16-bit cache of the whole video)", ylabel="accuracy",
                title=f"organism, split {split}")
+        budgets = sorted({r["budget"] * 100 for r in rows})
+        ax.set_xticks(budgets, [f"{b:g}%" for b in budgets])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
