@@ -93,6 +93,10 @@ def test_plan_line():
     plan = budget.plan_from_config(QWEN_7B, 16 * GB, W4, tokens_per_slot=256)
     assert plan.line() == ("model 5.6 GB | KV 57.3 KB/token | capacity 126,353 tokens = 491 slots "
                            "of 256 | block 8 slots (543 MB) | peak <= 15.2 GB of 16 GB")
+    quantized = budget.plan_from_config(QWEN_7B, 16 * GB, W4, tokens_per_slot=256, kv_bits=4)  # the README's
+    assert quantized.line() == ("model 5.6 GB | KV 16.1 KB/token at 4 bits (3.6x the tokens of 2-byte KV) | "
+                                "capacity 297,302 tokens = 1,159 slots of 256 | block 8 slots (543 MB) | "
+                                "peak <= 15.2 GB of 16 GB")
 
 
 def test_llava_7b_plan_matches_hand_computation():
