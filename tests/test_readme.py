@@ -294,7 +294,9 @@ def test_server_commands_run(shell, tmp_path, tiny_qwen_dir):
 
 def test_dependencies_have_floors_and_ci_tests_them():
     """pyproject's policy: floors only (no upper bound or pin), and .ci/run's lower-bound
-    virtualenv installs exactly the declared floors of the packages it pins."""
+    virtualenv installs every declared floor (.ci/floors.py) and runs the whole suite there."""
+    import importlib.util
+
     from packaging.requirements import Requirement
 
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
@@ -305,7 +307,17 @@ def test_dependencies_have_floors_and_ci_tests_them():
     for spec in [*project["dependencies"], *(d for group in project["optional-dependencies"].values() for d in group)]:
         req = Requirement(spec)
         assert [s.operator for s in req.specifier] == [">="], f"{spec}: floors only (pyproject's policy)"
-        floors[req.name] = next(iter(req.specifier)).version
+        floors[(req.name, str(req.marker))] = next(iter(req.specifier)).version
+    spec = importlib.util.spec_from_file_location("floors", root / ".ci" / "floors.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pins = {}
+    for line in module.floors(root / "pyproject.toml"):
+        req = Requirement(line)
+        assert [s.operator for s in req.specifier] == ["=="], line
+        pins[(req.name, str(req.marker))] = next(iter(req.specifier)).version
+    assert pins == floors
     ci = (root / ".ci" / "run").read_text()
-    pins = dict(re.findall(r'"([\w-]+)(?:\[\w+\])?==([\d.]+)"', ci))
-    assert pins == {"mlx-vlm": floors["mlx-vlm"], "mlx": floors["mlx"]}, (pins, floors)
+    lower = ci[ci.index('lower="$scratch/lower"'):ci.index('rm -rf "$lower"')]
+    assert '.ci/floors.py > "$scratch/floors.txt"' in lower and '-r "$scratch/floors.txt"' in lower
+    assert lower.rstrip().endswith('"$lower/bin/python" -m pytest -q')  # the whole suite, no file list
