@@ -73,6 +73,17 @@ def test_storage_is_mlx_lm_layout_and_scoring_reads_the_dequantized_rows():
     assert layer.allocated_bytes >= layer.nbytes and not hasattr(LayerKVCache(), "bits")
 
 
+def test_state_follows_mlx_lm_and_restores_the_stored_bytes():
+    layer = QuantizedLayerKVCache(group_size=32, bits=4)
+    keys = mx.array(np.random.default_rng(1).normal(size=(1, H, 5, D)).astype(np.float32))
+    layer.update_and_fetch(keys, -keys)
+    again = QuantizedLayerKVCache(group_size=32, bits=4)
+    again.state = layer.state
+    assert again.meta_state == layer.meta_state == ("256", "5", "32", "4")
+    assert all(mx.array_equal(a, b) for a, b in zip((*layer.keys, *layer.values), (*again.keys, *again.values)))
+    assert (again.slot_ids < 0).all()  # restored rows are pinned, as the unquantized state setter does
+
+
 def test_a_quantized_key_is_never_rerotated():
     layer = QuantizedLayerKVCache(group_size=32, bits=8)
     with pytest.raises(ValueError, match="quantize them twice"):

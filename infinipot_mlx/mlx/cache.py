@@ -217,6 +217,26 @@ class QuantizedLayerKVCache(LayerKVCache):
     def _load(self, stored: tuple) -> mx.array:
         return mx.dequantize(*stored, group_size=self.group_size, bits=self.bits)
 
+    @property
+    def state(self):
+        """(keys, values), each the (packed, scales, biases) of the live rows (mlx-lm's state)."""
+        return self.keys, self.values
+
+    @state.setter
+    def state(self, v):
+        """Hold these stored triples as they are (nothing quantized again); rows marked pinned."""
+        self._reset()
+        keys, values = v
+        if keys is not None:
+            n = keys[0].shape[2]
+            pinned = np.full((keys[0].shape[1], n), -1, np.int32)
+            self.set_rows(keys, values, pinned, pinned, pinned)
+
+    @property
+    def meta_state(self) -> tuple[str, ...]:
+        """mlx-lm's QuantizedKVCache meta_state: (step, offset, group_size, bits) as strings."""
+        return tuple(map(str, (self.step, self._n, self.group_size, self.bits)))
+
     def rerotate(self, new_positions, rope) -> None:
         raise ValueError("a quantized cache cannot re-rotate its keys: that would quantize them twice")
 
