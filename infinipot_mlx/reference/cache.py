@@ -261,6 +261,11 @@ class QuantizedLayerKVCache(LayerKVCache):
     def _load(self, stored: tuple) -> torch.Tensor:
         return quant.dequantize(*stored, self.group_size, self.bits)
 
+    @property
+    def meta_state(self) -> tuple[str, ...]:
+        """mlx-lm's QuantizedKVCache meta_state: (step, offset, group_size, bits) as strings."""
+        return tuple(map(str, (self.step, self._n, self.group_size, self.bits)))
+
     def rerotate(self, new_positions, rope) -> None:
         raise ValueError("a quantized cache cannot re-rotate its keys: that would quantize them twice")
 
