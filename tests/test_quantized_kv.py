@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from infinipot_mlx import InfiniPotConfig
+from infinipot_mlx.cli.console import format_stats
 from infinipot_mlx.contract.budget import kv_element_bytes, plan_from_config
 from infinipot_mlx.errors import UserError
 from infinipot_mlx.mlx.backend import load_model
@@ -133,6 +134,7 @@ def test_a_quantized_session_holds_the_cap_answers_and_continues_exactly_from_it
     session.add_frames(_frames(40))  # check_cap: CapBrokenError if any forward passes 200 rows
     assert session.counters.compressions >= 5 and session.cache.quantized
     assert session.counters.peak_cached <= 200 and "".join(session.ask("What moved?", max_tokens=4))
+    assert session.stats()["kv_bits"] == bits and f"MB at {bits} bits |" in format_stats(session)  # chat's /stats
     buffers = [part for layer in session.cache.layers for part in (*layer._keys, *layer._values)]
     pool = MemoryPool(max_bytes=10**9, max_sessions=1)
     assert pool.put(Memory("clip", session, ["clip.mp4"], "stream"))  # the server's pool charges

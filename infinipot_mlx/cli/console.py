@@ -99,12 +99,17 @@ def format_stats(session, plan=None) -> str:
         f"frames {st['frames_seen']} | cached {st['tokens_cached']} tok "
         f"({st['tokens_pinned']} pinned, {st['tokens_visual']} visual) / capacity {st['capacity']} | "
         f"peak {st['peak_cached']} | compressions {st['compressions']} | turns dropped {st['turns_evicted']} | "
-        f"KV {st['kv_bytes'] / 2**20:.1f} MB | "
+        f"KV {st['kv_bytes'] / 2**20:.1f} MB{_bits_text(st)} | "
         f"active {st['active_memory_bytes'] / 2**20:.0f} MB, peak {st['peak_memory_bytes'] / 2**20:.0f} MB | "
         f"vision {sec['vision']:.1f}s prefill {sec['prefill']:.1f}s compress {sec['compress']:.2f}s "
         f"decode {sec['decode']:.1f}s | dropped {st['frames_dropped']} (live)"
         + (_plan_text(st, plan) if plan is not None else "")
     )
+
+
+def _bits_text(st: dict) -> str:
+    """' at 4 bits' for a quantized cache (--kv-bits), else ''."""
+    return f" at {st['kv_bits']} bits" if st.get("kv_bits") else ""
 
 
 def _plan_text(st: dict, plan) -> str:

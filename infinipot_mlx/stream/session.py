@@ -322,7 +322,8 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
             tokens_cached=self.cache.n_cached, tokens_pinned=self.cache.n_pinned,
             tokens_visual=self.cache.n_visual, capacity=self.config.capacity,
             peak_cached=s.peak_cached, turns_evicted=s.turns_evicted, frames_queued=len(self.pending),
-            kv_bytes=self.cache.nbytes, next_position=self.cache.next_position,
+            kv_bytes=self.cache.nbytes, kv_bits=self.cache.layers[0].bits if self.cache.quantized else None,
+            next_position=self.cache.next_position,
             active_memory_bytes=active, peak_memory_bytes=peak, tokens_decoded=s.tokens_decoded,
             seconds=dict(s.seconds), method=self.config.method, position_policy=self.policy,
         )
