@@ -73,7 +73,9 @@ def selection(args) -> tuple[list[float], list[str], list[str]]:
         raise UserError(f"--budgets must be shares in (0, 1], got {args.budgets!r}")
     methods = list(dict.fromkeys(parse_list(args.methods, "methods", choices=METHODS)))
     splits = list(dict.fromkeys(parse_list(args.splits, "splits", choices=SPLITS)))
-    args.bits = list(dict.fromkeys(parse_list(args.kv_bits, "kv_bits", kind=int, choices=(16, 8, 4))))
+    args.bits = list(dict.fromkeys(parse_list(getattr(args, "kv_bits", "16"), "kv_bits", kind=int,
+                                              choices=(16, 8, 4))))
+    args.kv_group_size = getattr(args, "kv_group_size", 32)  # a Namespace built without the new flags
     return budgets, methods, splits
 
 
