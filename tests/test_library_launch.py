@@ -14,8 +14,10 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +26,7 @@ import numpy as np
 import pytest
 
 from infinipot_mlx.cli.library import main
-from infinipot_mlx.library import Catalogue
+from infinipot_mlx.library import CATALOGUE, Catalogue
 from infinipot_mlx.library.distributed import balance
 from infinipot_mlx.stream.memory_file import read
 from test_library import BUDGET, check_agrees, lines
@@ -41,18 +43,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(*args) -> subprocess.Popen:
-    """`mlx.launch -n 2 --backend ring -- python -m infinipot_mlx.library ARGS`, started."""
+def launch(*args, wrap: tuple = ()) -> subprocess.Popen:
+    """`mlx.launch -n 2 --backend ring -- [WRAP] python -m infinipot_mlx.library ARGS`, started,
+    its stdin an open pipe (on /dev/null the launcher's loop spins) and its output in files."""
     command = [shutil.which("mlx.launch"), "-n", "2", "--backend", "ring", "--starting-port", str(free_port()), "--",
-               sys.executable, "-m", "infinipot_mlx.library", *map(str, args)]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+               *wrap, sys.executable, "-m", "infinipot_mlx.library", *map(str, args)]
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=err, text=True,
+                             env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    child.files = out, err
+    return child
+
+
+def finish(child: subprocess.Popen) -> tuple[str, str]:
+    """(stdout, stderr) of a launch, once it has ended."""
+    child.wait(timeout=300)
+    child.stdin.close()
+    texts = []
+    for f in child.files:
+        f.seek(0)
+        texts.append(f.read())
+        f.close()
+    return texts[0], texts[1]
 
 
 def launched(*args) -> tuple[str, str]:
     """(stdout, stderr) of a launch that runs to its end."""
-    out, err = launch(*args).communicate(timeout=300)
-    return out, err
+    return finish(launch(*args))
 
 
 def in_process(*args) -> tuple[int, str]:
@@ -154,7 +171,7 @@ def test_kill_9_of_a_rank_loses_its_video_only_and_a_rerun_finishes(folder, sing
     rank1 = rank_process(launcher, 1)
     wait_until_open(rank1, folder / "b.mp4")  # rank 1's first video (balance above)
     os.kill(rank1, signal.SIGKILL)
-    out, err = launcher.communicate(timeout=300)
+    out, err = finish(launcher)
     assert "Traceback" not in err and ("rank 0: stopped by mlx.launch" in err or "rank 0: another rank stopped" in err)
     assert lines(out, "done    c.mp4") and not lines(out, "done    b.mp4"), (out, err)  # rank 0 finished its video
     done = {e.name: e.memory for e in check_agrees(root, settled=False) if e.status == "done"}
@@ -179,3 +196,20 @@ def test_two_ranks_search_as_one_process(single, tiny_qwen_dir):
     assert code == 0 and "Traceback" not in err, err
     hits = json.loads(out)  # one document: rank 0 alone printed
     assert hits == json.loads(one) and [h["rank"] for h in hits] == [1, 2, 3], (out, one)
+
+
+def test_per_host_libraries_search_as_one(single, tmp_path):
+    """Each rank reads its own library folder (a Mac's own, here $INFINIPOT_LIBRARY set per
+    rank): rank 0's holds a, b, c and rank 1's b, c, d; the hits are those of one process over
+    the four, each memory scored once."""
+    for rank, drop in ((0, "d.mp4"), (1, "a.mp4")):
+        root = shutil.copytree(single, tmp_path / f"lib{rank}")
+        with sqlite3.connect(root / CATALOGUE) as db:
+            (memory,) = db.execute("SELECT memory FROM videos WHERE name = ?", (drop,)).fetchone()
+            db.execute("DELETE FROM videos WHERE name = ?", (drop,))
+        (root / "memories" / memory).unlink()
+    question = ["ask", "Is there a moving shape?", "--max-tokens", "4", "--json"]
+    out, err = finish(launch(*question, wrap=("sh", "-c", f'INFINIPOT_LIBRARY={tmp_path}/lib$MLX_RANK exec "$@"', "sh")))
+    code, one = in_process(*question, "--library", single)
+    assert code == 0 and "Traceback" not in err, err
+    assert json.loads(out) == json.loads(one) and len(json.loads(out)) == 4, (out, one)
