@@ -213,3 +213,18 @@ def test_per_host_libraries_search_as_one(single, tmp_path):
     code, one = in_process(*question, "--library", single)
     assert code == 0 and "Traceback" not in err, err
     assert json.loads(out) == json.loads(one) and len(json.loads(out)) == 4, (out, one)
+
+
+def test_a_memory_left_without_its_row_is_recorded_not_streamed(folder, single, tiny_qwen_dir, tmp_path):
+    """What a rank stopped between its memory file and rank 0's row leaves (and a single run
+    killed between the two): the next run records the file instead of streaming again."""
+    root = shutil.copytree(single, tmp_path / "lib")
+    with sqlite3.connect(root / CATALOGUE) as db:
+        (memory,) = db.execute("SELECT memory FROM videos WHERE name = 'b.mp4'").fetchone()
+        db.execute("DELETE FROM videos WHERE name = 'b.mp4'")
+    before = (root / "memories" / memory).stat().st_mtime_ns
+    code, out = in_process("index", folder, "--library", root, "--model", tiny_qwen_dir, *BUDGET)
+    assert code == 0 and "0 indexed, 4 skipped" in out and lines(out, "skipped b.mp4 (streamed by a run that was"), out
+    assert (root / "memories" / memory).stat().st_mtime_ns == before
+    check_agrees(root)
+    assert_same_library(single, root)
