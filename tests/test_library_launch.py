@@ -27,7 +27,7 @@ import pytest
 
 from infinipot_mlx.cli.library import main
 from infinipot_mlx.library import CATALOGUE, Catalogue
-from infinipot_mlx.library.distributed import balance
+from infinipot_mlx.library.distributed import balance, group
 from infinipot_mlx.stream.memory_file import read
 from test_library import BUDGET, check_agrees, lines
 from videos import long_low_res_video, moving_shapes_video
@@ -121,6 +121,13 @@ def assert_same_library(one, other) -> None:
         assert a[name][0] == b[name][0] and a[name][1] == b[name][1], name
         assert sorted(a[name][2]) == sorted(b[name][2]), name
         assert all(np.array_equal(a[name][2][k], b[name][2][k]) for k in a[name][2]), name
+
+
+def test_without_mlx_a_process_is_rank_0_of_1(monkeypatch):
+    """A torch-only install (the reference backend, no mlx) still runs `library` alone."""
+    monkeypatch.setitem(sys.modules, "mlx.core", None)  # `import mlx.core` raises ImportError
+    alone = group()
+    assert (alone.rank(), alone.size()) == (0, 1)
 
 
 def test_balance_by_duration():

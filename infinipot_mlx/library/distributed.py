@@ -32,10 +32,22 @@ class PeerLost(UserError):
     """Another rank stopped (killed, or failed) while this one waited for it."""
 
 
-def group():
-    """The mx.distributed group of this process: size 1 without a launcher."""
-    import mlx.core as mx
+class _Alone:
+    """The group of a process without mlx (a torch-only install): rank 0 of 1."""
 
+    def rank(self) -> int:
+        return 0
+
+    def size(self) -> int:
+        return 1
+
+
+def group():
+    """The mx.distributed group of this process: size 1 without a launcher (or without mlx)."""
+    try:
+        import mlx.core as mx
+    except ImportError:
+        return _Alone()
     return mx.distributed.init()
 
 
