@@ -169,26 +169,19 @@ class Ranker:
         if top < 1:
             raise UserError(f"--top must be a positive integer, got {top}")
         expect = expect if expect is not None else expected_answer(question)
-        from ..contract.model_path import ModelPathError
-
-        start = time.perf_counter()
+        start, sharded = time.perf_counter(), group is not None and group.size() > 1
         with Catalogue(self.root) as catalogue:
             entries = chosen(catalogue.entries("done"), video, self.root)
             contents = {e.name: e.content for e in entries}
-            hits, failures, sharded = [], [], group is not None and group.size() > 1
             ordered = sorted(entries, key=self._order)
             if sharded:  # under mlx.launch: this rank's share of the memories
                 mine = distributed.share([_key(e) for e in ordered], group)
                 ordered = [e for e in ordered if _key(e) in mine]
-            for done, e in enumerate(ordered, 1):
-                try:
-                    hits.append((self._order(e), self._one(catalogue, e, question, expect, max_tokens)))
-                except UserError as err:
-                    if on_error is None or (self.model and isinstance(err, ModelPathError)):
-                        raise  # no video can be asked with a wrong --model: bad input to the command
-                    failures.append((e.name, one_line(err))) if sharded else on_error(e.name, one_line(err))
-                if on_progress is not None:
-                    on_progress(done, len(ordered))
+            failures, report = [], on_error
+            if sharded and on_error is not None:  # reported once every rank's are gathered
+                def report(name: str, message: str) -> None:
+                    failures.append((name, message))
+            hits = self._score(catalogue, ordered, question, expect, max_tokens, on_progress, report)
             thumbs = catalogue.root / THUMBNAILS
         if sharded:  # every rank's hits and failures, on every rank
             hits, failures, contents = _gathered(hits, failures, contents, group)
@@ -203,6 +196,24 @@ class Ranker:
             for hit in hits:
                 hit.thumbnail = thumbnail(hit.path, hit.seconds, thumbs, contents[hit.name])
         self.timings.per_query.append(time.perf_counter() - start)
+        return hits
+
+    def _score(self, catalogue: Catalogue, ordered: list[Entry], question: str, expect: str | None,
+               max_tokens: int, on_progress, on_error) -> list[tuple[tuple, Hit]]:
+        """(order, hit) for each memory in `ordered` that answers; the others go to on_error
+        (name, message), or raise without it."""
+        from ..contract.model_path import ModelPathError
+
+        hits = []
+        for done, e in enumerate(ordered, 1):
+            try:
+                hits.append((self._order(e), self._one(catalogue, e, question, expect, max_tokens)))
+            except UserError as err:
+                if on_error is None or (self.model and isinstance(err, ModelPathError)):
+                    raise  # no video can be asked with a wrong --model: bad input to the command
+                on_error(e.name, one_line(err))
+            if on_progress is not None:
+                on_progress(done, len(ordered))
         return hits
 
     def _order(self, e: Entry) -> tuple[str, str, str]:
