@@ -109,6 +109,8 @@ EXEMPT = {  # pattern (re.match on the command) -> why no test runs it
     r"python -m infinipot_mlx\.chat video\.mp4 .*--device cuda": "a hub model on a CUDA device",
     r"python -m infinipot_mlx\.server --demo$": "a server that runs until stopped: "
         "tests/test_page.py::test_server_demo_serves_the_page starts it and loads the page",
+    r"mlx\.launch ": "several Macs over ssh; tests/test_library_launch.py runs `mlx.launch -n 2 --backend "
+        "ring` on one machine (index, kill -9 and resume, ask)",
 }
 RUN_BY = {  # pattern -> the test that runs it
     r"python conversions/make_tiny_checkpoint\.py qwen2_5_vl /tmp/tiny-qwen ": "test_transcript_runs_as_shown",

@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "accuracy": "infinipot_mlx.bench.accuracy",  # the organism's answers under a cap, per method
     "startup": "infinipot_mlx.bench.startup",  # CLI start-up: --help, a bad flag, imports, first frame
     "library": "infinipot_mlx.bench.library",  # ranked search over a library of organism videos
+    "library-launch": "infinipot_mlx.bench.library_launch",  # indexing on 1 and more ranks (mlx.launch)
     "vs-mlx-vlm": "infinipot_mlx.bench.vs_mlx_vlm",  # peak memory and time vs stock mlx-vlm, per length
     "train-step": "infinipot_mlx.bench.train_step",  # one organism training step, MLX vs torch
 }

@@ -26,7 +26,7 @@ from .. import _blas
 from ..stream import memory_file as memories
 from ..errors import EXIT_BAD_INPUT, OneLineParser, UserError, run_command
 from ..door import add_session_flags, check_session_args, model_path
-from ..library import Catalogue, Entry
+from ..library import CATALOGUE, MEMORIES, Catalogue, Entry, distributed
 from ..library.indexer import VIDEO_SUFFIXES, Indexer, _duration, _size, find_videos  # noqa: F401  (their home)
 from ..library.search import MAX_ANSWER_TOKENS
 
@@ -102,6 +102,9 @@ def run_index(args) -> int:
     from ..door import check_capacity
 
     check_capacity(args.kv_budget, load_spec(model_dir), args=args)
+    group = distributed.group()  # size 1 without mlx.launch
+    if group.size() > 1:
+        return _index_sharded(args, videos, folder, model_dir, group)
     counts = dict(done=0, skipped=0, failed=0)
     with Catalogue(args.library, create=True) as catalogue:
         memories.sweep_temporaries(catalogue.memories)
@@ -109,8 +112,39 @@ def run_index(args) -> int:
         with tqdm(videos, unit="video", desc="library", position=0, dynamic_ncols=True) as bar:  # closed on errors
             for video in bar:
                 counts[indexer.index(video, video.relative_to(folder).as_posix())] += 1
+    _summary(args, counts)
+    return 0
+
+
+def _summary(args, counts: dict) -> None:
     print(f"library {args.library}: {counts['done']} indexed, {counts['skipped']} skipped, "
           f"{counts['failed']} failed")
+
+
+def _index_sharded(args, videos: list[Path], folder: Path, model_dir: Path, group) -> int:
+    """Under mlx.launch (library/sharded.py): rank 0 plans and writes the catalogue, every
+    rank streams its share; rank 0 alone prints."""
+    from tqdm import tqdm
+
+    from ..library.sharded import index_rounds, plan
+
+    if group.rank():
+        shares = distributed.gather(None, group)[0]  # once rank 0 has made the library
+        if not (args.library / CATALOGUE).is_file():
+            raise UserError(f"rank {group.rank()} cannot see the library rank 0 writes ({args.library / CATALOGUE} "
+                            "is missing): on several Macs, --library must be one folder they all share (SMB or "
+                            "NFS), at the same path")
+        indexer = Indexer(args, None, model_dir, bar=False, memory_folder=args.library / MEMORIES)
+        index_rounds(indexer, shares, folder, group, None, None)
+        return 0
+    counts = dict(done=0, skipped=0, failed=0)
+    with Catalogue(args.library, create=True) as catalogue, \
+            tqdm(total=len(videos), unit="video", desc="library", position=0, dynamic_ncols=True) as bar:
+        memories.sweep_temporaries(catalogue.memories)  # before any rank writes one
+        indexer = Indexer(args, catalogue, model_dir)
+        shares = distributed.gather(plan(indexer, videos, folder, group.size(), counts, bar), group)[0]
+        index_rounds(indexer, shares, folder, group, counts, bar)
+    _summary(args, counts)
     return 0
 
 
@@ -141,25 +175,31 @@ def _status(catalogue: Catalogue, e: Entry) -> str:
 # ----- ask -----------------------------------------------------------------------------------------
 def run_ask(args) -> int:
     """The ranked hits (library/search.py), one line each or one JSON document; a memory
-    that cannot answer is one error line on stderr (exit 2), the others are still ranked."""
+    that cannot answer is one error line on stderr (exit 2), the others are still ranked.
+    Under mlx.launch each rank scores its share of the memories; rank 0 alone prints."""
     from tqdm import tqdm
 
     from ..library.search import Ranker
 
-    failures = []
+    failures, group = [], distributed.group()
+    quiet = group.rank() > 0
 
     def failed(name: str, message: str) -> None:
         failures.append(name)
-        tqdm.write(f"error: {name}: {message}", file=sys.stderr)
+        if not quiet:
+            tqdm.write(f"error: {name}: {message}", file=sys.stderr)
 
-    with tqdm(unit="video", desc="asking", leave=False, dynamic_ncols=True, disable=None) as bar:
+    with tqdm(unit="video", desc="asking", leave=False, dynamic_ncols=True, disable=True if quiet else None) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
         hits = Ranker(args.library, args.model, args.device).ask(
-            args.question, top=args.top, expect=args.expect, video=args.video, thumbnails=args.thumbnails,
-            max_tokens=args.max_tokens, on_progress=progress, on_error=failed)
+            args.question, top=args.top, expect=args.expect, video=args.video,
+            thumbnails=args.thumbnails and not quiet, max_tokens=args.max_tokens, on_progress=progress,
+            on_error=failed, group=group)
+    if quiet:
+        return EXIT_BAD_INPUT if failures else 0
     if args.json:
         print(json.dumps([asdict(h) for h in hits], indent=1))
     else:

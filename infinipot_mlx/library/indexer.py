@@ -55,13 +55,16 @@ class Indexer:
 
     `session`: a session already open on `model_dir` with these settings (the server's), used
     instead of loading the model again; `say`, `bar`, `on_frames`: module docstring.
+    `catalogue` None with `memory_folder`: stream and write memories only, rows go to
+    the caller (a rank of mlx.launch other than 0, library/sharded.py).
     """
 
-    def __init__(self, args, catalogue: Catalogue, model_dir: Path, *, session=None, say=None, bar: bool = True,
-                 on_frames=None):
+    def __init__(self, args, catalogue: Catalogue | None, model_dir: Path, *, session=None, say=None,
+                 bar: bool = True, on_frames=None, memory_folder: Path | None = None):
         from ..door import session_config, settings_key
 
         self.args, self.catalogue, self.session = args, catalogue, session
+        self.memories = catalogue.memories if memory_folder is None else memory_folder  # where memory files go
         self.say, self.bar, self.on_frames = say or _say, bar, on_frames
         self.model_dir = model_dir
         self.identity = memories.model_identity(self.model_dir)  # == memories.identity(session)
@@ -70,20 +73,55 @@ class Indexer:
 
     def index(self, video: Path, name: str) -> str:
         """'done', 'skipped' or 'failed' for one video; says which on stdout."""
+        outcome, content = self.triage(video, name)
+        if outcome != "stream":
+            return outcome
+        entry, line = self.stream(video, name, content)
+        self.catalogue.record(entry)
+        self.say(line)
+        return entry.status
+
+    def triage(self, video: Path, name: str) -> tuple[str, str]:
+        """(outcome, the video's content key): 'skipped' or 'failed' when the video needs no
+        streaming (its row recorded and its line said here), else 'stream'."""
         content, error = _content_key(video)
-        if self._skip(self.catalogue.lookup(content, self.key, self.settings), video, name):
-            return "skipped"
-        if error is None:
-            session = self._session()  # a model that cannot load ends the run (exit 2), not this video
-            try:
-                duration = self._stream(session, video, name, content)
-            except UserError as err:  # unreadable video, no room under the cap, ...: this video only
-                error = err
+        row = self.catalogue.lookup(content, self.key, self.settings)
+        if self._skip(row, video, name) or (row is None and error is None and self._adopt(content, name, video)):
+            return "skipped", content
         if error is not None:
             self.catalogue.record(self._entry(content, name, video, "failed", reason=one_line(error)))
             self.say(f"failed  {name}: {one_line(error)}")
-            return "failed"
+            return "failed", content
+        return "stream", content
+
+    def stream(self, video: Path, name: str, content: str) -> tuple[Entry, str]:
+        """Stream one video and write its memory: (its done or failed row, the line to say),
+        for the caller to record (a done row's file exists). A model that cannot load ends
+        the run (UserError out of here), it fails no video."""
+        session = self._session()
+        try:
+            duration = self._stream(session, video, name, content)
+        except UserError as err:  # unreadable video, no room under the cap, ...: this video only
+            return (self._entry(content, name, video, "failed", reason=one_line(err)),
+                    f"failed  {name}: {one_line(err)}")
         return self._save(content, name, video, duration)
+
+    def _adopt(self, content: str, name: str, video: Path) -> bool:
+        """Record the memory that a killed run (a rank stopped before its row was written)
+        left under this video's name, when it holds this video and model; True if recorded."""
+        file = self.memories / memory_name(name, content, self.key, self.settings)
+        if not file.is_file():
+            return False
+        try:
+            meta, _ = memories.read(file)
+        except UserError:  # damaged: streamed again, and replaced
+            return False
+        if [v.get("content") for v in meta["state"]["videos"]] != [content] or model_key(meta["model"]) != self.key:
+            return False
+        self.catalogue.record(self._entry(content, name, video, "done", memory=file.name,
+                                          memory_bytes=file.stat().st_size, duration=probe_duration(video)))
+        self.say(f"skipped {name} (streamed by a run that was stopped; recorded now)")
+        return True
 
     def _skip(self, row: Entry | None, video: Path, name: str) -> bool:
         """True (and why, on stdout) when the row says this video needs no streaming."""
@@ -129,16 +167,14 @@ class Indexer:
             bar.close()
         return source.duration
 
-    def _save(self, content: str, name: str, video: Path, duration: float | None) -> str:
-        """Write the memory (atomically), then commit its row: never a row without its file."""
-        file = self.catalogue.memories / memory_name(name, content, self.key, self.settings)
+    def _save(self, content: str, name: str, video: Path, duration: float | None) -> tuple[Entry, str]:
+        """Write the memory (atomically) and make its done row: never a row without its file."""
+        file = self.memories / memory_name(name, content, self.key, self.settings)
         self.session.save(file)  # MemoryFileError (the library is not writable) ends the run
         size = file.stat().st_size
-        self.catalogue.record(self._entry(content, name, video, "done", memory=file.name,
-                                          memory_bytes=size, duration=duration))
         slots = self.session.counters.slots_seen
-        self.say(f"done    {name} ({_duration(duration)}, {slots} slots, {_size(size)})")
-        return "done"
+        return (self._entry(content, name, video, "done", memory=file.name, memory_bytes=size, duration=duration),
+                f"done    {name} ({_duration(duration)}, {slots} slots, {_size(size)})")
 
     def _entry(self, content: str, name: str, video: Path, status: str, **fields) -> Entry:
         return Entry(**{"reason": None, "memory": None, "memory_bytes": None, "duration": None, **fields},
@@ -155,6 +191,18 @@ class Indexer:
             if memories.identity(self.session) != self.identity:
                 raise UserError(f"the checkpoint {self.model_dir} changed while indexing; run index again")
         return self.session
+
+
+def probe_duration(video: Path) -> float | None:
+    """The video's duration in seconds as the container reports it (VideoSource.duration, what
+    streaming records); None when unknown or unreadable."""
+    from ..video.source import VideoError, VideoSource
+
+    try:
+        with VideoSource(video, fps=None) as source:
+            return source.duration
+    except VideoError:
+        return None
 
 
 def _duration(seconds: float | None) -> str:

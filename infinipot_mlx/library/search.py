@@ -44,11 +44,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import groupby
 from pathlib import Path
 
 from ..errors import UserError, one_line
+from . import distributed
 from .catalogue import Catalogue, Entry
 
 THUMBNAILS = "thumbnails"
@@ -157,33 +158,37 @@ class Ranker:
 
     def ask(self, question: str, *, top: int = 5, expect: str | None = None, video: str | None = None,
             thumbnails: bool = False, max_tokens: int = MAX_ANSWER_TOKENS, on_progress=None,
-            on_error=None) -> list[Hit]:
+            on_error=None, group=None) -> list[Hit]:
         """The `top` best hits over every done memory (or `video`'s). A memory that cannot
-        answer (UserError) goes to on_error(name, message) when given, else raises."""
+        answer (UserError) goes to on_error(name, message) when given, else raises.
+        `group` (library/distributed.py) of more than one rank: each rank scores its share of
+        the memories (on_progress counts those) and every rank returns the same hits, those of
+        one process over every memory that any rank can read."""
         if not question.strip():
             raise UserError("the question is empty; write a question about the videos")
         if top < 1:
             raise UserError(f"--top must be a positive integer, got {top}")
         expect = expect if expect is not None else expected_answer(question)
-        from ..contract.model_path import ModelPathError
-
-        start = time.perf_counter()
+        start, sharded = time.perf_counter(), group is not None and group.size() > 1
         with Catalogue(self.root) as catalogue:
             entries = chosen(catalogue.entries("done"), video, self.root)
             contents = {e.name: e.content for e in entries}
-            hits = []
-            ordered = sorted(entries, key=lambda e: (self.model or e.model_path, e.backend, e.name))
-            for done, e in enumerate(ordered, 1):
-                try:
-                    hits.append(self._one(catalogue, e, question, expect, max_tokens))
-                except UserError as err:
-                    if on_error is None or (self.model and isinstance(err, ModelPathError)):
-                        raise  # no video can be asked with a wrong --model: bad input to the command
-                    on_error(e.name, one_line(err))
-                if on_progress is not None:
-                    on_progress(done, len(ordered))
+            ordered = sorted(entries, key=self._order)
+            if sharded:  # under mlx.launch: this rank's share of the memories
+                mine = distributed.share([_key(e) for e in ordered], group)
+                ordered = [e for e in ordered if _key(e) in mine]
+            failures, report = [], on_error
+            if sharded and on_error is not None:  # reported once every rank's are gathered
+                def report(name: str, message: str) -> None:
+                    failures.append((name, message))
+            hits = self._score(catalogue, ordered, question, expect, max_tokens, on_progress, report)
             thumbs = catalogue.root / THUMBNAILS
-        hits.sort(key=lambda h: (-h.score, h.name))
+        if sharded:  # every rank's hits and failures, on every rank
+            hits, failures, contents = _gathered(hits, failures, contents, group)
+            for name, message in failures:
+                on_error(name, message)
+        hits = [hit for _, hit in sorted(hits, key=lambda pair: pair[0])]  # the single process's order,
+        hits.sort(key=lambda h: (-h.score, h.name))  # then by score: ties broken the same way
         for rank, hit in enumerate(hits, 1):
             hit.rank = rank
         hits = hits[:top]
@@ -192,6 +197,28 @@ class Ranker:
                 hit.thumbnail = thumbnail(hit.path, hit.seconds, thumbs, contents[hit.name])
         self.timings.per_query.append(time.perf_counter() - start)
         return hits
+
+    def _score(self, catalogue: Catalogue, ordered: list[Entry], question: str, expect: str | None,
+               max_tokens: int, on_progress, on_error) -> list[tuple[tuple, Hit]]:
+        """(order, hit) for each memory in `ordered` that answers; the others go to on_error
+        (name, message), or raise without it."""
+        from ..contract.model_path import ModelPathError
+
+        hits = []
+        for done, e in enumerate(ordered, 1):
+            try:
+                hits.append((self._order(e), self._one(catalogue, e, question, expect, max_tokens)))
+            except UserError as err:
+                if on_error is None or (self.model and isinstance(err, ModelPathError)):
+                    raise  # no video can be asked with a wrong --model: bad input to the command
+                on_error(e.name, one_line(err))
+            if on_progress is not None:
+                on_progress(done, len(ordered))
+        return hits
+
+    def _order(self, e: Entry) -> tuple[str, str, str]:
+        """The order memories are scored in (one session per checkpoint and backend at a time)."""
+        return (self.model or e.model_path, e.backend, e.name)
 
     def _one(self, catalogue: Catalogue, e: Entry, question: str, expect: str | None, max_tokens: int) -> Hit:
         session = self._session(e)
@@ -203,6 +230,21 @@ class Ranker:
         self.timings.load += t1 - t0
         self.timings.score += time.perf_counter() - t1
         return Hit(0, e.name, e.path, seconds, answer, score, share)
+
+
+def _key(e: Entry) -> str:
+    """A catalogue row's key, the same on every Mac that reads it."""
+    return "\n".join((e.content, e.model_key, e.settings))
+
+
+def _gathered(hits: list, failures: list, contents: dict, group) -> tuple[list, list, dict]:
+    """Every rank's (order, hit) pairs and (name, message) failures, and the hits' video
+    contents (for thumbnails), from this rank's."""
+    mine = [[list(order), asdict(hit), contents[hit.name]] for order, hit in hits]
+    every = distributed.gather([mine, failures], group)  # per rank: [its hits, its failures]
+    pairs = [(tuple(order), Hit(**hit)) for part, _ in every for order, hit, _ in part]
+    contents = {hit["name"]: content for part, _ in every for _, hit, content in part}
+    return pairs, [tuple(f) for _, more in every for f in more], contents
 
 
 def answer_loaded(session, question: str, expect: str | None, max_tokens: int = MAX_ANSWER_TOKENS):
