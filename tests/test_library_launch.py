@@ -5,7 +5,9 @@ streaming anything twice, and a search of two ranks prints what one process prin
 
 Each run is a real mlx.launch of two ranks (10-30 s each on this 2-core machine); the kill
 lands while rank 1 holds its video open (seen in /proc/PID/fd), whatever the machine's speed.
-The two index tests take over a minute together: they are marked slow (pytest -m slow)."""
+The kill test (a 2-rank index, a kill, a 2-rank rerun that must equal one process's index)
+runs in the default suite; the plain 2-rank index against one process repeats half of it and
+is marked slow (pytest -m slow)."""
 
 import contextlib
 import io
@@ -170,7 +172,6 @@ def wait_until_open(pid: int, video: Path) -> None:
         time.sleep(0.002)  # polling the descriptor table, as above
 
 
-@pytest.mark.slow
 def test_kill_9_of_a_rank_loses_its_video_only_and_a_rerun_finishes(folder, single, tiny_qwen_dir, tmp_path):
     root = tmp_path / "lib"
     args = ("index", folder, "--library", root, "--model", tiny_qwen_dir, *BUDGET)
