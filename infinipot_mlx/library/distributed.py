@@ -17,13 +17,16 @@ rank (sharded.py), the search once at the end (search.py).
 
 A rank that dies breaks the ring: the others' next gather raises PeerLost (one line, exit
 2), and mlx.launch sends them SIGTERM, which `Stopping` turns into "finish the video being
-streamed, then stop", so only the dead rank's video is lost.
+streamed, then stop", so only the dead rank's video is lost. A rank already waiting in a
+gather when its peer dies may never hear from the ring: its gather runs on a helper thread
+while the main thread waits in short joins, so SIGTERM stops it there (PeerLost).
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import threading
 
 from ..errors import UserError
 
@@ -57,16 +60,54 @@ def gather(value, group) -> list:
     import numpy as np
 
     data = np.frombuffer(json.dumps(value).encode(), np.uint8)  # (n,)
-    try:
+
+    def both():
         sizes = np.array(mx.distributed.all_gather(mx.array([data.size], mx.int32), group=group, stream=mx.cpu))
         padded = np.zeros(int(sizes.max()), np.uint8)
         padded[:data.size] = data
-        rows = np.array(mx.distributed.all_gather(mx.array(padded), group=group, stream=mx.cpu))
-    except RuntimeError as err:  # "[ring] connection to a peer was lost", ...
+        return sizes, np.array(mx.distributed.all_gather(mx.array(padded), group=group, stream=mx.cpu))
+
+    try:
+        sizes, rows = _interruptible(both)
+    except (RuntimeError, _Stopped) as err:  # "[ring] connection to a peer was lost", SIGTERM, ...
         raise PeerLost(f"rank {group.rank()}: another rank stopped ({err}); what was finished is kept: "
                        "run the same command again to go on") from None
     rows = rows.reshape(group.size(), -1)  # (ranks, longest)
     return [json.loads(bytes(row[:n])) for row, n in zip(rows, sizes.tolist())]
+
+
+class _Stopped(Exception):
+    """SIGTERM while this rank waited in a gather: the peer it waits for is gone."""
+
+    def __str__(self) -> str:
+        return "stopped by mlx.launch while waiting for it"
+
+
+_waiting = threading.Event()  # set while the main thread waits for a gather
+
+
+def _interruptible(fn):
+    """fn() run on a helper thread while the main thread waits in short joins, so that a signal
+    handler (Stopping's) runs even when the ring never answers (a peer killed mid-gather)."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # handed to the main thread
+            box["error"] = err
+
+    worker = threading.Thread(target=run, name="gather", daemon=True)
+    _waiting.set()
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.05)
+    finally:
+        _waiting.clear()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def balance(durations: list[float], size: int) -> list[list[int]]:
@@ -104,6 +145,8 @@ class Stopping:
     def _handler(self, signum, frame) -> None:
         self.asked = True
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if _waiting.is_set():  # no video is being streamed: waiting on is waiting forever
+            raise _Stopped()
 
     def __enter__(self) -> Stopping:
         self.previous = signal.signal(signal.SIGTERM, self._handler)
