@@ -195,7 +195,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     splits = sorted({r["split"] for r in rows})
-    fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits) + 2.5, 4), squeeze=False)
     for ax, split in zip(axes[0], splits):
         for color, method in enumerate(METHODS):
             for bits, marker, line in ((16, "o", "-"), (8, "s", "--"), (4, "^", ":")):
@@ -212,7 +212,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xticks(budgets, [f"{b:g}%" for b in budgets])
         ax.minorticks_off()
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the data
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
