@@ -36,6 +36,32 @@ def check_labels(slot_ids, patch_ids) -> tuple[np.ndarray, np.ndarray]:
     return slot_ids, patch_ids
 
 
+def stored_parts(buffer) -> tuple:
+    """A stored key or value buffer as a tuple of arrays: (itself,) in the compute dtype, or a
+    quantized cache's (packed, scales, biases); () when nothing is stored yet (None)."""
+    return () if buffer is None else buffer if isinstance(buffer, tuple) else (buffer,)
+
+
+def stored_map(fn, *buffers):
+    """fn part by part over stored buffers of the same form (stored_parts); a None buffer
+    (nothing stored yet) gives None for each part. Returns the same form: one array or a tuple."""
+    form = next(b for b in buffers if b is not None)
+    n = len(stored_parts(form))
+    parts = [stored_parts(b) or (None,) * n for b in buffers]
+    out = tuple(fn(*group) for group in zip(*parts))
+    return out if isinstance(form, tuple) else out[0]
+
+
+def stored_rows(buffer) -> int:
+    """Rows a stored buffer has room for (spare rows included): axis 2 of (1, H, rows, ·)."""
+    return stored_parts(buffer)[0].shape[2]
+
+
+def stored_nbytes(buffer) -> int:
+    """Bytes of a stored buffer, every part counted (MLX arrays and torch tensors: .nbytes)."""
+    return sum(a.nbytes for a in stored_parts(buffer))
+
+
 def visual_rows(slot_ids: np.ndarray) -> np.ndarray:
     """Row indices of the visual (non-pinned) rows of each head, in arrival order.
 
@@ -272,7 +298,7 @@ class RowLabels:
         """Hold exactly these live rows (a memory loaded from disk; memories.py)."""
         self._reset()
         self._keys, self._values = keys, values  # arrays, or (packed, scales, biases) tuples
-        self._n = (keys[0] if isinstance(keys, tuple) else keys).shape[2]
+        self._n = stored_rows(keys)
         self._slot, self._patch, self._pos = (np.array(a, np.int32) for a in (slot, patch, pos))
 
     def state_refs(self) -> tuple:

@@ -28,7 +28,8 @@ import mlx.core as mx
 import numpy as np
 from mlx_vlm.models.cache import _BaseCache, create_causal_mask
 
-from ..contract.rows import LayerStack, RowLabels, run_start, visual_rows
+from ..contract.rows import (LayerStack, RowLabels, run_start, stored_map, stored_nbytes, stored_parts,
+                             stored_rows, visual_rows)
 
 
 class LayerKVCache(RowLabels, _BaseCache):
@@ -60,11 +61,11 @@ class LayerKVCache(RowLabels, _BaseCache):
     def keys(self) -> mx.array | None:
         """(1, H, n, D) stored keys, arrival order per head (quantized: a (packed, scales,
         biases) tuple of (1, H, n, ·) arrays)."""
-        return None if self._keys is None else _tree(lambda b: b[..., : self._n, :], self._keys)
+        return None if self._keys is None else stored_map(lambda b: b[..., : self._n, :], self._keys)
 
     @property
     def values(self) -> mx.array | None:
-        return None if self._values is None else _tree(lambda b: b[..., : self._n, :], self._values)
+        return None if self._values is None else stored_map(lambda b: b[..., : self._n, :], self._values)
 
     def dense_keys(self) -> mx.array | None:
         """(1, H, n, D) stored keys in the compute dtype (dequantized from a quantized cache),
@@ -84,15 +85,15 @@ class LayerKVCache(RowLabels, _BaseCache):
         n, length = self._n, keys.shape[2]
         slot, patch = self._take_labels(length)
         new_keys, new_values = self._store(keys), self._store(values)
-        if self._keys is None or n + length > _capacity(self._keys):
+        if self._keys is None or n + length > stored_rows(self._keys):
             spare = -(n + length) % self.step  # round capacity up to a multiple of step
-            self._keys = _tree(lambda old, new: self._grow(old, new, spare), self._keys, new_keys)
-            self._values = _tree(lambda old, new: self._grow(old, new, spare), self._values, new_values)
+            self._keys = stored_map(lambda old, new: self._grow(old, new, spare), self._keys, new_keys)
+            self._values = stored_map(lambda old, new: self._grow(old, new, spare), self._values, new_values)
         else:
             for buffer, new in ((self._keys, new_keys), (self._values, new_values)):
-                for b, x in zip(*_parts(buffer, new)):
+                for b, x in zip(stored_parts(buffer), stored_parts(new)):
                     b[..., n : n + length, :] = x
-        self._append_labels(slot, patch, keys.shape[1], _capacity(self._keys))
+        self._append_labels(slot, patch, keys.shape[1], stored_rows(self._keys))
         self._n = n + length
         return self.keys, self.values
 
@@ -138,10 +139,10 @@ class LayerKVCache(RowLabels, _BaseCache):
         rows = visual_rows(self.slot_ids)  # (H, N)
         start = run_start(rows)
         if start is None:  # text between video tokens: one row gather per buffer
-            keys, values = (_tree(lambda b: _take_rows(b, rows)[0], buf) for buf in (self._keys, self._values))
+            keys, values = (stored_map(lambda b: _take_rows(b, rows)[0], buf) for buf in (self._keys, self._values))
         else:  # one run of rows in every head: a view of the buffers, nothing copied
             stop = start + rows.shape[1]
-            keys, values = (_tree(lambda b: b[0, :, start:stop], buf) for buf in (self._keys, self._values))
+            keys, values = (stored_map(lambda b: b[0, :, start:stop], buf) for buf in (self._keys, self._values))
         keys, values = self._load(keys), self._load(values)  # scored as the attention reads them
         slots = np.take_along_axis(self.slot_ids, rows, axis=1)
         patches = np.take_along_axis(self.patch_ids, rows, axis=1)
@@ -149,7 +150,7 @@ class LayerKVCache(RowLabels, _BaseCache):
 
     def _keep(self, rows: np.ndarray) -> None:
         """Keep the stored rows (H, n_new) in that order: one row gather per buffer."""
-        self._keys, self._values = (_tree(lambda b: _take_rows(b, rows), buf) for buf in (self._keys, self._values))
+        self._keys, self._values = (stored_map(lambda b: _take_rows(b, rows), buf) for buf in (self._keys, self._values))
         self._keep_labels(rows)
         self._n = rows.shape[1]
 
@@ -159,11 +160,13 @@ class LayerKVCache(RowLabels, _BaseCache):
 
     @state.setter
     def state(self, v):
-        """Restore keys and values; all restored rows are marked pinned."""
+        """Hold these keys and values as stored (a quantized cache's triples are not quantized
+        again); every restored row is marked pinned."""
         self._reset()
         keys, values = v
         if keys is not None:
-            self.update_and_fetch(keys, values)
+            pinned = np.full((stored_parts(keys)[0].shape[1], stored_rows(keys)), -1, np.int32)  # (H, n)
+            self.set_rows(keys, values, pinned, pinned, pinned)
 
     def size(self) -> int:
         return self._n
@@ -179,12 +182,12 @@ class LayerKVCache(RowLabels, _BaseCache):
         """Bytes of the keys and values held in live rows."""
         if self._keys is None:
             return 0
-        return _nbytes(self.keys) + _nbytes(self.values)
+        return stored_nbytes(self.keys) + stored_nbytes(self.values)
 
     @property
     def allocated_bytes(self) -> int:
         """Bytes of the key and value buffers, spare rows included (storage grows by `step`)."""
-        return 0 if self._keys is None else _nbytes(self._keys) + _nbytes(self._values)
+        return 0 if self._keys is None else stored_nbytes(self._keys) + stored_nbytes(self._values)
 
     def to_quantized(self, group_size: int = 64, bits: int = 8) -> "QuantizedLayerKVCache":
         """This layer's rows quantized once, labels and all (mlx-lm's to_quantized)."""
@@ -218,21 +221,6 @@ class QuantizedLayerKVCache(LayerKVCache):
         return mx.dequantize(*stored, group_size=self.group_size, bits=self.bits)
 
     @property
-    def state(self):
-        """(keys, values), each the (packed, scales, biases) of the live rows (mlx-lm's state)."""
-        return self.keys, self.values
-
-    @state.setter
-    def state(self, v):
-        """Hold these stored triples as they are (nothing quantized again); rows marked pinned."""
-        self._reset()
-        keys, values = v
-        if keys is not None:
-            n = keys[0].shape[2]
-            pinned = np.full((keys[0].shape[1], n), -1, np.int32)
-            self.set_rows(keys, values, pinned, pinned, pinned)
-
-    @property
     def meta_state(self) -> tuple[str, ...]:
         """mlx-lm's QuantizedKVCache meta_state: (step, offset, group_size, bits) as strings."""
         return tuple(map(str, (self.step, self._n, self.group_size, self.bits)))
@@ -242,29 +230,6 @@ class QuantizedLayerKVCache(LayerKVCache):
 
     def to_quantized(self, group_size: int = 64, bits: int = 8) -> "QuantizedLayerKVCache":
         return self
-
-
-def _tree(fn, *buffers):
-    """fn over a stored buffer: one array, or the (packed, scales, biases) tuple part by part."""
-    if isinstance(buffers[0], tuple):
-        return tuple(fn(*parts) for parts in zip(*buffers))
-    if buffers[0] is None and len(buffers) > 1 and isinstance(buffers[1], tuple):
-        return tuple(fn(None, part) for part in buffers[1])
-    return fn(*buffers)
-
-
-def _parts(*buffers) -> list[tuple]:
-    """The buffers as parallel tuples of arrays (one part for an unquantized buffer)."""
-    return [b if isinstance(b, tuple) else (b,) for b in buffers]
-
-
-def _capacity(buffer) -> int:
-    """Rows a stored buffer has room for (spare rows included)."""
-    return (buffer[0] if isinstance(buffer, tuple) else buffer).shape[2]
-
-
-def _nbytes(buffer) -> int:
-    return sum(a.nbytes for a in (buffer if isinstance(buffer, tuple) else (buffer,)))
 
 
 def _take_rows(buffer: mx.array, rows: np.ndarray) -> mx.array:

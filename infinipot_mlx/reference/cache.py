@@ -31,7 +31,8 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..contract.config import DEFAULT_KV_GROUP_SIZE
-from ..contract.rows import LayerStack, RowLabels, run_start, visual_rows
+from ..contract.rows import (LayerStack, RowLabels, run_start, stored_map, stored_nbytes, stored_parts,
+                             stored_rows, visual_rows)
 from . import quant
 
 
@@ -71,17 +72,17 @@ class LayerKVCache(RowLabels, CacheLayerMixin):
     def keys(self) -> torch.Tensor | None:
         """(1, H, n, D) stored keys, arrival order per head (quantized: a (packed, scales,
         biases) tuple of (1, H, n, ·) tensors)."""
-        return None if self._keys is None else _tree(lambda b: b[..., : self._n, :], self._keys)
+        return None if self._keys is None else stored_map(lambda b: b[..., : self._n, :], self._keys)
 
     @keys.setter
     def keys(self, v: torch.Tensor | None) -> None:
         """Replace the stored keys (transformers' base class assigns them)."""
         self._keys = v
-        self._n = 0 if v is None else _capacity(v)
+        self._n = 0 if v is None else stored_rows(v)
 
     @property
     def values(self) -> torch.Tensor | None:
-        return None if self._values is None else _tree(lambda b: b[..., : self._n, :], self._values)
+        return None if self._values is None else stored_map(lambda b: b[..., : self._n, :], self._values)
 
     @values.setter
     def values(self, v: torch.Tensor | None) -> None:
@@ -90,7 +91,7 @@ class LayerKVCache(RowLabels, CacheLayerMixin):
     def set_rows(self, keys, values, slot, patch, pos) -> None:
         """Hold exactly these live rows: keys, values as `rows()` gives them (tensors, or
         (packed, scales, biases) tuples), labels (H, n)."""
-        super().set_rows(_parts(keys)[0][0], _parts(values)[0][0], slot, patch, pos)  # n: the first part's
+        super().set_rows(stored_parts(keys)[0], stored_parts(values)[0], slot, patch, pos)  # n: the first part's
         self._keys, self._values = keys, values
         self.lazy_initialization(keys, values)
 
@@ -115,15 +116,15 @@ class LayerKVCache(RowLabels, CacheLayerMixin):
         n, length = self._n, keys.shape[2]
         slot, patch = self._take_labels(length)
         new_keys, new_values = self._store(keys), self._store(values)
-        if self._keys is None or n + length > _capacity(self._keys):
+        if self._keys is None or n + length > stored_rows(self._keys):
             spare = -(n + length) % self.step  # round capacity up to a multiple of step
-            self._keys = _tree(lambda old, new: self._grow(old, new, spare), self._keys, new_keys)
-            self._values = _tree(lambda old, new: self._grow(old, new, spare), self._values, new_values)
+            self._keys = stored_map(lambda old, new: self._grow(old, new, spare), self._keys, new_keys)
+            self._values = stored_map(lambda old, new: self._grow(old, new, spare), self._values, new_values)
         else:
             for buffer, new in ((self._keys, new_keys), (self._values, new_values)):
-                for b, x in zip(*_parts(buffer, new)):
+                for b, x in zip(stored_parts(buffer), stored_parts(new)):
                     _signed(b)[..., n : n + length, :] = _signed(x)
-        self._append_labels(slot, patch, keys.shape[1], _capacity(self._keys))
+        self._append_labels(slot, patch, keys.shape[1], stored_rows(self._keys))
         self._n = n + length
         return self.keys, self.values
 
@@ -165,7 +166,7 @@ class LayerKVCache(RowLabels, CacheLayerMixin):
             return None
         if not return_array:
             return "causal"
-        device = None if self._keys is None else _parts(self._keys)[0][0].device
+        device = None if self._keys is None else stored_parts(self._keys)[0].device
         rows = torch.arange(self._n, self._n + N, device=device)[:, None]  # (N, 1) row of each new token
         return rows >= torch.arange(self._n + N, device=device)[None]  # (N, n + N)
 
@@ -190,10 +191,10 @@ class LayerKVCache(RowLabels, CacheLayerMixin):
         rows = visual_rows(self.slot_ids)  # (H, N)
         start = run_start(rows)
         if start is None:  # text between video tokens: one row gather per buffer
-            keys, values = (_tree(lambda b: _take_rows(b, rows)[0], buf) for buf in (self._keys, self._values))
+            keys, values = (stored_map(lambda b: _take_rows(b, rows)[0], buf) for buf in (self._keys, self._values))
         else:  # one run of rows in every head: a view of the buffers, nothing copied
             stop = start + rows.shape[1]
-            keys, values = (_tree(lambda b: b[0, :, start:stop], buf) for buf in (self._keys, self._values))
+            keys, values = (stored_map(lambda b: b[0, :, start:stop], buf) for buf in (self._keys, self._values))
         keys, values = self._load(keys), self._load(values)  # scored as the attention reads them
         slots = np.take_along_axis(self.slot_ids, rows, axis=1)
         patches = np.take_along_axis(self.patch_ids, rows, axis=1)
@@ -202,7 +203,7 @@ class LayerKVCache(RowLabels, CacheLayerMixin):
     def _keep(self, rows: np.ndarray) -> None:
         """Keep the stored rows (H, n_new) in that order: one gather per buffer (and per part
         of a quantized one: its packed rows with their scales and biases, as stored)."""
-        self._keys, self._values = (_tree(lambda b: _take_rows(b, rows), buf) for buf in (self._keys, self._values))
+        self._keys, self._values = (stored_map(lambda b: _take_rows(b, rows), buf) for buf in (self._keys, self._values))
         self._keep_labels(rows)
         self._n = rows.shape[1]
 
@@ -221,12 +222,12 @@ class LayerKVCache(RowLabels, CacheLayerMixin):
         """Bytes of the keys and values held in live rows."""
         if self._keys is None:
             return 0
-        return _nbytes(self.keys) + _nbytes(self.values)
+        return stored_nbytes(self.keys) + stored_nbytes(self.values)
 
     @property
     def allocated_bytes(self) -> int:
         """Bytes of the key and value buffers, spare rows included (storage grows by `step`)."""
-        return 0 if self._keys is None else _nbytes(self._keys) + _nbytes(self._values)
+        return 0 if self._keys is None else stored_nbytes(self._keys) + stored_nbytes(self._values)
 
     def to_quantized(self, group_size: int = DEFAULT_KV_GROUP_SIZE, bits: int = 8) -> QuantizedLayerKVCache:
         """This layer's rows quantized once, labels and all (mlx-lm's to_quantized)."""
@@ -271,29 +272,6 @@ class QuantizedLayerKVCache(LayerKVCache):
 
     def to_quantized(self, group_size: int = DEFAULT_KV_GROUP_SIZE, bits: int = 8) -> QuantizedLayerKVCache:
         return self
-
-
-def _tree(fn, *buffers):
-    """fn over a stored buffer: one tensor, or the (packed, scales, biases) tuple part by part."""
-    if isinstance(buffers[0], tuple):
-        return tuple(fn(*parts) for parts in zip(*buffers))
-    if buffers[0] is None and len(buffers) > 1 and isinstance(buffers[1], tuple):
-        return tuple(fn(None, part) for part in buffers[1])
-    return fn(*buffers)
-
-
-def _parts(*buffers) -> list[tuple]:
-    """The buffers as parallel tuples of tensors (one part for an unquantized buffer)."""
-    return [b if isinstance(b, tuple) else (b,) for b in buffers]
-
-
-def _capacity(buffer) -> int:
-    """Rows a stored buffer has room for (spare rows included)."""
-    return _parts(buffer)[0][0].shape[2]
-
-
-def _nbytes(buffer) -> int:
-    return sum(a.numel() * a.element_size() for a in _parts(buffer)[0])
 
 
 def _signed(x: torch.Tensor) -> torch.Tensor:
