@@ -186,13 +186,15 @@ def use_memory_settings(args, saved: dict) -> None:
     args.saved_config = config
 
 
-def check_capacity(capacity: int | None, spec, flag: str = "--kv-budget", args=None) -> None:
-    """Refuse a cap beyond the positions the model can give (its max_position_embeddings), and
-    (with `args`) a --kv-group-size that does not divide the model's head dimension."""
+def check_against_model(args, spec) -> None:
+    """Refuse, before the model loads, flags this model cannot honour: a --kv-budget beyond the
+    positions it can give (its max_position_embeddings), and a --kv-group-size that does not
+    divide its head dimension (with --kv-bits)."""
+    capacity = args.kv_budget
     if capacity is not None and spec.max_positions and capacity > spec.max_positions:
-        raise UserError(f"{flag} {capacity} is more than the {spec.max_positions} positions this model can "
+        raise UserError(f"--kv-budget {capacity} is more than the {spec.max_positions} positions this model can "
                         f"place, so the cap could never be reached; use at most {spec.max_positions}")
-    if args is not None and getattr(args, "kv_bits", None) is not None:
+    if getattr(args, "kv_bits", None) is not None:
         session_config(args).check_head_dim(spec.head_dim)
 
 
@@ -325,7 +327,7 @@ def open_stream(args, say=print) -> Opened:
         use_memory_settings(args, saved)
     path = model_path(args, saved)
     spec = load_spec(path)
-    check_capacity(args.kv_budget, spec, args=args)
+    check_against_model(args, spec)
     source = open_source(args, spec) if args.video is not None else None
     seed(args)  # the first mlx (or torch) import: after the memory, checkpoint and video are checked
     session = open_session(args, path, source.frame_size if source else None, say)

@@ -99,9 +99,9 @@ def run_index(args) -> int:
     videos = find_videos(folder)
     model_dir = model_path(args)  # chat's rule: --model, else the default checkpoint
     from ..contract.specs import load_spec
-    from ..door import check_capacity
+    from ..door import check_against_model
 
-    check_capacity(args.kv_budget, load_spec(model_dir), args=args)
+    check_against_model(args, load_spec(model_dir))
     group = distributed.group()  # size 1 without mlx.launch
     if group.size() > 1:
         return _index_sharded(args, videos, folder, model_dir, group)

@@ -86,12 +86,12 @@ class Engine:
     # ----- loading (on the model thread) ---------------------------------------------------
     def _load(self) -> None:
         from ..contract.specs import load_spec
-        from ..door import check_capacity, load_model, model_path, settings_key
+        from ..door import check_against_model, load_model, model_path, settings_key
         from ..library import model_key
 
         args = self.args
         path = model_path(args)
-        check_capacity(args.kv_budget, load_spec(path), args=args)
+        check_against_model(args, load_spec(path))
         self.model, self.tokenizer, self.spec, self.config = load_model(args, path)
         self.model_dir = Path(path)
         self.model_id = args.served_model_name or self.model_dir.name
