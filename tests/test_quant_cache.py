@@ -139,13 +139,18 @@ def test_snapshot_rows_and_to_quantized_carry_the_tuples():
     assert np.array_equal(converted.patch_ids, plain.patch_ids)
 
 
-def test_new_cache_follows_the_config():
-    backend = TorchBackend("cpu")
-    assert type(backend.new_cache(2).layers[0]) is LayerKVCache
-    assert type(backend.new_cache(2, InfiniPotConfig()).layers[0]) is LayerKVCache
-    layer = backend.new_cache(2, InfiniPotConfig(kv_bits=4, kv_group_size=128)).layers[1]
+def test_an_empty_cache_quantizes_as_the_config_says():
+    """The session's opening: new_cache, then maybe_quantize(config) (quantized_kv_start 0:
+    quantized before the first token; later starts wait for that many tokens)."""
+    def opened(config):
+        cache = TorchBackend("cpu").new_cache(2)
+        cache.maybe_quantize(config)
+        return cache
+
+    assert type(opened(InfiniPotConfig()).layers[0]) is LayerKVCache
+    layer = opened(InfiniPotConfig(kv_bits=4, kv_group_size=128)).layers[1]
     assert isinstance(layer, QuantizedLayerKVCache) and (layer.bits, layer.group_size) == (4, 128)
-    later = backend.new_cache(2, InfiniPotConfig(kv_bits=4, quantized_kv_start=100)).layers[0]
+    later = opened(InfiniPotConfig(kv_bits=4, quantized_kv_start=100)).layers[0]
     assert type(later) is LayerKVCache  # quantized once it holds 100 tokens (LayerStack.maybe_quantize)
 
 

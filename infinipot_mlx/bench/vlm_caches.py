@@ -119,7 +119,7 @@ class BenchBackend(MLXBackend):
 
         return timed
 
-    def new_cache(self, num_layers: int, config=None):
+    def new_cache(self, num_layers: int):
         return self.cache_factory(num_layers) if self.cache_factory else StreamCache(num_layers)
 
     def eos_ids(self, tokenizer, spec) -> list[int]:

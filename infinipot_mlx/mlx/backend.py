@@ -35,11 +35,8 @@ class MLXBackend:
         """The model type's MLX adapter (adapters/, found through specs.MODEL_TYPES)."""
         return adapter_class(spec.model_type)(model, tokenizer, spec)
 
-    def new_cache(self, num_layers: int, config: InfiniPotConfig | None = None) -> StreamCache:
-        """An empty cache; quantized from the first token when the config says so (kv_bits with
-        quantized_kv_start 0), otherwise full precision until LayerStack.maybe_quantize."""
-        if config is not None and config.quantized and config.quantized_kv_start == 0:
-            return StreamCache(num_layers, kv_bits=config.kv_bits, kv_group_size=config.kv_group_size)
+    def new_cache(self, num_layers: int) -> StreamCache:
+        """An empty cache in the compute dtype (the session quantizes it: LayerStack.maybe_quantize)."""
         return StreamCache(num_layers)
 
     def sync(self, output, cache: StreamCache | None = None) -> None:

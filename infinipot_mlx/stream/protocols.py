@@ -52,9 +52,8 @@ class Backend(Protocol):
     def adapter(self, model: Any, tokenizer: Any, spec: Any) -> Adapter:
         """The model type's adapter on this backend (specs.MODEL_TYPES)."""
 
-    def new_cache(self, num_layers: int, config: Any = None) -> Any:
-        """An empty StreamCache of num_layers layers (quantized from the first token when the
-        InfiniPotConfig asks for kv_bits with quantized_kv_start 0)."""
+    def new_cache(self, num_layers: int) -> Any:
+        """An empty StreamCache of num_layers layers."""
 
     def select_tokens(self, keys: Any, values: Any, **kwargs) -> Any:
         """The one selection step: (H, K) indices of the visual tokens to keep (select.py)."""

@@ -120,7 +120,8 @@ class StreamSession(VideoFeed, RoomKeeper, AnswerLoop):
 
     def _clear(self) -> None:
         """An empty cache and a fresh state, with nothing prefilled (reset; a memory load)."""
-        self.cache = self.backend.new_cache(self.spec.num_layers, self.config)
+        self.cache = self.backend.new_cache(self.spec.num_layers)
+        self.cache.maybe_quantize(self.config)  # --kv-bits from the first token (quantized_kv_start 0)
         self.counters = StreamStats()
         self.kept_log: list[list[np.ndarray]] = []  # per compression, per layer (H, K, 2)
         self.transcript: list[str] = []  # every pinned text piece and video placeholder
